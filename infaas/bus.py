@@ -1,0 +1,118 @@
+"""Kafka plumbing shared by every service: client configs, producers, consumers, topics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+_quiet = logging.getLogger("infaas.librdkafka")
+
+
+class BusError(RuntimeError):
+    """Kafka is unreachable or refused a request."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def core_topics(settings: Settings) -> dict[str, TopicSpec]:
+    """The topics every deployment has; variant and result topics are created on demand."""
+    day_ms = str(24 * 3600 * 1000)
+    return {
+        settings.topic("queries"): TopicSpec(settings.query_partitions),
+        settings.topic("deadletter"): TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+        settings.topic("metrics"): TopicSpec(1, {"retention.ms": day_ms}),
+        settings.topic("load"): TopicSpec(1, {"retention.ms": day_ms}),
+        # Latest state per variant: compaction keeps one record per key forever.
+        settings.topic("state"): TopicSpec(1, {"cleanup.policy": "compact", "segment.ms": "60000",
+                                               "min.cleanable.dirty.ratio": "0.1"}),
+        settings.topic("scaling"): TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+        settings.topic("control"): TopicSpec(1, {"retention.ms": day_ms}),
+        settings.topic("offline"): TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+    }
+
+
+def _base(settings: Settings, **overrides) -> dict:
+    conf = settings.kafka_client_config()
+    conf["logger"] = _quiet  # librdkafka's connection chatter goes to logging, not stderr
+    conf.update(overrides)
+    return conf
+
+
+def producer(settings: Settings, **overrides) -> Producer:
+    """An idempotent producer tuned for low latency (queries are small and latency-bound)."""
+    conf = _base(settings, **{"enable.idempotence": True, "linger.ms": 1, "acks": "all",
+                              "compression.type": "none", "message.timeout.ms": 60000})
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def consumer(settings: Settings, group_id: str, **overrides) -> Consumer:
+    """A consumer that commits offsets explicitly (at-least-once)."""
+    conf = _base(settings, **{"group.id": group_id, "enable.auto.commit": False,
+                              "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                              "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10,
+                              "enable.partition.eof": False})
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(_base(settings))
+
+
+def broker_ids(settings: Settings, timeout: float = 2.0) -> list[int]:
+    try:
+        return sorted(admin(settings).list_topics(timeout=timeout).brokers)
+    except KafkaException as err:
+        raise BusError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {err.args[0]}") from None
+
+
+def existing_topics(settings: Settings, client: AdminClient | None = None) -> set[str]:
+    client = client or admin(settings)
+    return set(client.list_topics(timeout=10).topics)
+
+
+def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], client: AdminClient | None = None,
+                  timeout: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    client = client or admin(settings)
+    missing = {name: spec for name, spec in specs.items() if name not in existing_topics(settings, client)}
+    if not missing:
+        return []
+    new = [NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=spec.config)
+           for name, spec in missing.items()]
+    created = []
+    for name, future in client.create_topics(new, operation_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as err:
+            if err.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another process won the race
+                raise BusError(f"cannot create topic {name}: {err.args[0].str()}") from None
+    _wait_for_metadata(client, set(missing), timeout)
+    return created
+
+
+def _wait_for_metadata(client: AdminClient, names: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = client.list_topics(timeout=5).topics
+        if all(name in topics and not topics[name].error for name in names):
+            return
+        time.sleep(0.1)
+    raise BusError(f"topics {sorted(names)} were created but their metadata did not appear")
+
+
+def ensure_core_topics(settings: Settings) -> list[str]:
+    return ensure_topics(settings, core_topics(settings))

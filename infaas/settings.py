@@ -1,0 +1,217 @@
+"""One settings object for every infaas service.
+
+Values come, in increasing priority, from the defaults below, an optional TOML file
+(`infaas.toml` in the working directory or the path in `INFAAS_CONFIG`) and `INFAAS_*`
+environment variables (`INFAAS_KAFKA_BOOTSTRAP`, `INFAAS_CASSANDRA_HOSTS`, ...). In the TOML
+file, keys may be grouped in tables: `[kafka] bootstrap = "..."` is the setting `kafka_bootstrap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names it."""
+
+
+def _default_home() -> str:
+    return str(Path.home() / ".local" / "state" / "infaas")
+
+
+def _default_cache() -> str:
+    return str(Path.home() / ".cache" / "infaas")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Passed through to every Kafka client (librdkafka names), e.g. SASL/SSL options.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_location: str = ""
+    topic_prefix: str = "infaas"
+    query_partitions: int = 4
+    variant_partitions: int = 4
+    result_partitions: int = 2
+    schema_registry_url: str = ""
+    # --- Cassandra -------------------------------------------------------------------------
+    cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_port: int = 9042
+    cassandra_username: str = ""
+    cassandra_password: str = field(default="", repr=False)
+    keyspace: str = "infaas"
+    replication_class: str = "SimpleStrategy"
+    replication_factor: int = 1
+    load_window_ttl_s: int = 7 * 24 * 3600
+    # --- Model repository ------------------------------------------------------------------
+    repository_url: str = ""  # default: file://<home>/repository
+    s3_endpoint_url: str = ""
+    # --- Local stack (the launcher) --------------------------------------------------------
+    home: str = field(default_factory=_default_home)
+    cache_dir: str = field(default_factory=_default_cache)
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap_mb: int = 512
+    cassandra_storage_port: int = 7000
+    cassandra_heap_mb: int = 1024
+    java_home: str = ""
+    start_timeout_s: float = 180.0
+    stop_timeout_s: float = 30.0
+    # --- Services --------------------------------------------------------------------------
+    log_level: str = "INFO"
+    offline_chunk_size: int = 64
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def model_repository_url(self) -> str:
+        return self.repository_url or f"file://{self.state_dir / 'repository'}"
+
+    @property
+    def cassandra_native_port(self) -> int:
+        return self.cassandra_port
+
+    def topic(self, name: str) -> str:
+        """A core topic name under the configured prefix, e.g. `infaas.queries`."""
+        return f"{self.topic_prefix}.{name}"
+
+    def results_topic(self, app_id: str) -> str:
+        return f"{self.topic_prefix}.results.{app_id}"
+
+    def variant_topic(self, variant_id: str) -> str:
+        # Kafka topic names allow [a-zA-Z0-9._-]; variant ids use ':' between their parts.
+        return f"{self.topic_prefix}.variant.{variant_id.replace(':', '.')}"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka options shared by every producer, consumer and admin client."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap,
+                "security.protocol": self.kafka_security_protocol}
+        optional = {"sasl.mechanism": self.kafka_sasl_mechanism,
+                    "sasl.username": self.kafka_sasl_username,
+                    "sasl.password": self.kafka_sasl_password,
+                    "ssl.ca.location": self.kafka_ssl_ca_location}
+        conf.update({k: v for k, v in optional.items() if v})
+        return conf
+
+    def replace(self, **changes: Any) -> Settings:
+        merged = {**dataclasses.asdict(self), **changes}
+        return _validated(merged)
+
+
+_SETTING_TYPES = get_type_hints(Settings)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _SETTING_TYPES[name]
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+                str(raw).strip().lower()]
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        return str(raw)
+    except (ValueError, KeyError, TypeError):
+        type_name = getattr(kind, "__name__", str(kind))
+        raise SettingsError(f"setting {name!r}: {raw!r} is not a valid {type_name}") from None
+
+
+def _check(settings: Settings) -> None:
+    ports = {"kafka_port": settings.kafka_port, "kafka_controller_port": settings.kafka_controller_port,
+             "cassandra_port": settings.cassandra_port,
+             "cassandra_storage_port": settings.cassandra_storage_port}
+    for name, port in ports.items():
+        if not 0 < port < 65536:
+            raise SettingsError(f"setting {name!r}: {port} is not a TCP port (1-65535)")
+    if len(set(ports.values())) != len(ports):
+        raise SettingsError(f"the local stack's ports must differ: {ports}")
+    for name in ("query_partitions", "variant_partitions", "result_partitions", "replication_factor",
+                 "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,47}", settings.keyspace):
+        raise SettingsError(f"setting 'keyspace': {settings.keyspace!r} is not a valid CQL keyspace name")
+    if not re.fullmatch(r"[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*", settings.topic_prefix):
+        raise SettingsError(f"setting 'topic_prefix': {settings.topic_prefix!r} is not a valid topic prefix")
+    if not settings.cassandra_hosts:
+        raise SettingsError("setting 'cassandra_hosts' is empty")
+    if settings.replication_class not in ("SimpleStrategy", "NetworkTopologyStrategy"):
+        raise SettingsError("setting 'replication_class' must be SimpleStrategy or NetworkTopologyStrategy")
+    url = settings.model_repository_url
+    if not (url.startswith("file://") or re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", url)):
+        raise SettingsError(f"setting 'repository_url': {url!r} must be file://PATH or s3://BUCKET[/PREFIX]")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"setting 'log_level': {settings.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def _validated(values: dict[str, Any]) -> Settings:
+    unknown = sorted(set(values) - set(_SETTING_TYPES))
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    _check(settings)
+    return settings
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return _flatten(tomllib.load(handle))
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"config file {path}: {err}") from None
+    except OSError as err:
+        raise SettingsError(f"config file {path}: {err.strerror}") from None
+
+
+def load_settings(config_file: str | os.PathLike | None = None,
+                  environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings: defaults < config file < environment < overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get("INFAAS_CONFIG")
+    if path:
+        values.update(_from_file(Path(path)))
+    elif Path("infaas.toml").is_file():
+        values.update(_from_file(Path("infaas.toml")))
+    names = {f.name for f in fields(Settings)}
+    for key, raw in environ.items():
+        if key.startswith("INFAAS_") and key != "INFAAS_CONFIG":
+            name = key[len("INFAAS_"):].lower()
+            if name in names:
+                values[name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _validated(values)
