@@ -71,6 +71,7 @@ class Settings:
     stop_timeout_s: float = 30.0
     # --- Services --------------------------------------------------------------------------
     log_level: str = "INFO"
+    hardware_catalog: str = ""  # TOML file; default: the catalogue shipped in infaas/hardware.toml
     offline_chunk_size: int = 64
 
     # -- derived values ---------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Variant profiles measured elsewhere: the public Proteus profiles (ASPLOS'24 artifact).
+
+`aggregate_profiled.csv` has, per model and accelerator, the latency of each batch size measured
+with ONNX Runtime, and the model's published accuracy. Each (model, accelerator, batch size) row
+becomes one `Variant` with `source="imported"`. What the file does not say is filled in by stated
+assumptions, never presented as measured:
+  - load latency: `load_ms` per hardware kind (default 1 s CPU, 2 s GPU, inside the 0.59-11 s range
+    INFaaS reports), since the file has none;
+  - tail latency: the file has the 90th percentile (the maximum where that is blank); it is stored
+    as `latency_p99_ms`;
+  - cost: from the hardware catalogue, the CPU rows as `cpu_threads` vCPUs (default 4);
+  - memory: unknown (0).
+Names are made plain for topic names: `prajjwal1/bert-tiny` -> `prajjwal1-bert-tiny`.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Variant, variant_id
+from .hardware import cost_per_1k
+
+ACCELERATORS = {"onnxruntime_cpu": "cpu", "onnxruntime_gpu_pascal": "gpu-p100", "onnxruntime_gpu_ampere": "gpu-a100"}
+DEFAULT_LOAD_MS = {"cpu": 1000.0, "gpu": 2000.0}
+
+
+def plain_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+
+
+def model_families(variants_dir: Path) -> dict[str, str]:
+    """Model name (as in the profiles) -> family (the task), from model_variants/FAMILY.csv."""
+    families = {}
+    for path in sorted(variants_dir.glob("*.csv")):
+        for row in csv.reader(path.read_text().splitlines()):
+            if row:
+                families[row[0]] = path.stem
+    return families
+
+
+def linear_fit(batches: list[int], latencies: list[float]) -> tuple[float, float]:
+    """Least-squares `latency(b) = slope*b + intercept` (INFaaS's latency model)."""
+    if len(batches) == 1:
+        return 0.0, float(latencies[0])
+    slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(latencies, float), 1)
+    return float(slope), float(intercept)
+
+
+def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, load_ms: dict[str, float] | None = None,
+                          app_id: str = "imported", hardware_catalog: str | None = None) -> list[Variant]:
+    csv_path = Path(csv_path)
+    families = model_families(csv_path.parent / "model_variants")
+    load_ms = {**DEFAULT_LOAD_MS, **(load_ms or {})}
+    points: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    with csv_path.open() as handle:
+        for row in csv.DictReader(handle):
+            if row["Accel"] in ACCELERATORS:
+                points[(row["Model"], row["Accel"])].append(row)
+    variants = []
+    for (model, accel), rows in sorted(points.items()):
+        rows.sort(key=lambda r: int(r["batchsize"]))
+        hardware = ACCELERATORS[accel]
+        threads = cpu_threads if hardware == "cpu" else 1
+        batches = [int(r["batchsize"]) for r in rows]
+        slope, intercept = linear_fit(batches, [float(r["50th_pct"]) for r in rows])
+        name = plain_name(model)
+        for row, batch in zip(rows, batches, strict=True):
+            p50 = float(row["50th_pct"])
+            tail = float(row["90th_pct"] or row["Max"] or p50)
+            variants.append(Variant(
+                task=plain_name(families.get(model, name)), variant_id=variant_id(name, "ort", hardware, threads, batch),
+                model=name, model_version=1, app_id=app_id, public=True, optimizer="ort", hardware=hardware,
+                threads=threads, batch_size=batch, artifact="", artifact_bytes=0,
+                accuracy=float(row["Accuracy"]) / 100.0, load_ms=load_ms["cpu" if hardware == "cpu" else "gpu"],
+                latency_p50_ms=p50, latency_p99_ms=tail, slope_ms=slope, intercept_ms=intercept,
+                throughput_qps=batch * 1000.0 / p50 if p50 > 0 else 0.0, peak_memory_mb=0.0,
+                cost_per_1k=cost_per_1k(hardware, threads, batch, p50, hardware_catalog), source="imported"))
+    return variants

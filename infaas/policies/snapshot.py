@@ -1,0 +1,115 @@
+"""The immutable view of the system that every policy decides on.
+
+Policies are pure functions of a `Snapshot` (plus a request or a config) returning a decision:
+no I/O, no clocks (the time is `snapshot.at_ms`). The live services and the simulator build
+snapshots from what they observe and call the same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..catalog import Variant
+
+INACTIVE, ACTIVE, OVERLOADED, INTERFERED = "INACTIVE", "ACTIVE", "OVERLOADED", "INTERFERED"
+STATUSES = (INACTIVE, ACTIVE, OVERLOADED, INTERFERED)
+
+
+@dataclass(frozen=True, slots=True)
+class VariantLive:
+    """Dynamic state of one variant, as the load monitor last saw it."""
+    status: str = INACTIVE
+    replicas: int = 0
+    workers: tuple[str, ...] = ()
+    qps: float = 0.0
+    queue_len: int = 0
+    avg_latency_ms: float = 0.0
+    loaded_at_ms: int = 0  # when it became active (0: never)
+    last_used_ms: int = 0  # last time it served a query
+    low_since_ms: int = 0  # since when its load has been low enough to lose a replica (0: not low)
+
+    @property
+    def loaded(self) -> bool:
+        return self.status != INACTIVE and self.replicas > 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLive:
+    """One worker (a VM in INFaaS's terms) and what it hosts."""
+    worker_id: str
+    hardware: str  # "cpu" or a GPU kind such as "gpu-t4"
+    cpu_util: float = 0.0  # 0..1
+    gpu_util: float = 0.0
+    memory_mb: float = 0.0
+    memory_budget_mb: float = 0.0
+    variants: Mapping[str, int] = field(default_factory=dict)  # variant id -> replicas hosted here
+    started_at_ms: int = 0
+    ready: bool = True  # False while starting (a new VM takes 20-30 s)
+    low_since_ms: int = 0  # since when its utilization has been low (0: not low)
+
+    @property
+    def utilization(self) -> float:
+        return self.cpu_util if self.hardware == "cpu" else max(self.gpu_util, self.cpu_util)
+
+    @property
+    def free_memory_mb(self) -> float:
+        return max(self.memory_budget_mb - self.memory_mb, 0.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Profiles + live variant state + workers, at one instant."""
+    variants: Mapping[str, Variant]
+    live: Mapping[str, VariantLive] = field(default_factory=dict)
+    workers: Mapping[str, WorkerLive] = field(default_factory=dict)
+    at_ms: int = 0
+    # Demand per variant over recent windows, oldest first (queries/s), for the scaling policies.
+    demand: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # Memo of derived per-task indices (see selection.py); a cache of pure functions of the above.
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def live_of(self, variant_id: str) -> VariantLive:
+        return self.live.get(variant_id) or _NOT_LOADED
+
+    def with_changes(self, **changes) -> Snapshot:
+        """A new snapshot; derived indices are rebuilt lazily (profiles are shared)."""
+        values = {"variants": self.variants, "live": self.live, "workers": self.workers,
+                  "at_ms": self.at_ms, "demand": self.demand}
+        values.update(changes)
+        memo = {}
+        if values["variants"] is self.variants:
+            memo = {k: v for k, v in self._memo.items() if k[0] == "static"}  # profile-only indices survive
+        return Snapshot(**values, _memo=memo)
+
+
+_NOT_LOADED = VariantLive()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Thresholds of the monitoring and scaling rules, with INFaaS's published defaults."""
+    # Interference detection (worker monitoring, every second).
+    cpu_interference_latency_factor: float = 2.5  # avg_lat > k * profiled_lat
+    cpu_interference_qps_factor: float = 0.5  # and qps > q * 1000 / profiled_lat
+    gpu_interference_latency_factor: float = 1.5
+    gpu_interference_qps_factor: float = 0.3
+    cpu_interference_clear_factor: float = 1.5
+    gpu_interference_clear_factor: float = 1.25
+    overload_queue_factor: float = 0.8  # queue > 0.8 * replicas * 1000 / profiled_lat
+    # Model autoscaler.
+    load_latency_weight: float = 0.0002  # delta = qps*b - r*thr + 0.0002 * r * thr * load_lat
+    upgrade_cost_ratio: float = 1.5  # upgrade when replicating costs > 1.5x the faster variant
+    unload_idle_s: float = 60.0
+    # VM autoscaler.
+    worker_util_high: float = 0.8
+    worker_util_low_cpu: float = 0.3
+    worker_util_low_gpu: float = 0.08
+    worker_low_readings: int = 15
+    worker_overloaded_share: float = 0.8
+    worker_backoff_s: float = 30.0
+    min_workers: int = 1
+    max_workers: int = 8
+    worker_start_s: float = 25.0  # a new VM takes 20-30 s
+    # Offline work runs only below this CPU utilization and with nothing interfered.
+    offline_cpu_threshold: float = 0.4
