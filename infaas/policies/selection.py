@@ -17,7 +17,7 @@ index precomputed when profiles change, so a decision is O(candidates) with a sm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,7 +56,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class CandidateIndex:
-    """Static arrays over the variants one (scope, app) may use; built once per profile change."""
+    """Static arrays over the variants one (scope, app) may use, most accurate first, so the
+    variants meeting an accuracy demand are a prefix. Built once per profile change."""
     variants: tuple[Variant, ...]
     accuracy: np.ndarray
     batch_size: np.ndarray
@@ -64,10 +65,11 @@ class CandidateIndex:
     intercept: np.ndarray
     load_ms: np.ndarray
     cost: np.ndarray
+    _latency: dict = field(default_factory=dict, compare=False, repr=False)  # batch -> latency array
 
     @classmethod
     def build(cls, variants: list[Variant]) -> CandidateIndex:
-        ordered = tuple(sorted(variants, key=lambda v: v.variant_id))
+        ordered = tuple(sorted(variants, key=lambda v: (-v.accuracy, v.variant_id)))
         col = lambda name: np.array([getattr(v, name) for v in ordered], dtype=np.float64)  # noqa: E731
         return cls(ordered, col("accuracy"), col("batch_size"), col("slope_ms"), col("intercept_ms"),
                    col("load_ms"), col("cost_per_1k"))
@@ -75,44 +77,61 @@ class CandidateIndex:
     def __len__(self) -> int:
         return len(self.variants)
 
+    def prefix(self, min_accuracy: float) -> int:
+        """How many variants (from the front) have accuracy >= min_accuracy."""
+        return int(self._descending.searchsorted(-min_accuracy, side="right"))
 
-def _scope_variants(snapshot: Snapshot, request: Request) -> tuple[tuple, list[Variant]]:
+    @property
+    def _descending(self) -> np.ndarray:
+        negated = self._latency.get("negated accuracy")
+        if negated is None:
+            negated = self._latency["negated accuracy"] = -self.accuracy
+        return negated
+
+    def latency(self, batch: int) -> np.ndarray:
+        latency = self._latency.get(batch)
+        if latency is None:
+            latency = np.maximum(self.slope * batch + self.intercept, 0.0)
+            self._latency[batch] = latency
+        return latency
+
+
+@dataclass(frozen=True)
+class LiveIndex:
+    """The dynamic part, per snapshot: which candidates are inactive, and the loaded ones' state
+    (plain Python tuples: the loaded are few, and a loop over them beats numpy's per-call cost)."""
+    inactive: np.ndarray  # bool, aligned with the CandidateIndex
+    loaded: tuple[tuple[int, str, float, Variant], ...]  # (position, status, queue wait ms, variant)
+
+    @classmethod
+    def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
+        lives = [snapshot.live_of(v.variant_id) for v in index.variants]
+        loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas),
+                        index.variants[i]) for i, live in enumerate(lives) if live.status != INACTIVE)
+        return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded)
+
+
+def _scope_variants(snapshot: Snapshot, request: Request) -> list[Variant]:
     if request.model is not None:
-        key = ("model", request.model)
         chosen = [v for v in snapshot.variants.values() if v.model == request.model]
         newest = max((v.model_version for v in chosen), default=0)  # the latest registered version
         chosen = [v for v in chosen if v.model_version == newest]
     else:
-        key = ("task", request.task)
         chosen = [v for v in snapshot.variants.values() if v.task == request.task]
-    return key, [v for v in chosen if v.visible_to(request.app_id)]
+    return [v for v in chosen if v.visible_to(request.app_id)]
 
 
-def candidate_index(snapshot: Snapshot, request: Request) -> CandidateIndex:
-    memo_key = ("static", request.model is not None, request.model or request.task, request.app_id)
-    index = snapshot._memo.get(memo_key)
+def indices(snapshot: Snapshot, request: Request) -> tuple[CandidateIndex, LiveIndex]:
+    scope = (request.model is not None, request.model or request.task, request.app_id)
+    index = snapshot._memo.get(("static",) + scope)
     if index is None:
-        index = CandidateIndex.build(_scope_variants(snapshot, request)[1])
-        snapshot._memo[memo_key] = index
-    return index
-
-
-def _unavailable_mask(snapshot: Snapshot, index: CandidateIndex, memo_key: tuple) -> np.ndarray:
-    """True where a variant is not INACTIVE (loaded ones are handled in step 3, interfered never)."""
-    mask = snapshot._memo.get(("live",) + memo_key)
-    if mask is None:
-        mask = np.array([snapshot.live_of(v.variant_id).status != INACTIVE for v in index.variants], dtype=bool)
-        snapshot._memo[("live",) + memo_key] = mask
-    return mask
-
-
-def _loaded(snapshot: Snapshot, index: CandidateIndex, memo_key: tuple) -> tuple[Variant, ...]:
-    """The index's variants that are loaded somewhere (usually a handful)."""
-    loaded = snapshot._memo.get(("loaded",) + memo_key)
-    if loaded is None:
-        loaded = tuple(v for v in index.variants if snapshot.live_of(v.variant_id).status != INACTIVE)
-        snapshot._memo[("loaded",) + memo_key] = loaded
-    return loaded
+        index = CandidateIndex.build(_scope_variants(snapshot, request))
+        snapshot._memo[("static",) + scope] = index
+    live = snapshot._memo.get(("live",) + scope)
+    if live is None:
+        live = LiveIndex.build(snapshot, index)
+        snapshot._memo[("live",) + scope] = live
+    return index, live
 
 
 def queue_wait_ms(variant: Variant, queue_len: int, replicas: int) -> float:
@@ -133,8 +152,7 @@ def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 
 def select(snapshot: Snapshot, request: Request) -> Decision:
     if request.variant is not None:
         return _select_exact(snapshot, request)
-    memo_key = (request.model is not None, request.model or request.task, request.app_id)
-    index = candidate_index(snapshot, request)
+    index, live = indices(snapshot, request)
     if len(index) == 0:
         what = f"model {request.model!r}" if request.model is not None else f"task {request.task!r}"
         return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
@@ -142,62 +160,67 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     slo = request.latency_ms if request.latency_ms is not None else math.inf
     max_cost = request.max_cost if request.max_cost is not None else math.inf
     batch = max(request.batch, 1)
+    accurate = index.prefix(min_acc)
+    latency = index.latency(batch)
 
-    best = _best_active(snapshot, _loaded(snapshot, index, memo_key), batch, min_acc, slo, max_cost, {ACTIVE})
+    best = _best_loaded(live, accurate, batch, slo, max_cost, ACTIVE)
     if best is not None:
-        variant, estimate = best
-        return Decision(OK, variant.variant_id, "active variant meeting the requirements at least cost", estimate)
+        return Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost", best[1])
 
-    latency = index.slope * batch + index.intercept
-    feasible = ((index.accuracy >= min_acc) & (index.batch_size >= batch) & (latency <= slo)
-                & (index.cost <= max_cost) & ~_unavailable_mask(snapshot, index, memo_key))
+    head = slice(0, accurate)
+    feasible = live.inactive[head] & (index.batch_size[head] >= batch)
+    if slo != math.inf:
+        feasible &= latency[head] <= slo
+    if max_cost != math.inf:
+        feasible &= index.cost[head] <= max_cost
     if feasible.any():
-        position = int(np.argmin(np.where(feasible, index.load_ms + latency, np.inf)))
+        position = int(np.argmin(np.where(feasible, index.load_ms[head] + latency[head], np.inf)))
         variant = index.variants[position]
         worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
         return Decision(OK, variant.variant_id, "inactive variant with the least load + inference latency",
                         float(variant.load_ms + latency[position]), load_on=worker.worker_id if worker else None)
 
-    best = _best_active(snapshot, _loaded(snapshot, index, memo_key), batch, min_acc, slo, max_cost, {OVERLOADED})
+    best = _best_loaded(live, accurate, batch, slo, max_cost, OVERLOADED)
     if best is not None:
-        variant, estimate = best
-        return Decision(OK, variant.variant_id, "overloaded variant (no other meets the requirements)", estimate)
-    return _infeasible(index, latency, batch, min_acc, slo, max_cost)
+        return Decision(OK, best[0].variant_id, "overloaded variant (no other meets the requirements)", best[1])
+    return _infeasible(index, latency, batch, accurate, min_acc, slo, max_cost)
 
 
-def _best_active(snapshot: Snapshot, loaded: tuple[Variant, ...], batch: int, min_acc: float, slo: float,
-                 max_cost: float, statuses: set[str]) -> tuple[Variant, float] | None:
-    best: tuple[float, float, Variant] | None = None
-    for variant in loaded:
-        live = snapshot.live_of(variant.variant_id)
-        if live.status not in statuses or variant.accuracy < min_acc or variant.batch_size < batch:
+def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cost: float,
+                 status: str) -> tuple[Variant, float] | None:
+    """Among loaded variants in `status` meeting every requirement: the cheapest, then the fastest."""
+    best = None
+    for position, state, wait, variant in live.loaded:
+        if state != status or position >= accurate or variant.batch_size < batch or variant.cost_per_1k > max_cost:
             continue
-        if variant.cost_per_1k > max_cost:
-            continue
-        estimate = variant.latency_at(batch) + queue_wait_ms(variant, live.queue_len, live.replicas)
-        if estimate > slo:
-            continue
-        key = (variant.cost_per_1k, estimate, variant)
-        if best is None or key[:2] < best[:2]:
-            best = key
+        estimate = variant.latency_at(batch) + wait
+        if estimate <= slo and (best is None or (variant.cost_per_1k, estimate) < best[:2]):
+            best = (variant.cost_per_1k, estimate, variant)
     return (best[2], best[1]) if best else None
 
 
-def _infeasible(index: CandidateIndex, latency: np.ndarray, batch: int, min_acc: float, slo: float,
-                max_cost: float) -> Decision:
-    fits = (index.batch_size >= batch) & (index.cost <= max_cost)
+def _infeasible(index: CandidateIndex, latency: np.ndarray, batch: int, accurate: int, min_acc: float,
+                slo: float, max_cost: float) -> Decision:
+    """What was possible: the best accuracy within the SLO, the fastest latency at the accuracy."""
+    fits = index.batch_size >= batch
+    if max_cost != math.inf:
+        fits &= index.cost <= max_cost
     within_slo = fits & (latency <= slo)
-    accurate = fits & (index.accuracy >= min_acc)
-    best_acc = float(index.accuracy[within_slo].max()) if within_slo.any() else None
-    fastest = float(latency[accurate].min()) if accurate.any() else None
-    parts = [f"best accuracy within {slo:g} ms is {best_acc:.4f}" if best_acc is not None
-             else f"no variant answers within {slo:g} ms",
-             f"fastest latency at accuracy >= {min_acc:g} is {fastest:.2f} ms" if fastest is not None
-             else f"no variant reaches accuracy {min_acc:g} (best: {float(index.accuracy[fits].max(initial=0)):.4f})"]
+    first = int(within_slo.argmax())  # most accurate first: the first hit is the best accuracy
+    best_acc = float(index.accuracy[first]) if within_slo[first] else None
+    accurate_fits = fits[:accurate]
+    fastest = float(latency[:accurate][accurate_fits].min()) if accurate_fits.any() else None
     if not fits.any():
-        parts = [f"no variant takes a batch of {batch} within the cost cap"]
+        explanation = f"no variant takes a batch of {batch} within the cost cap"
+    else:
+        best_any = float(index.accuracy[int(fits.argmax())])
+        explanation = "; ".join((
+            f"best accuracy within {slo:g} ms is {best_acc:.4f}" if best_acc is not None
+            else f"no variant answers within {slo:g} ms",
+            f"fastest latency at accuracy >= {min_acc:g} is {fastest:.2f} ms" if fastest is not None
+            else f"no variant reaches accuracy {min_acc:g} (best: {best_any:.4f})"))
     reason = "no variant meets accuracy >= {:g}, latency <= {:g} ms, cost <= {:g} (interfered ones excluded): {}"
-    return Decision(NO_FEASIBLE_VARIANT, reason=reason.format(min_acc, slo, max_cost, "; ".join(parts)),
+    return Decision(NO_FEASIBLE_VARIANT, reason=reason.format(min_acc, slo, max_cost, explanation),
                     best_accuracy_within_slo=best_acc, fastest_latency_ms=fastest)
 
 

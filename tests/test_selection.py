@@ -1,0 +1,113 @@
+"""The INFaaS selection policy on hand-built snapshots."""
+
+from dataclasses import replace
+
+import pytest
+
+from infaas.catalog import Variant
+from infaas.policies.selection import NO_FEASIBLE_VARIANT, OK, UNKNOWN_MODEL, Request, select
+from infaas.policies.snapshot import ACTIVE, INTERFERED, OVERLOADED, Snapshot, VariantLive, WorkerLive
+
+
+def variant(vid: str, accuracy: float, slope: float, intercept: float, batch: int = 8, cost: float = 0.01,
+            load_ms: float = 100.0, hardware: str = "cpu", model: str | None = None, app: str = "demo",
+            public: bool = True, task: str = "digits") -> Variant:
+    return Variant(task=task, variant_id=vid, model=model or vid.split(":")[0], model_version=1, app_id=app,
+                   public=public, optimizer="ort-fp32", hardware=hardware, threads=1, batch_size=batch,
+                   artifact="", artifact_bytes=0, accuracy=accuracy, load_ms=load_ms,
+                   latency_p50_ms=slope * batch + intercept, latency_p99_ms=0.0, slope_ms=slope,
+                   intercept_ms=intercept, throughput_qps=0.0, peak_memory_mb=10.0, cost_per_1k=cost)
+
+
+SMALL = variant("small:ort-fp32:cpu-1t:b8", 0.90, 0.05, 0.2, cost=0.001, load_ms=50)
+LARGE = variant("large:ort-fp32:cpu-1t:b8", 0.98, 1.0, 5.0, cost=0.02, load_ms=400)
+MEDIUM = variant("medium:ort-fp32:cpu-1t:b8", 0.95, 0.3, 1.0, cost=0.005, load_ms=200)
+CATALOG = {v.variant_id: v for v in (SMALL, MEDIUM, LARGE)}
+WORKERS = {"w1": WorkerLive("w1", "cpu", cpu_util=0.7), "w2": WorkerLive("w2", "cpu", cpu_util=0.1)}
+
+
+def snapshot(live=None, variants=CATALOG):
+    return Snapshot(variants=variants, live=live or {}, workers=WORKERS, at_ms=1)
+
+
+def test_strict_accuracy_gets_an_accurate_enough_variant():
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.97))
+    assert decision.status == OK and decision.variant_id == LARGE.variant_id
+    assert CATALOG[decision.variant_id].accuracy >= 0.97
+
+
+def test_tight_latency_gets_a_faster_variant():
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.9, latency_ms=1.0))
+    assert decision.variant_id == SMALL.variant_id
+    assert SMALL.latency_at(1) <= 1.0
+
+
+def test_inactive_choice_minimizes_load_plus_latency_and_names_the_least_utilized_worker():
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.93))
+    assert decision.variant_id == MEDIUM.variant_id  # 200 + 1.3 ms beats 400 + 6 ms
+    assert decision.load_on == "w2"
+    assert decision.estimated_ms == pytest.approx(MEDIUM.load_ms + MEDIUM.latency_at(1))
+
+
+def test_active_variant_preferred_at_least_cost():
+    live = {LARGE.variant_id: VariantLive(ACTIVE, 1), MEDIUM.variant_id: VariantLive(ACTIVE, 1)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.94))
+    assert decision.variant_id == MEDIUM.variant_id and decision.load_on is None  # cheaper of the two active
+
+
+def test_queueing_counts_in_the_estimate():
+    # MEDIUM active but with a long queue: it misses the SLO, so the SLO-meeting inactive SMALL is chosen.
+    live = {MEDIUM.variant_id: VariantLive(ACTIVE, replicas=1, queue_len=400)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.9, latency_ms=20))
+    assert decision.variant_id == SMALL.variant_id
+
+
+def test_interfered_variants_never_get_queries():
+    live = {LARGE.variant_id: VariantLive(INTERFERED, 1)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.97))
+    assert decision.status == NO_FEASIBLE_VARIANT
+    live = {SMALL.variant_id: VariantLive(INTERFERED, 1)}
+    assert select(snapshot(live), Request("demo", task="digits")).variant_id != SMALL.variant_id
+
+
+def test_overloaded_is_the_last_resort():
+    live = {LARGE.variant_id: VariantLive(OVERLOADED, 1)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.97))
+    assert decision.status == OK and decision.variant_id == LARGE.variant_id and "overloaded" in decision.reason
+    live = {SMALL.variant_id: VariantLive(OVERLOADED, 1)}
+    assert select(snapshot(live), Request("demo", task="digits")).variant_id != SMALL.variant_id
+
+
+def test_impossible_pair_reports_what_was_possible():
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.97, latency_ms=2.0))
+    assert decision.status == NO_FEASIBLE_VARIANT
+    assert decision.best_accuracy_within_slo == pytest.approx(0.95)  # MEDIUM: 1.3 ms
+    assert decision.fastest_latency_ms == pytest.approx(LARGE.latency_at(1))
+    assert "best accuracy within 2 ms is 0.9500" in decision.reason
+
+
+def test_batch_and_cost_filters():
+    assert select(snapshot(), Request("demo", task="digits", batch=9)).status == NO_FEASIBLE_VARIANT
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.94, max_cost=0.01))
+    assert decision.variant_id == MEDIUM.variant_id  # LARGE costs 0.02
+
+
+def test_private_models_are_invisible_to_other_apps():
+    secret = variant("secret:ort-fp32:cpu-1t:b8", 0.99, 0.01, 0.1, app="other", public=False)
+    catalog = {**CATALOG, secret.variant_id: secret}
+    assert select(snapshot(variants=catalog), Request("demo", task="digits", min_accuracy=0.985)).status \
+        == NO_FEASIBLE_VARIANT
+    assert select(snapshot(variants=catalog), Request("other", task="digits", min_accuracy=0.985)).variant_id \
+        == secret.variant_id
+    unknown = select(snapshot(variants=catalog), Request("demo", model="secret"))
+    assert unknown.status == UNKNOWN_MODEL and "secret" in unknown.reason
+
+
+def test_model_specific_and_variant_specific_requests():
+    other = replace(SMALL, variant_id="small:ort-int8:cpu-1t:b8", optimizer="ort-int8", cost_per_1k=0.0005)
+    catalog = {**CATALOG, other.variant_id: other}
+    decision = select(snapshot(variants=catalog), Request("demo", model="small"))
+    assert decision.variant_id in (SMALL.variant_id, other.variant_id)
+    assert select(snapshot(), Request("demo", variant=LARGE.variant_id)).variant_id == LARGE.variant_id
+    assert select(snapshot(), Request("demo", variant="nope:x:cpu-1t:b1")).status == UNKNOWN_MODEL
+    assert select(snapshot(), Request("demo", task="unknown-task")).status == UNKNOWN_MODEL
