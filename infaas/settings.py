@@ -73,6 +73,19 @@ class Settings:
     log_level: str = "INFO"
     hardware_catalog: str = ""  # TOML file; default: the catalogue shipped in infaas/hardware.toml
     offline_chunk_size: int = 64
+    # --- Registration, variant generation and profiling -------------------------------------
+    max_model_mb: int = 512  # largest ONNX file accepted by `infaas register`
+    max_validation_mb: int = 256  # largest validation set (.npz) accepted
+    allow_custom_ops: bool = False  # accept ONNX nodes outside the standard ai.onnx / ai.onnx.ml domains
+    variant_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    variant_threads: tuple[int, ...] = ()  # CPU thread counts; empty: 1 and all cores
+    variant_optimizers: tuple[str, ...] = ()  # restrict generation (e.g. "ort-fp32,tvm"); empty: all
+    gpu_hardware: str = ""  # catalogue name of this host's GPU when it cannot be recognised (e.g. gpu-a10g)
+    tvm_tune_trials: int = 0  # MetaSchedule trials per TVM variant; 0: no tuning (default schedules)
+    profile_warmup: int = 10  # runs discarded before timing each batch size
+    profile_runs: int = 100  # timed runs per batch size (fewer when profile_max_s is reached first)
+    profile_max_s: float = 2.0  # time budget per batch size
+    registration_workers: int = 2  # threads for non-timing work (artifact builds, accuracy runs)
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -134,6 +147,11 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == tuple[str, ...]:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == tuple[int, ...]:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            if any(isinstance(item, bool) for item in items):
+                raise ValueError
+            return tuple(int(str(item).strip()) for item in items if str(item).strip())
         return str(raw)
     except (ValueError, KeyError, TypeError):
         type_name = getattr(kind, "__name__", str(kind))
@@ -153,6 +171,16 @@ def _check(settings: Settings) -> None:
                  "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
+    for name in ("max_model_mb", "max_validation_mb", "profile_runs", "registration_workers"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
+    for name in ("variant_batch_sizes", "variant_threads"):
+        if any(value < 1 for value in getattr(settings, name)):
+            raise SettingsError(f"setting {name!r}: every value must be at least 1, not {getattr(settings, name)}")
+    if not settings.variant_batch_sizes:
+        raise SettingsError("setting 'variant_batch_sizes' is empty")
+    if settings.profile_warmup < 0 or settings.tvm_tune_trials < 0 or settings.profile_max_s <= 0:
+        raise SettingsError("settings 'profile_warmup' and 'tvm_tune_trials' must be >= 0, 'profile_max_s' > 0")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,47}", settings.keyspace):
         raise SettingsError(f"setting 'keyspace': {settings.keyspace!r} is not a valid CQL keyspace name")
     if not re.fullmatch(r"[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*", settings.topic_prefix):

@@ -244,6 +244,20 @@ class Store:
         return [from_row(ProfilePoint, r)
                 for r in self.select("SELECT * FROM {ks}.variant_profiles WHERE variant_id = ?", variant_id)]
 
+    def delete_profiles(self, variant_ids: Iterable[str]) -> None:
+        """Remove the profile rows of variant bases (or variants)."""
+        for vid in variant_ids:
+            self.execute("DELETE FROM {ks}.variant_profiles WHERE variant_id = ?", vid)
+
+    def variants_for_model(self, task: str, model: str) -> list[Variant]:
+        return [v for v in self.variants_for_task(task) if v.model == model]
+
+    def delete_task(self, task: str) -> None:
+        self.execute("DELETE FROM {ks}.tasks WHERE task = ?", task)
+
+    def delete_app(self, app_id: str) -> None:
+        self.execute("DELETE FROM {ks}.apps WHERE app_id = ?", app_id)
+
     # --- dynamic state ------------------------------------------------------------------------
     def put_variant_state(self, state: dict[str, Any]):
         row = dict(state)
@@ -253,7 +267,8 @@ class Store:
     def variant_states(self) -> list[dict]:
         return self.select("SELECT * FROM {ks}.variant_state")
 
-    def put_worker(self, row: dict[str, Any], ttl: int | None = None):
+    def put_worker(self, row: dict[str, Any], ttl: int | None = 60):
+        """A worker's heartbeat row; it expires unless renewed (default 60 s)."""
         return self.insert_async("workers", row, ttl=ttl)
 
     def workers(self) -> list[dict]:
@@ -312,3 +327,60 @@ def _first_error(err: NoHostAvailable) -> str:
     for value in errors.values():
         return str(value)
     return str(err)
+
+
+class BufferedWriter:
+    """Store writes off the caller's thread: queued, retried while Cassandra is away, never blocking.
+
+    The queue is bounded; when Cassandra stays down long enough to fill it, the oldest rows are
+    dropped (and counted) — these are metrics and states that newer rows supersede.
+    """
+
+    def __init__(self, store: Store, capacity: int = 50_000, retry_s: float = 2.0):
+        import collections
+        self.store = store
+        self.retry_s = retry_s
+        self.dropped = 0
+        self.written = 0
+        self._queue: collections.deque = collections.deque(maxlen=capacity)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="infaas-store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, row: dict[str, Any]) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append((method, row))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._queue and not self._stop.is_set():
+                method, row = self._queue[0]
+                try:
+                    result = getattr(self.store, method)(row)
+                    if hasattr(result, "result"):
+                        result.result()
+                except Exception as err:  # Cassandra away: keep the row, try again later
+                    log.warning("store write %s failed (%d queued), retrying in %.0f s: %s", method,
+                                len(self._queue), self.retry_s, err)
+                    self.store.close()
+                    self._stop.wait(self.retry_s)
+                    break
+                self._queue.popleft()
+                self.written += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2)

@@ -14,7 +14,7 @@ import sys
 
 from ..settings import SettingsError, load_settings
 
-COMMAND_MODULES = ("infra",)
+COMMAND_MODULES = ("infra", "serving")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("cassandra", "aiokafka", "faust", "mode", "botocore", "urllib3", "infaas.librdkafka"):
+    for noisy in ("cassandra", "aiokafka", "faust", "mode", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # librdkafka reports transient broker states (reconnects, coordinator moves) it recovers from itself.
+    logging.getLogger("infaas.librdkafka").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

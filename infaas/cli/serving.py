@@ -1,0 +1,168 @@
+"""Online serving: `infaas app`, `dispatcher`, `monitor`, `worker`, `serve`, `query`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def register(sub) -> None:
+    app = sub.add_parser("app", help="applications (tenants)")
+    asub = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
+    p = asub.add_parser("create", help="register an application id")
+    p.add_argument("app_id")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=cmd_app_create)
+    asub.add_parser("list", help="registered applications").set_defaults(handler=cmd_app_list)
+
+    p = sub.add_parser("dispatcher", help="run the dispatcher (Faust agent on the queries topic)")
+    p.add_argument("--web-port", type=int, help="Faust's web port (default: a free one)")
+    p.set_defaults(handler=cmd_dispatcher)
+    p = sub.add_parser("monitor", help="run the load monitor (Faust stream on the metrics topic)")
+    p.add_argument("--web-port", type=int)
+    p.set_defaults(handler=cmd_monitor)
+
+    p = sub.add_parser("worker", help="run a worker that hosts variants")
+    p.add_argument("--hardware", default="cpu", help="cpu or a GPU kind of the hardware catalogue (gpu-t4, ...)")
+    p.add_argument("--worker-id", help="default: <host>-<hardware>-<pid>")
+    p.add_argument("--variants", default="", help="comma-separated variant ids to load at start")
+    p.add_argument("--memory-mb", type=float, default=2048.0, help="memory budget for hosted variants")
+    p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("serve", help="dispatcher + monitor + scaler + workers, until Ctrl-C")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--hardware", default="cpu")
+    p.add_argument("--preload", default="", help="comma-separated variant ids every worker loads at start")
+    p.add_argument("--memory-mb", type=float, default=2048.0)
+    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
+    p.add_argument("--no-scaler", action="store_true")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("query", help="send one query and print the result")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task")
+    target.add_argument("--model")
+    target.add_argument("--variant")
+    p.add_argument("--input", required=True, help=".npy file: a batch of inputs (or one sample)")
+    p.add_argument("--app", default="demo")
+    p.add_argument("--min-accuracy", type=float)
+    p.add_argument("--latency-ms", type=float)
+    p.add_argument("--max-cost", type=float, help="USD per 1,000 queries")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_query)
+
+
+def cmd_app_create(args, settings) -> int:
+    from ..catalog import check_name
+    from ..store import Store
+    try:
+        check_name("app", args.app_id)
+    except ValueError as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 2
+    with Store(settings) as store:
+        store.put_app(args.app_id, args.description)
+    print(f"infaas: app {args.app_id} created")
+    return 0
+
+
+def cmd_app_list(args, settings) -> int:
+    from ..store import Store
+    with Store(settings) as store:
+        for row in sorted(store.list_apps(), key=lambda r: r["app_id"]):
+            print(f"{row['app_id']}\t{row.get('description') or ''}")
+    return 0
+
+
+def cmd_dispatcher(args, settings) -> int:
+    from ..streams import dispatcher
+    return dispatcher.run(settings, args.web_port)
+
+
+def cmd_monitor(args, settings) -> int:
+    from ..streams import monitor
+    return monitor.run(settings, web_port=args.web_port)
+
+
+def cmd_worker(args, settings) -> int:
+    from ..consumers import worker
+    preload = [v for v in args.variants.split(",") if v]
+    return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms)
+
+
+def cmd_serve(args, settings) -> int:
+    from ..scaler.processes import ServiceError
+    from ..serve import Pipeline, ServeOptions
+    options = ServeOptions(workers=args.workers, hardware=args.hardware,
+                           preload=[v for v in args.preload.split(",") if v], worker_memory_mb=args.memory_mb,
+                           max_batch_delay_ms=args.max_batch_delay_ms, scaler=not args.no_scaler, policy=args.policy)
+    pipeline = Pipeline(settings, options, echo=lambda line: print(line, flush=True))
+    try:
+        took = pipeline.start()
+        print(f"infaas serving: {', '.join(pipeline.services)} ready in {took:.1f} s "
+              f"(logs in {pipeline.log_dir}); Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(1.0)
+            pipeline.check()
+    except ServiceError as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("infaas: stopping ...", flush=True)
+        return 0
+    finally:
+        pipeline.stop()
+
+
+def cmd_query(args, settings) -> int:
+    import numpy as np
+
+    from ..client import InfaasClient, QueryTimeout
+    try:
+        inputs = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        print(f"infaas: cannot read {args.input}: {err}", file=sys.stderr)
+        return 2
+    with InfaasClient(settings, app_id=args.app) as client:
+        try:
+            inputs = _as_batch(inputs, client, args)
+            result = client.query(inputs, task=args.task, model=args.model, variant=args.variant,
+                                  min_accuracy=args.min_accuracy, latency_ms=args.latency_ms, max_cost=args.max_cost,
+                                  timeout_s=args.timeout)
+        except QueryTimeout as err:
+            print(f"infaas: {err}", file=sys.stderr)
+            return 1
+    prediction = result.prediction
+    if args.json:
+        print(json.dumps({"query_id": result.query_id, "status": result.status, "error": result.error,
+                          "prediction": prediction.tolist() if prediction is not None else None,
+                          "variant": result.variant, "model": result.model, "accuracy": result.accuracy,
+                          "latency_ms": result.latency_ms, "queue_ms": result.queue_ms,
+                          "compute_ms": result.compute_ms}))
+    elif result.ok:
+        print(f"prediction: {prediction.tolist() if prediction is not None else '-'}\n"
+              f"variant:    {result.variant} (accuracy {result.accuracy:.4f}, {result.hardware})\n"
+              f"latency:    {result.latency_ms:.1f} ms (queue {result.queue_ms:.1f} ms, compute {result.compute_ms:.2f} ms)")
+    else:
+        print(f"{result.status}: {result.error}")
+    return 0 if result.ok else 1
+
+
+def _as_batch(inputs, client, args):
+    """A single sample (the task's per-sample shape) becomes a batch of one."""
+    from ..store import Store
+    with Store(client.settings) as store:
+        task = args.task
+        if args.model:
+            model = store.get_model(args.model)
+            task = model.task if model else None
+        elif args.variant:
+            task = next((v.task for v in store.all_variants() if v.variant_id == args.variant), None)
+        info = store.get_task(task) if task else None
+    if info is not None and tuple(inputs.shape) == tuple(info.input_shape):
+        return inputs[None, ...]
+    return inputs

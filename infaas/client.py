@@ -1,0 +1,216 @@
+"""The client: produce `Query` messages, match `Result`s on the reply topic by `query_id`.
+
+    with InfaasClient(app_id="demo") as client:
+        result = client.query(x, task="digits-classification", min_accuracy=0.95, latency_ms=20)
+        print(result.status, result.prediction, result.variant)
+
+Many queries may be in flight (`submit` returns a future; `aquery` is the asyncio form).
+Results arrive at least once; a duplicate of an answered query is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+
+from . import bus
+from .catalog import check_name
+from .schemas.codec import DecodeError, default_codec
+from .settings import Settings, load_settings
+from .tensors import from_tensor, to_tensor
+
+
+class QueryTimeout(TimeoutError):
+    """No result arrived within the timeout."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query_id: str
+    status: str
+    error: str | None
+    outputs: list[np.ndarray]
+    model: str | None
+    variant: str | None
+    hardware: str | None
+    accuracy: float | None
+    latency_ms: float
+    queue_ms: float
+    compute_ms: float
+    best_accuracy_within_slo: float | None = None
+    fastest_latency_ms: float | None = None
+    received_at: float = field(default=0.0, compare=False)  # client clock, epoch seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    @property
+    def prediction(self) -> np.ndarray | None:
+        """Top-1 class per input row (argmax of the first 2-D float output, or an integer output)."""
+        for out in self.outputs:
+            if out.dtype.kind in "iu" and out.ndim == 1:
+                return out
+        for out in self.outputs:
+            if out.dtype.kind == "f" and out.ndim == 2:
+                return out.argmax(axis=1)
+        return None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> QueryResult:
+        return cls(record["query_id"], record["status"], record["error"],
+                   [from_tensor(t) for t in record["outputs"]], record["model"], record["variant"],
+                   record["hardware"], record["accuracy"], record["latency_ms"], record["queue_ms"],
+                   record["compute_ms"], record["best_accuracy_within_slo"], record["fastest_latency_ms"],
+                   time.time())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class InfaasClient:
+    def __init__(self, settings: Settings | None = None, app_id: str = "demo", reply_topic: str | None = None,
+                 timeout_s: float = 30.0):
+        self.settings = settings or load_settings()
+        self.app_id = check_name("app", app_id)
+        self.reply_topic = reply_topic or self.settings.results_topic(app_id)
+        self.timeout_s = timeout_s
+        self.codec = default_codec()
+        self.duplicates_dropped = 0
+        self.undecodable = 0
+        self._pending: dict[str, concurrent.futures.Future] = {}
+        self._answered: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        bus.ensure_topics(self.settings, {self.reply_topic: bus.TopicSpec(self.settings.result_partitions)})
+        self._producer = bus.producer(self.settings)
+        self._consumer = self._listen()
+        self._thread = threading.Thread(target=self._receive, name="infaas-client-results", daemon=True)
+        self._thread.start()
+
+    # --- sending ------------------------------------------------------------------------------
+    def submit(self, inputs: np.ndarray, *, task: str | None = None, model: str | None = None,
+               variant: str | None = None, min_accuracy: float | None = None, latency_ms: float | None = None,
+               max_cost: float | None = None, query_id: str | None = None) -> concurrent.futures.Future:
+        """Send one query; the future resolves to a QueryResult (or raises QueryTimeout)."""
+        if task is None and model is None and variant is None:
+            raise ValueError("give a task (model-less), a model, or a variant")
+        query_id = query_id or uuid.uuid4().hex
+        record = {"query_id": query_id, "app_id": self.app_id, "task": task, "model": model, "variant": variant,
+                  "inputs": to_tensor(inputs), "min_accuracy": min_accuracy, "latency_ms": latency_ms,
+                  "max_cost": max_cost, "reply_topic": self.reply_topic, "sent_at": now_ms()}
+        return self.send_raw(query_id, self.codec.encode("Query", record))
+
+    def send_raw(self, query_id: str, payload: bytes) -> concurrent.futures.Future:
+        """Send pre-encoded bytes (e.g. for load generators); the result is matched by query_id."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._pending[query_id] = future
+        while True:
+            try:
+                self._producer.produce(self.settings.topic("queries"), key=query_id.encode(), value=payload)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        return future
+
+    def query(self, inputs: np.ndarray, timeout_s: float | None = None, **requirements) -> QueryResult:
+        future = self.submit(inputs, **requirements)
+        self._producer.flush(5)
+        return self.wait(future, timeout_s)
+
+    def wait(self, future: concurrent.futures.Future, timeout_s: float | None = None) -> QueryResult:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self._forget(future)
+            raise QueryTimeout(f"no result within {timeout:.1f} s on {self.reply_topic}; is `infaas serve` "
+                               "running?") from None
+
+    async def aquery(self, inputs: np.ndarray, timeout_s: float | None = None, **requirements) -> QueryResult:
+        future = self.submit(inputs, **requirements)
+        self._producer.poll(0)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            self._forget(future)
+            raise QueryTimeout(f"no result within {timeout:.1f} s on {self.reply_topic}") from None
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # --- receiving ----------------------------------------------------------------------------
+    def _listen(self):
+        """Read every partition of the reply topic from its current end: no group join to wait for."""
+        consumer = bus.consumer(self.settings, f"{self.settings.topic_prefix}.client.{uuid.uuid4().hex[:8]}")
+        metadata = consumer.list_topics(self.reply_topic, timeout=10).topics[self.reply_topic]
+        partitions = []
+        for pid in metadata.partitions:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(self.reply_topic, pid), timeout=10)
+            except KafkaException:
+                high = OFFSET_END
+            partitions.append(TopicPartition(self.reply_topic, pid, high))
+        consumer.assign(partitions)
+        return consumer
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            first = self._consumer.poll(0.1)  # wakes as soon as a result arrives
+            if first is None:
+                continue
+            for message in [first, *self._consumer.consume(500, 0)]:
+                if message.error():
+                    continue
+                self._deliver(message.value())
+
+    def _deliver(self, payload: bytes) -> None:
+        try:
+            record = self.codec.decode_as("Result", payload)
+        except DecodeError:
+            self.undecodable += 1
+            return
+        query_id = record["query_id"]
+        with self._lock:
+            future = self._pending.pop(query_id, None)
+            if future is None:
+                if query_id in self._answered:
+                    self.duplicates_dropped += 1
+                return  # someone else's query on a shared reply topic
+            self._answered.add(query_id)
+        future.set_result(QueryResult.from_record(record))
+
+    def _forget(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            for query_id, pending in list(self._pending.items()):
+                if pending is future:
+                    del self._pending[query_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._producer.flush(5)
+        self._consumer.close()
+
+    def __enter__(self) -> InfaasClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,267 @@
+"""The dispatcher: a Faust agent on `infaas.queries` that validates each query, selects a variant
+with the INFaaS policy, and publishes the query to that variant's topic (or answers at once with
+an error status). Undecodable bytes go to the dead-letter topic. The agent never dies on input.
+
+The consumer side is Faust (group `<prefix>-dispatcher`, so dispatchers scale out by adding
+processes); outputs go through one librdkafka producer, flushed before Faust acknowledges the
+batch, so an offset is committed only after everything it caused was delivered (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..catalog import NAME_RE
+from ..policies.selection import Decision, Request, select
+from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
+from ..schemas.codec import DecodeError, EncodeError, default_codec
+from ..settings import Settings
+from ..tensors import TensorError, check_input, from_tensor
+from .views import SystemView
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_ROWS = 1024
+MAX_INPUT_BYTES = 16 << 20
+QUERY_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Rejected(Exception):
+    def __init__(self, status: str, error: str, decision: Decision | None = None):
+        super().__init__(error)
+        self.status, self.error, self.decision = status, error, decision
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dispatcher:
+    """Per-message logic, independent of Faust so it can be driven and measured directly."""
+
+    def __init__(self, settings: Settings, view: SystemView):
+        self.settings = settings
+        self.view = view
+        self.codec = default_codec()
+        self.known_topics: set[str] = set()
+        self.counts = {"routed": 0, "rejected": 0, "dead": 0, "loads": 0}
+
+    # --- entry point --------------------------------------------------------------------------
+    def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
+        try:
+            record = self.codec.decode_as("Query", payload)
+        except DecodeError as err:
+            return [self._dead_letter(payload, source, err.reason)]
+        try:
+            return self._route(record)
+        except Rejected as rejected:
+            self.counts["rejected"] += 1
+            return self._reply_error(record, rejected)
+        except Exception as err:  # a bug must cost one query, never the agent
+            log.exception("query %s failed", record.get("query_id"))
+            return self._reply_error(record, Rejected("INTERNAL_ERROR", f"dispatcher error: {type(err).__name__}"))
+
+    # --- validation and routing ---------------------------------------------------------------
+    def _route(self, record: dict) -> list[Outgoing]:
+        snapshot = self.view.snapshot
+        request = self._validate(record)
+        decision = select(snapshot, request)
+        if not decision.ok:
+            raise Rejected(decision.status, decision.reason, decision)
+        out = []
+        if decision.load_on is not None:
+            out.append(self._load_command(decision, snapshot))
+        deadline = record["sent_at"] + int(request.latency_ms) if request.latency_ms is not None else None
+        routed = {"query": record, "variant_id": decision.variant_id, "deadline_at": deadline,
+                  "dispatched_at": now_ms(), "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
+        topic = self.settings.variant_topic(decision.variant_id)
+        out.append(Outgoing(topic, record["query_id"].encode(), self.codec.encode("RoutedQuery", routed)))
+        self.counts["routed"] += 1
+        return out
+
+    def _validate(self, record: dict) -> Request:
+        catalog = self.view.catalog
+        if not QUERY_ID_RE.fullmatch(record["query_id"]):
+            raise Rejected("BAD_INPUT", "query_id must be 1-128 characters of letters, digits and ._:-")
+        app = record["app_id"]
+        if self.reply_topic(record) is None:
+            raise Rejected("BAD_INPUT", f"reply_topic {record['reply_topic']!r} is not one app {app!r} may use")
+        if app not in catalog.apps:
+            raise Rejected("BAD_INPUT", f"unknown app_id {app!r}: create it first (`infaas app create {app}`)")
+        task = self._task_of(record)
+        try:
+            inputs = from_tensor(record["inputs"], MAX_INPUT_BYTES)
+            info = catalog.tasks.get(task)
+            if info is None:
+                raise Rejected("UNKNOWN_MODEL", f"task {task!r} has no registered models")
+            check_input(inputs, info.input_dtype, info.input_shape, MAX_QUERY_ROWS)
+        except TensorError as err:
+            raise Rejected("BAD_INPUT", f"inputs: {err}") from None
+        return Request(app_id=app, task=task, model=record["model"], variant=record["variant"],
+                       batch=int(inputs.shape[0]), min_accuracy=_requirement(record, "min_accuracy", 0.0, 1.0),
+                       latency_ms=_requirement(record, "latency_ms", 1e-3, 1e7),
+                       max_cost=_requirement(record, "max_cost", 0.0, 1e9))
+
+    def _task_of(self, record: dict) -> str:
+        """The task a query is for, from whichever of task/model/variant it names (they must agree)."""
+        catalog = self.view.catalog
+        tasks = set()
+        if record["variant"] is not None:
+            variant = catalog.variants.get(record["variant"])
+            if variant is None or not variant.visible_to(record["app_id"]):
+                raise Rejected("UNKNOWN_MODEL", f"no variant {record['variant']!r} is registered for this app")
+            tasks.add(variant.task)
+        if record["model"] is not None:
+            task = catalog.model_visible(record["model"], record["app_id"])
+            if task is None:
+                raise Rejected("UNKNOWN_MODEL", f"no model {record['model']!r} is registered for this app")
+            tasks.add(task)
+        if record["task"] is not None:
+            if record["task"] not in catalog.tasks:
+                raise Rejected("UNKNOWN_MODEL", f"task {record['task']!r} has no registered models")
+            tasks.add(record["task"])
+        if not tasks:
+            raise Rejected("BAD_INPUT", "the query names no task, model or variant")
+        if len(tasks) > 1:
+            raise Rejected("BAD_INPUT", f"the query's task, model and variant disagree (tasks {sorted(tasks)})")
+        return tasks.pop()
+
+    # --- outputs ------------------------------------------------------------------------------
+    def _load_command(self, decision: Decision, snapshot: Snapshot) -> Outgoing:
+        """Ask a worker to load the chosen inactive variant; route on as if it were loading."""
+        self.view.believe(decision.variant_id, VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,),
+                                                           loaded_at_ms=snapshot.at_ms))
+        self.counts["loads"] += 1
+        command = {"command_id": uuid.uuid4().hex, "at": now_ms(), "action": "LOAD", "worker_id": decision.load_on,
+                   "hardware": None, "variant_id": decision.variant_id, "replicas": 1,
+                   "reason": f"dispatcher: {decision.reason}"}
+        return Outgoing(self.settings.topic("control"), decision.load_on.encode(),
+                        self.codec.encode("WorkerCommand", command))
+
+    def _reply_error(self, record: dict, rejected: Rejected) -> list[Outgoing]:
+        decision = rejected.decision
+        result = {"query_id": record["query_id"], "app_id": record["app_id"], "status": rejected.status,
+                  "error": rejected.error, "outputs": [], "model": record.get("model"),
+                  "variant": record.get("variant"), "hardware": None, "accuracy": None,
+                  "latency_ms": float(max(now_ms() - record["sent_at"], 0)), "queue_ms": 0.0, "compute_ms": 0.0,
+                  "best_accuracy_within_slo": decision.best_accuracy_within_slo if decision else None,
+                  "fastest_latency_ms": decision.fastest_latency_ms if decision else None,
+                  "completed_at": now_ms()}
+        topic = self.reply_topic(record)
+        if topic is None:
+            return [self._dead_letter(self.codec.encode("Query", record), ("", -1, -1),
+                                      f"{rejected.status}: {rejected.error}; and no valid reply topic")]
+        try:
+            return [Outgoing(topic, record["query_id"].encode(), self.codec.encode("Result", result))]
+        except EncodeError as err:
+            return [self._dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}")]
+
+    def reply_topic(self, record: dict) -> str | None:
+        """The query's reply topic, if it is one this app may write to."""
+        app = record["app_id"]
+        if not NAME_RE.fullmatch(app or ""):
+            return None
+        own = self.settings.results_topic(app)
+        topic = record.get("reply_topic") or own
+        if topic != own and not (topic.startswith(own + ".") and re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic)):
+            return None
+        return topic
+
+    def _dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
+        self.counts["dead"] += 1
+        log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
+        record = {"source_topic": source[0], "partition": source[1], "offset": source[2], "reason": reason,
+                  "service": "dispatcher", "payload": bytes(payload[:1 << 20]), "at": now_ms()}
+        return Outgoing(self.settings.topic("deadletter"), None, self.codec.encode("DeadLetter", record))
+
+
+def _requirement(record: dict, name: str, low: float, high: float) -> float | None:
+    value = record[name]
+    if value is None:
+        return None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise Rejected("BAD_INPUT", f"{name} = {value!r} is outside [{low:g}, {high:g}]")
+    return float(value)
+
+
+# --- the Faust service ----------------------------------------------------------------------------
+def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = None):
+    import asyncio
+
+    import faust
+
+    from .. import bus
+    from .faust_support import faust_app
+
+    app = faust_app(settings, "dispatcher", web_port)
+    queries = app.topic(settings.topic("queries"), value_serializer="raw", key_serializer="raw")
+    producer = bus.producer(settings)
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        missing = {o.topic for o in outgoing} - dispatcher.known_topics
+        if missing:
+            ensure_reply_and_variant_topics(settings, missing)
+            dispatcher.known_topics |= missing
+        for item in outgoing:
+            _produce(producer, item)
+        remaining = producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} messages not delivered within 30 s")
+
+    @app.agent(queries)
+    async def dispatch(stream: faust.Stream) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(1000, within=0.001):
+            outgoing: list[Outgoing] = []
+            for event in events:
+                message = event.message
+                outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
+            # Deliver before the batch is acknowledged (its offsets committed): at-least-once.
+            await loop.run_in_executor(None, publish, outgoing)
+
+    return app
+
+
+def _produce(producer, item: Outgoing) -> None:
+    while True:
+        try:
+            producer.produce(item.topic, key=item.key, value=item.value)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def ensure_reply_and_variant_topics(settings: Settings, topics: set[str]) -> None:
+    from .. import bus
+    specs = {}
+    for topic in topics:
+        if topic.startswith(settings.topic("variant.")):
+            specs[topic] = bus.TopicSpec(settings.variant_partitions)
+        elif topic.startswith(settings.topic("results.")):
+            specs[topic] = bus.TopicSpec(settings.result_partitions)
+    if specs:
+        bus.ensure_topics(settings, specs)
+
+
+def run(settings: Settings, web_port: int | None = None) -> int:
+    """`infaas dispatcher`: run until interrupted."""
+    from .faust_support import run_app
+    view = SystemView(settings).start()
+    dispatcher = Dispatcher(settings, view)
+    app = make_app(settings, dispatcher, web_port)
+    try:
+        return run_app(app, "dispatcher")
+    finally:
+        view.stop()

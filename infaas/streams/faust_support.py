@@ -1,0 +1,74 @@
+"""Faust apps configured from our settings, and run as `infaas` subcommands."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import faust
+
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _broker_credentials(settings: Settings):
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
+    if settings.kafka_sasl_mechanism.startswith("SCRAM"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     mechanism=settings.kafka_sasl_mechanism,
+                                     ssl_context=context if "SSL" in settings.kafka_security_protocol else None)
+    return faust.SSLCredentials(context)
+
+
+def faust_app(settings: Settings, service: str, web_port: int | None = None) -> faust.App:
+    """A Faust app whose consumer group is `<prefix>-<service>`.
+
+    Faust's web server binds a port even when it is disabled, so each process gets its own
+    (a free loopback port unless one is given): two services on one host never collide.
+    """
+    datadir = settings.state_dir / "faust" / f"{settings.topic_prefix}-{service}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}-{service}",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        value_serializer="raw", key_serializer="raw",
+        web_enabled=False, web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port or free_port(),
+        datadir=str(datadir),
+        topic_disable_leader=True, topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_commit_interval=0.5,
+        producer_acks=-1, stream_wait_empty=False,
+    )
+    return app
+
+
+def run_app(app: faust.App, service: str) -> int:
+    """Run a Faust app in this process until SIGINT/SIGTERM; print a readiness line once assigned."""
+    announced = False
+
+    @app.on_partitions_assigned.connect
+    async def _ready(sender, assigned, **kwargs) -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            print(f"infaas {service} ready (pid {__import__('os').getpid()}, {len(assigned)} partitions)", flush=True)
+
+    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False, stdout=sys.stdout,
+                          stderr=sys.stderr)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0

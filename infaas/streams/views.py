@@ -1,0 +1,175 @@
+"""What a service knows of the system, kept fresh in the background and never read per query:
+the catalogue (apps, tasks, variants) from Cassandra, and the live state (variant states from the
+compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed an immutable
+`Snapshot`, swapped atomically so readers never see a half-built one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+from .. import bus
+from ..catalog import TaskInfo, Variant
+from ..policies.snapshot import INACTIVE, Snapshot, VariantLive, WorkerLive
+from ..schemas.codec import DecodeError, default_codec
+from ..settings import Settings
+from ..store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Registered apps, tasks and variants (static profiles)."""
+    apps: frozenset[str] = frozenset()
+    tasks: dict[str, TaskInfo] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
+    models: dict[str, tuple[str, str, bool]] = field(default_factory=dict)  # model -> (task, owner app, public)
+
+    @classmethod
+    def load(cls, store: Store) -> Catalog:
+        variants = {v.variant_id: v for v in store.all_variants()}
+        return cls(frozenset(row["app_id"] for row in store.list_apps()),
+                   {t.task: t for t in store.list_tasks()}, variants,
+                   {v.model: (v.task, v.app_id, v.public) for v in variants.values()})
+
+    def model_visible(self, model: str, app_id: str) -> str | None:
+        """The model's task if the app may use the model, else None (unknown and private look alike)."""
+        entry = self.models.get(model)
+        if entry is None or not (entry[2] or entry[1] == app_id):
+            return None
+        return entry[0]
+
+
+def live_from_state(record: dict) -> VariantLive:
+    return VariantLive(status=record["state"], replicas=record["replicas"], workers=tuple(record["workers"]),
+                       qps=record["qps"], queue_len=record["queue_len"], avg_latency_ms=record["avg_latency_ms"],
+                       last_used_ms=record["updated_at"])
+
+
+def worker_from_report(record: dict) -> WorkerLive:
+    return WorkerLive(worker_id=record["worker_id"], hardware=record["hardware"], cpu_util=record["cpu_util"],
+                      gpu_util=record["gpu_util"] or 0.0, memory_mb=record["memory_mb"],
+                      memory_budget_mb=record["memory_budget_mb"],
+                      variants={m["variant_id"]: m["replicas"] for m in record["variants"]},
+                      started_at_ms=record["reported_at"])
+
+
+class SystemView:
+    """Catalogue + live state -> Snapshot, refreshed by two background threads."""
+
+    def __init__(self, settings: Settings, catalog_refresh_s: float = 5.0, worker_expiry_s: float = 5.0,
+                 on_change: Callable[[Snapshot], None] | None = None):
+        self.settings = settings
+        self.codec = default_codec()
+        self.catalog = Catalog()
+        self.catalog_refresh_s = catalog_refresh_s
+        self.worker_expiry_ms = int(worker_expiry_s * 1000)
+        self.on_change = on_change
+        self._live: dict[str, VariantLive] = {}
+        self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
+        self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
+        self._dirty = threading.Event()
+        self._lock = threading.Lock()  # one rebuild at a time, so a newer snapshot is never replaced by an older
+        self._stop = threading.Event()
+        self._store = Store(settings)
+        self.snapshot = Snapshot(variants={}, at_ms=int(time.time() * 1000))
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self, wait_s: float = 30.0) -> SystemView:
+        self.refresh_catalog()
+        for target, name in ((self._catalog_loop, "catalog"), (self._feed_loop, "state-feed")):
+            thread = threading.Thread(target=target, name=f"infaas-view-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._store.close()
+
+    # --- catalogue ----------------------------------------------------------------------------
+    def refresh_catalog(self) -> bool:
+        try:
+            catalog = Catalog.load(self._store)
+        except (StoreError, Exception) as err:  # Cassandra down: keep serving from the last catalogue
+            log.warning("catalogue refresh failed, keeping the last one: %s", err)
+            return False
+        if catalog != self.catalog:
+            self.catalog = catalog
+            self._rebuild(new_profiles=True)
+        return True
+
+    def _catalog_loop(self) -> None:
+        while not self._stop.wait(self.catalog_refresh_s):
+            self.refresh_catalog()
+
+    # --- live state ---------------------------------------------------------------------------
+    def _feed_loop(self) -> None:
+        consumer = bus.consumer(self.settings, f"{self.settings.topic_prefix}.view", **{"enable.auto.commit": False})
+        state_topic, metrics_topic = self.settings.topic("state"), self.settings.topic("metrics")
+        assignment = []
+        for topic, start in ((state_topic, OFFSET_BEGINNING), (metrics_topic, OFFSET_END)):
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            assignment += [TopicPartition(topic, p, start) for p in meta.partitions]
+        consumer.assign(assignment)  # no group: every reader sees every record
+        last_rebuild = 0.0
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(500, 0.1):
+                    if not message.error():
+                        self._apply(message.topic(), message.value())
+                if self._dirty.is_set() and time.monotonic() - last_rebuild >= 0.1:
+                    self._dirty.clear()
+                    last_rebuild = time.monotonic()
+                    self._rebuild()
+        finally:
+            consumer.close()
+
+    def _apply(self, topic: str, payload: bytes) -> None:
+        try:
+            name, record = self.codec.decode(payload)
+        except DecodeError as err:
+            log.warning("ignoring undecodable record on %s: %s", topic, err.reason)
+            return
+        if name == "VariantState":
+            self._live[record["variant_id"]] = live_from_state(record)
+            self._overrides.pop(record["variant_id"], None)
+        elif name == "WorkerReport":
+            self._workers[record["worker_id"]] = (int(time.time() * 1000), worker_from_report(record))
+        self._dirty.set()
+
+    def believe(self, variant_id: str, live: VariantLive, for_s: float = 30.0) -> None:
+        """Record a local belief (e.g. "being loaded") until the monitor reports or it expires."""
+        self._overrides[variant_id] = (int((time.time() + for_s) * 1000), live)
+        self._rebuild()
+
+    def _rebuild(self, new_profiles: bool = False) -> None:
+        with self._lock:
+            self._rebuild_locked(new_profiles)
+
+    def _rebuild_locked(self, new_profiles: bool) -> None:
+        now = int(time.time() * 1000)
+        live = dict(self._live)
+        for variant_id, (until, belief) in list(self._overrides.items()):
+            if until < now:
+                self._overrides.pop(variant_id, None)
+            elif live.get(variant_id, VariantLive()).status == INACTIVE:
+                live[variant_id] = belief
+        workers = {wid: w for wid, (seen, w) in list(self._workers.items()) if now - seen <= self.worker_expiry_ms}
+        if new_profiles or self.snapshot.variants is not self.catalog.variants:
+            snapshot = Snapshot(variants=self.catalog.variants, live=live, workers=workers, at_ms=now)
+        else:
+            snapshot = self.snapshot.with_changes(live=live, workers=workers, at_ms=now)
+        self.snapshot = snapshot
+        if self.on_change:
+            self.on_change(snapshot)

@@ -1,0 +1,112 @@
+"""The dispatcher's per-message logic: validation, statuses, routing, dead letters.
+
+Driven directly (no Faust, no broker) over a catalogue set by hand; the end-to-end tests cover
+the agent on the real Kafka."""
+
+import math
+
+import numpy as np
+import pytest
+
+from infaas.catalog import TaskInfo
+from infaas.policies.snapshot import Snapshot
+from infaas.schemas.codec import Codec
+from infaas.streams.dispatcher import Dispatcher
+from infaas.streams.views import Catalog, SystemView
+from infaas.tensors import to_tensor
+
+from .test_selection import CATALOG, LARGE, SMALL, WORKERS
+
+CODEC = Codec()
+
+
+@pytest.fixture
+def dispatcher(base_settings):
+    view = SystemView(base_settings)
+    view.catalog = Catalog(apps=frozenset({"demo", "other"}),
+                           tasks={"digits": TaskInfo("digits", "pixels", "float32", (64,), 10)},
+                           variants=CATALOG, models={v.model: (v.task, v.app_id, v.public) for v in CATALOG.values()})
+    view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=1)
+    return Dispatcher(base_settings, view)
+
+
+def query(**changes) -> dict:
+    record = {"query_id": "q1", "app_id": "demo", "task": "digits", "model": None, "variant": None,
+              "inputs": to_tensor(np.zeros((2, 64), np.float32)), "min_accuracy": None, "latency_ms": 50.0,
+              "max_cost": None, "reply_topic": None, "sent_at": 1_000}
+    record.update(changes)
+    return record
+
+
+def handle(dispatcher, **changes):
+    return dispatcher.handle(CODEC.encode("Query", query(**changes)), ("q", 0, 7))
+
+
+def result_of(outgoing, settings, app="demo"):
+    assert len(outgoing) == 1 and outgoing[0].topic == settings.results_topic(app)
+    return CODEC.decode_as("Result", outgoing[0].value)
+
+
+def test_a_good_query_is_routed_with_deadline_and_a_load_command(dispatcher, base_settings):
+    out = handle(dispatcher, min_accuracy=0.97)
+    assert [o.topic for o in out] == [base_settings.topic("control"), base_settings.variant_topic(LARGE.variant_id)]
+    command = CODEC.decode_as("WorkerCommand", out[0].value)
+    assert command["action"] == "LOAD" and command["variant_id"] == LARGE.variant_id and command["worker_id"] == "w2"
+    routed = CODEC.decode_as("RoutedQuery", out[1].value)
+    assert routed["variant_id"] == LARGE.variant_id and routed["deadline_at"] == 1_050
+    assert routed["query"]["query_id"] == "q1"
+    # the next query finds the variant "being loaded" and sends no second load command
+    again = handle(dispatcher, min_accuracy=0.97)
+    assert [o.topic for o in again] == [base_settings.variant_topic(LARGE.variant_id)]
+
+
+@pytest.mark.parametrize("changes, status, fragment", [
+    ({"inputs": to_tensor(np.zeros((2, 63), np.float32))}, "BAD_INPUT", "does not match the task's"),
+    ({"inputs": to_tensor(np.zeros((2, 64), np.float64))}, "BAD_INPUT", "the task expects float32"),
+    ({"inputs": to_tensor(np.full((1, 64), np.nan, np.float32))}, "BAD_INPUT", "NaN"),
+    ({"inputs": {"dtype": "float32", "shape": [1 << 40, 64], "data": b""}}, "BAD_INPUT", "over the limit"),
+    ({"inputs": {"dtype": "float32", "shape": [-1, 64], "data": b""}}, "BAD_INPUT", "negative dimension"),
+    ({"inputs": {"dtype": "float32", "shape": [2, 64], "data": b"\0" * 10}}, "BAD_INPUT", "needs 512 bytes"),
+    ({"inputs": {"dtype": "complex64", "shape": [1], "data": b"\0" * 8}}, "BAD_INPUT", "unsupported dtype"),
+    ({"task": "unknown"}, "UNKNOWN_MODEL", "task 'unknown'"),
+    ({"task": None, "model": "nope"}, "UNKNOWN_MODEL", "no model 'nope'"),
+    ({"task": None, "variant": "x:y:cpu-1t:b1"}, "UNKNOWN_MODEL", "no variant"),
+    ({"task": None}, "BAD_INPUT", "names no task"),
+    ({"min_accuracy": 1.5}, "BAD_INPUT", "min_accuracy"),
+    ({"latency_ms": -3.0}, "BAD_INPUT", "latency_ms"),
+    ({"max_cost": math.inf}, "BAD_INPUT", "max_cost"),
+    ({"query_id": ""}, "BAD_INPUT", "query_id"),
+    ({"min_accuracy": 0.99, "latency_ms": 1.0}, "NO_FEASIBLE_VARIANT", "best accuracy within 1 ms"),
+])
+def test_bad_queries_get_a_clear_status(dispatcher, base_settings, changes, status, fragment):
+    result = result_of(handle(dispatcher, **changes), base_settings)
+    assert result["status"] == status and fragment in result["error"], result["error"]
+    assert result["query_id"] == query(**changes)["query_id"]
+
+
+def test_no_feasible_variant_carries_what_was_possible(dispatcher, base_settings):
+    result = result_of(handle(dispatcher, min_accuracy=0.99, latency_ms=1.0), base_settings)
+    assert result["best_accuracy_within_slo"] == pytest.approx(0.90)  # SMALL answers within 1 ms
+    assert result["fastest_latency_ms"] is None  # nothing reaches 0.99
+
+
+def test_unknown_app_and_private_models(dispatcher, base_settings):
+    result = result_of(handle(dispatcher, app_id="stranger"), base_settings, "stranger")
+    assert result["status"] == "BAD_INPUT" and "unknown app_id" in result["error"]
+
+
+def test_garbage_goes_to_the_dead_letter_topic(dispatcher, base_settings):
+    out = dispatcher.handle(b"\xc3\x01 not really avro", ("queries", 3, 42))
+    assert len(out) == 1 and out[0].topic == base_settings.topic("deadletter")
+    dead = CODEC.decode_as("DeadLetter", out[0].value)
+    assert (dead["partition"], dead["offset"]) == (3, 42) and "unknown schema fingerprint" in dead["reason"]
+    # and the dispatcher goes on
+    assert handle(dispatcher)[-1].topic == base_settings.variant_topic(SMALL.variant_id)
+
+
+def test_reply_topic_must_belong_to_the_app(dispatcher, base_settings):
+    out = handle(dispatcher, app_id="other", reply_topic=base_settings.results_topic("demo"))
+    assert out[0].topic == base_settings.topic("deadletter")
+    own = base_settings.results_topic("other") + ".client-7"
+    out = handle(dispatcher, app_id="other", reply_topic=own, task="unknown")
+    assert out[0].topic == own
