@@ -44,10 +44,18 @@ def model_families(variants_dir: Path) -> dict[str, str]:
 
 
 def linear_fit(batches: list[int], latencies: list[float]) -> tuple[float, float]:
-    """Least-squares `latency(b) = slope*b + intercept` (INFaaS's latency model)."""
-    if len(batches) == 1:
-        return 0.0, float(latencies[0])
-    slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(latencies, float), 1)
+    """Least-squares `latency(b) = slope*b + intercept` (INFaaS's latency model).
+
+    The intercept is kept >= 0: when latency grows faster than linearly (caches), the free fit
+    crosses zero and would promise a near-free small batch; the fit through the origin is then
+    the conservative estimate.
+    """
+    x, y = np.asarray(batches, float), np.asarray(latencies, float)
+    if len(x) == 1:
+        return 0.0, float(y[0])
+    slope, intercept = np.polyfit(x, y, 1)
+    if intercept < 0:
+        slope, intercept = float(x @ y / (x @ x)), 0.0
     return float(slope), float(intercept)
 
 
