@@ -6,7 +6,8 @@
    loaded variant, the wait for the batches already queued ahead of the query.
 3. Prefer an ACTIVE variant (neither overloaded nor interfered) that meets the SLO, the cheapest.
 4. Otherwise the INACTIVE variant with the lowest `load + inference latency` whose inference
-   latency meets the SLO, to be loaded on the least utilized worker of its hardware.
+   latency meets the SLO, to be loaded on the least utilized worker of its hardware; among those
+   whose hardware has a ready worker, if any (the others would first wait for a worker to start).
 5. Otherwise an OVERLOADED variant that meets the SLO (the scaler is already on it).
    INTERFERED variants never get new queries.
 
@@ -102,13 +103,16 @@ class LiveIndex:
     (plain Python tuples: the loaded are few, and a loop over them beats numpy's per-call cost)."""
     inactive: np.ndarray  # bool, aligned with the CandidateIndex
     loaded: tuple[tuple[int, str, float, Variant], ...]  # (position, status, queue wait ms, variant)
+    ready_hardware: np.ndarray  # bool, aligned: a ready worker of the variant's hardware exists
 
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
         loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas),
                         index.variants[i]) for i, live in enumerate(lives) if live.status != INACTIVE)
-        return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded)
+        ready = {w.hardware for w in snapshot.workers.values() if w.ready}
+        return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
+                   np.array([v.hardware in ready for v in index.variants], dtype=bool))
 
 
 def _scope_variants(snapshot: Snapshot, request: Request) -> list[Variant]:
@@ -174,11 +178,19 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     if max_cost != math.inf:
         feasible &= index.cost[head] <= max_cost
     if feasible.any():
+        # A variant whose hardware has a ready worker loads now; any other waits for a new worker
+        # (20-30 s) before its load starts, which load + inference latency does not count.
+        loadable = feasible & live.ready_hardware[head]
+        if loadable.any():
+            feasible = loadable
         position = int(np.argmin(np.where(feasible, index.load_ms[head] + latency[head], np.inf)))
         variant = index.variants[position]
         worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
-        return Decision(OK, variant.variant_id, "inactive variant with the least load + inference latency",
-                        float(variant.load_ms + latency[position]), load_on=worker.worker_id if worker else None)
+        reason = "inactive variant with the least load + inference latency"
+        if worker is None:
+            reason += f" (no ready {variant.hardware} worker: one has to start first)"
+        return Decision(OK, variant.variant_id, reason, float(variant.load_ms + latency[position]),
+                        load_on=worker.worker_id if worker else None)
 
     best = _best_loaded(live, accurate, batch, slo, max_cost, OVERLOADED)
     if best is not None:

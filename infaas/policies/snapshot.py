@@ -14,6 +14,9 @@ from ..catalog import Variant
 
 INACTIVE, ACTIVE, OVERLOADED, INTERFERED = "INACTIVE", "ACTIVE", "OVERLOADED", "INTERFERED"
 STATUSES = (INACTIVE, ACTIVE, OVERLOADED, INTERFERED)
+# The dispatcher's own view only: a variant whose traffic the scaler moved away; it gets no new
+# queries while its queue drains (selection skips every status but ACTIVE/INACTIVE/OVERLOADED).
+RETIRING = "RETIRING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,12 @@ class VariantLive:
     loaded_at_ms: int = 0  # when it became active (0: never)
     last_used_ms: int = 0  # last time it served a query
     low_since_ms: int = 0  # since when its load has been low enough to lose a replica (0: not low)
+    loading: int = 0  # of `replicas`, those still loading (placed, not yet serving)
+    unplaced: int = 0  # replicas decided but waiting for a worker of its hardware (not in `replicas`)
+    demand_accuracy: float = 0.0  # highest accuracy demanded by the queries it served recently (0: unknown)
+    demand_slo_ms: float = 0.0  # tightest latency SLO among them (0: unknown)
+    avg_rows: float = 1.0  # rows per query (INFaaS's "actual batch"): demand in rows/s is qps * avg_rows
+    moving_to: str = ""  # an upgrade/downgrade target being loaded; this variant retires once it serves
 
     @property
     def loaded(self) -> bool:
@@ -96,11 +105,24 @@ class PolicyConfig:
     gpu_interference_qps_factor: float = 0.3
     cpu_interference_clear_factor: float = 1.5
     gpu_interference_clear_factor: float = 1.25
+    gpu_fast_latency_ms: float = 10.0  # GPU variants faster than this use k = min(cap, numerator / lat)
+    gpu_fast_factor_numerator_ms: float = 15.0
+    gpu_fast_factor_cap: float = 5.0
     overload_queue_factor: float = 0.8  # queue > 0.8 * replicas * 1000 / profiled_lat
     # Model autoscaler.
     load_latency_weight: float = 0.0002  # delta = qps*b - r*thr + 0.0002 * r * thr * load_lat
+    queue_drain_s: float = 5.0  # a backlog counts as demand to be served within this time
+    # Demand for scaling up: the mean of the last this many load windows (1: the latest, INFaaS's
+    # current QPS; more windows smooth a dispatcher's one-second herding but react later).
+    scale_up_windows: int = 1
     upgrade_cost_ratio: float = 1.5  # upgrade when replicating costs > 1.5x the faster variant
+    # The load has fallen (a downgrade is considered) when the recent peak uses at most this share
+    # of the replicas' capacity; the downgrade itself needs the same cost ratio.
+    downgrade_load_share: float = 0.5
     unload_idle_s: float = 60.0
+    # A variant meets an SLO under load when this x latency(batch) <= SLO: a query may wait for the
+    # batch in service, then run in its own.
+    slo_batch_factor: float = 2.0
     # VM autoscaler.
     worker_util_high: float = 0.8
     worker_util_low_cpu: float = 0.3
@@ -111,5 +133,8 @@ class PolicyConfig:
     min_workers: int = 1
     max_workers: int = 8
     worker_start_s: float = 25.0  # a new VM takes 20-30 s
+    worker_check_s: float = 2.0  # the VM autoscaler's period: "low" lasts worker_low_readings of these
     # Offline work runs only below this CPU utilization and with nothing interfered.
     offline_cpu_threshold: float = 0.4
+    # Prices and worker sizes: a hardware catalogue file (TOML); "" is the one shipped with infaas.
+    hardware_catalog: str = ""

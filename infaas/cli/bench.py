@@ -1,0 +1,65 @@
+"""`infaas bench ...`: benchmarks and the evaluation report.
+
+Each subcommand is one `add_*` function below, listed in SUBCOMMANDS: to add one, write its
+function (parser + handler) and append it there.
+"""
+
+from __future__ import annotations
+
+from . import user_errors
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks and the evaluation report")
+    actions = bench.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
+    for add in SUBCOMMANDS:
+        add(actions)
+
+
+def add_report(actions) -> None:
+    p = actions.add_parser("report", help="simulate infaas vs static vs replica-only on the Proteus traces and "
+                                          "write docs/evaluation.md with plots in docs/img/")
+    p.add_argument("--profiles", default="../shared/data/proteus/aggregate_profiled.csv",
+                   help="variant catalogue (a Proteus profile CSV, `store`, `synthetic[:CSV]`)")
+    p.add_argument("--traces-dir", default="../shared/data/proteus/traces")
+    p.add_argument("--scenarios", default="", help="comma-separated subset of: flat, fluctuating-low, "
+                                                     "fluctuating-medium, fluctuating-high, bursty")
+    p.add_argument("--time-scale", type=float, default=12.0, help="stretch the ~290 s traces X times")
+    p.add_argument("--rate-scale", type=float, default=12.0, help="and multiply their queries by Y")
+    p.add_argument("--warmup-s", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-workers", type=int, default=500)
+    p.add_argument("--speed-runs", type=int, default=3,
+                   help="times the 1 h x 1,000 q/s x synthetic-catalogue speed run (0: skip)")
+    p.add_argument("--results", default="bench-results", help="where run summaries go (and live-*.json are read)")
+    p.add_argument("--out", default="docs/evaluation.md")
+    p.add_argument("--img", default="docs/img")
+    p.set_defaults(handler=cmd_report)
+
+
+@user_errors(ValueError, OSError)
+def cmd_report(args, settings) -> int:
+    from ..sim.runner import generate_report
+    path = generate_report(args, settings, say=lambda msg: print(f"infaas: {msg}", flush=True))
+    print(f"infaas: wrote {path}")
+    return 0
+
+
+def add_pipeline(actions) -> None:
+    p = actions.add_parser("pipeline", help="selection latency, dispatcher throughput, end-to-end overhead and "
+                                            "pipeline vs raw executor throughput (writes JSON)")
+    p.add_argument("--quick", action="store_true", help="fewer decisions and queries")
+    p.add_argument("--out", help="JSON file (default bench-results/pipeline-<time>.json)")
+    p.set_defaults(handler=cmd_pipeline)
+
+
+def cmd_pipeline(args, settings) -> int:
+    from pathlib import Path
+
+    from ..benchmarks import run_benchmarks
+    run_benchmarks(settings, quick=args.quick, out=Path(args.out) if args.out else None,
+                   say=lambda msg: print(f"infaas: {msg}", flush=True))
+    return 0
+
+
+SUBCOMMANDS = [add_report, add_pipeline]

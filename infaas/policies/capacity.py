@@ -1,0 +1,118 @@
+"""Capacity arithmetic shared by the scaling rules, the baselines and the simulator.
+
+A replica serves one batch at a time, so at full batches it carries
+`thr = b * 1000 / latency(b)` rows/s (INFaaS's per-replica throughput, `b` the variant's batch).
+For traffic with a latency SLO, `b` is the largest batch whose run still leaves time to wait for
+the batch ahead (`slo_batch_factor x latency(b) <= SLO`, see `usable_batch`): the batcher never
+forms batches that would overrun the oldest query's deadline, so bigger ones add no capacity.
+INFaaS's horizontal rule asks for `delta = demand - r*thr + w*r*thr*load_ms` more rows/s, where
+`demand = qps * rows per query` ("qps*b" in the reference, b being the query's rows) and the
+load-latency term keeps headroom while new replicas load. The fewest replicas that leave no
+delta solve `demand <= r * thr * (1 - w*load_ms)`.
+
+Workers: a CPU worker has the catalogue's `worker_units` vCPUs and a CPU replica occupies its
+`threads` of them; a GPU worker is one GPU and a GPU replica occupies all of it while it runs a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..catalog import Variant
+from ..hardware import Hardware, hardware, variant_price_per_hour
+from .snapshot import PolicyConfig, VariantLive
+
+# The load-latency headroom can exceed the capacity for very slow loads (w * load_ms >= 1);
+# a replica then still counts for this share of its throughput.
+MIN_USEFUL_SHARE = 0.1
+
+
+def usable_batch(variant: Variant, slo_ms: float = 0.0, factor: float = 2.0) -> int:
+    """The largest batch a replica can run for traffic with this SLO: `factor x latency(b) <= SLO`
+    (a query may wait for the batch in service, then run in its own). No SLO (0): the variant's
+    batch. 0 when not even one query fits: the variant cannot meet the SLO under load."""
+    if slo_ms <= 0:
+        return variant.batch_size
+    if variant.slope_ms < 0:  # latency falls with the batch (a poor fit): count them all
+        return sum(1 for b in range(1, variant.batch_size + 1) if factor * variant.latency_at(b) <= slo_ms)
+    low, high = 0, variant.batch_size  # latency grows with the batch: bisect for the last that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if factor * variant.latency_at(middle) <= slo_ms:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def replica_throughput(variant: Variant, slo_ms: float = 0.0, factor: float = 2.0) -> float:
+    """Rows/s one replica serves at full batches (of the usable batch, for traffic with an SLO)."""
+    batch = max(usable_batch(variant, slo_ms, factor), 1)
+    latency = variant.latency_at(batch)
+    return batch * 1000.0 / latency if latency > 0 else math.inf
+
+
+def backlog_rows(live: VariantLive, drain_s: float) -> float:
+    """Rows/s it takes to serve the queued queries within `drain_s` (0: the queue is ignored).
+
+    Served and arrival rates alone say "no demand" while a backlog waits; without this term a
+    variant could lose replicas with thousands of queries queued."""
+    return live.queue_len * live.avg_rows / drain_s if drain_s > 0 else 0.0
+
+
+def demand_rows(live: VariantLive, recent: tuple[float, ...] = (), windows: int = 1, drain_s: float = 0.0) -> float:
+    """Rows/s: the mean of the last `windows` load windows (`recent`, oldest first, then `live.qps`),
+    plus the backlog to drain."""
+    samples = (*recent, live.qps)[-max(windows, 1):]
+    return sum(samples) / len(samples) * live.avg_rows + backlog_rows(live, drain_s)
+
+
+def peak_demand_rows(live: VariantLive, recent: tuple[float, ...] = (), drain_s: float = 0.0) -> float:
+    """Rows/s at the peak of the recent load windows: a lull has to last before it counts."""
+    return max((*recent, live.qps)) * live.avg_rows + backlog_rows(live, drain_s)
+
+
+def scale_delta(variant: Variant, demand: float, replicas: int, config: PolicyConfig, slo_ms: float = 0.0) -> float:
+    """INFaaS's delta: rows/s still missing with `replicas` replicas (negative: spare)."""
+    capacity = replicas * replica_throughput(variant, slo_ms, config.slo_batch_factor)
+    return demand - capacity + config.load_latency_weight * capacity * variant.load_ms
+
+
+def replicas_for(variant: Variant, demand: float, config: PolicyConfig, slo_ms: float = 0.0) -> int:
+    """The fewest replicas (at least 1) whose delta is <= 0 for this demand."""
+    useful = max(1.0 - config.load_latency_weight * variant.load_ms, MIN_USEFUL_SHARE)
+    needed = demand / (replica_throughput(variant, slo_ms, config.slo_batch_factor) * useful)
+    return max(1, math.ceil(needed - 1e-9))
+
+
+def hardware_of(variant_or_name: Variant | str, config: PolicyConfig) -> Hardware:
+    name = variant_or_name if isinstance(variant_or_name, str) else variant_or_name.hardware
+    return hardware(name, config.hardware_catalog or None)
+
+
+def worker_units(hw: Hardware) -> int:
+    """Execution units of one worker: vCPUs for CPU workers, one GPU otherwise."""
+    return max(hw.worker_units, 1) if hw.kind == "cpu" else 1
+
+
+def replica_units(variant: Variant, hw: Hardware) -> int:
+    return min(max(variant.threads, 1), worker_units(hw)) if hw.kind == "cpu" else 1
+
+
+def replica_share(variant: Variant, config: PolicyConfig) -> float:
+    """Fraction of a worker of its hardware that one busy replica of the variant uses."""
+    hw = hardware_of(variant, config)
+    return replica_units(variant, hw) / worker_units(hw)
+
+
+def replica_price_per_hour(variant: Variant, config: PolicyConfig) -> float:
+    return variant_price_per_hour(variant.hardware, variant.threads, config.hardware_catalog or None)
+
+
+def serving_cost_per_hour(variant: Variant, demand: float, config: PolicyConfig, slo_ms: float = 0.0) -> float:
+    """What carrying `demand` rows/s on this variant costs: the replicas it needs, priced."""
+    return replicas_for(variant, demand, config, slo_ms) * replica_price_per_hour(variant, config)
+
+
+def worker_price_per_hour(hardware_name: str, config: PolicyConfig) -> float:
+    return hardware_of(hardware_name, config).worker_price_per_hour

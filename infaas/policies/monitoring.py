@@ -1,0 +1,109 @@
+"""Worker monitoring, as pure functions: a variant's state from what was observed in the last
+second, and the "low since" bookkeeping the scaling rules wait on between ticks.
+
+States (INFaaS, "Worker monitoring"):
+  INACTIVE    no replica.
+  INTERFERED  average latency above k x the profiled latency while it carries real load
+              (`qps > q x thr x replicas`): co-located work contends. CPU k=2.5, q=0.5; GPU k=1.5
+              (k = min(5, 15/lat) for variants faster than 10 ms), q=0.3. It stays interfered until
+              the latency falls below 1.5x (GPU 1.25x) the profile with a short queue.
+  OVERLOADED  the queue holds more than 0.8 x replicas x thr queries (about 0.8 s of work).
+  ACTIVE      otherwise.
+The profiled latency is the variant's latency at its batch size (`Variant.latency_at`), and
+`thr` its per-replica throughput; for batch 1 these are exactly the reference's `1000/lat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..catalog import Variant
+from .capacity import peak_demand_rows, replica_throughput, replicas_for
+from .snapshot import (
+    ACTIVE,
+    INACTIVE,
+    INTERFERED,
+    OVERLOADED,
+    PolicyConfig,
+    Snapshot,
+    VariantLive,
+    WorkerLive,
+)
+
+
+def is_gpu(hardware_name: str) -> bool:
+    return hardware_name != "cpu"
+
+
+def interference_factor(variant: Variant, profiled_ms: float, config: PolicyConfig) -> float:
+    if not is_gpu(variant.hardware):
+        return config.cpu_interference_latency_factor
+    if 0 < profiled_ms < config.gpu_fast_latency_ms:
+        return min(config.gpu_fast_factor_cap, config.gpu_fast_factor_numerator_ms / profiled_ms)
+    return config.gpu_interference_latency_factor
+
+
+def classify(variant: Variant, observed_qps: float, observed_avg_latency_ms: float, queue_len: int,
+             replicas: int, previous_status: str, config: PolicyConfig) -> str:
+    if replicas <= 0:
+        return INACTIVE
+    gpu = is_gpu(variant.hardware)
+    profiled = variant.latency_at(variant.batch_size)
+    capacity = replicas * replica_throughput(variant)
+    long_queue = queue_len > config.overload_queue_factor * capacity
+    if profiled > 0:
+        if previous_status == INTERFERED:
+            clear = config.gpu_interference_clear_factor if gpu else config.cpu_interference_clear_factor
+            if observed_avg_latency_ms >= clear * profiled or long_queue:
+                return INTERFERED
+        else:
+            qps_factor = config.gpu_interference_qps_factor if gpu else config.cpu_interference_qps_factor
+            if (observed_avg_latency_ms > interference_factor(variant, profiled, config) * profiled
+                    and observed_qps > qps_factor * capacity):
+                return INTERFERED
+    return OVERLOADED if long_queue else ACTIVE
+
+
+def variant_is_low(variant: Variant, live: VariantLive, config: PolicyConfig,
+                   recent: tuple[float, ...] = ()) -> bool:
+    """It could lose a replica and the delta rule would not add it back, even at the peak of the
+    recent demand windows (`recent`, queries/s): a one-second lull does not count as low."""
+    replicas = live.replicas + live.unplaced
+    peak = peak_demand_rows(live, recent, config.queue_drain_s)
+    return replicas > 1 and replicas > replicas_for(variant, peak, config, live.demand_slo_ms)
+
+
+def worker_is_low(worker: WorkerLive, config: PolicyConfig) -> bool:
+    threshold = config.worker_util_low_gpu if is_gpu(worker.hardware) else config.worker_util_low_cpu
+    return worker.ready and worker.utilization <= threshold
+
+
+def _since(previous_since: int, low: bool, now_ms: int) -> int:
+    if not low:
+        return 0
+    return previous_since or max(now_ms, 1)  # 0 means "not low", so a low reading at t=0 counts from 1 ms
+
+
+def track(previous: Snapshot | None, new: Snapshot, config: PolicyConfig | None = None) -> Snapshot:
+    """`new` with `low_since_ms` carried over from `previous` (or started, or cleared)."""
+    config = config or PolicyConfig()
+    live = dict(new.live)
+    for variant_id, state in new.live.items():
+        variant = new.variants.get(variant_id)
+        if variant is None:
+            continue
+        before = previous.live_of(variant_id).low_since_ms if previous is not None else 0
+        low = variant_is_low(variant, state, config, new.demand.get(variant_id, ()))
+        since = _since(before, low, new.at_ms)
+        if since != state.low_since_ms:
+            live[variant_id] = dataclasses.replace(state, low_since_ms=since)
+    workers = dict(new.workers)
+    for worker_id, worker in new.workers.items():
+        old = previous.workers.get(worker_id) if previous is not None else None
+        since = _since(old.low_since_ms if old else 0, worker_is_low(worker, config), new.at_ms)
+        if since != worker.low_since_ms:
+            workers[worker_id] = dataclasses.replace(worker, low_since_ms=since)
+    return new.with_changes(live=live, workers=workers)
+
+
+__all__ = ["ACTIVE", "INACTIVE", "INTERFERED", "OVERLOADED", "classify", "track", "variant_is_low", "worker_is_low"]

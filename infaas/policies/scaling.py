@@ -1,0 +1,414 @@
+"""INFaaS's scaling policies as one pure function: `decide(snapshot, config, policy) -> [Action]`.
+
+Rules (INFaaS, "Model autoscaler" and "VM autoscaler"; thresholds in `PolicyConfig`):
+  horizontal  per loaded variant, every tick: add `ceil(delta / thr)` replicas when INFaaS's delta
+              (capacity.py) is positive; remove one replica once the variant has been "low" (one
+              replica fewer would still leave no delta) for at least its load latency. An
+              INTERFERED variant gets a replica on another worker (its queries move there).
+  vertical    (infaas only) per loaded variant with traffic: compare staying (the replicas the
+              variant needs, priced) with moving its traffic to a variant that is not loaded and
+              still meets the requirements of that traffic (the highest accuracy and tightest SLO
+              it served). While it must scale up, only faster variants (higher per-replica
+              throughput: bigger batch, another optimizer, GPU) are considered: UPGRADE when
+              staying costs more than `upgrade_cost_ratio` (1.5) x the target. Otherwise, with the
+              peak of its recent demand, any cheaper variant: DOWNGRADE on the same ratio.
+  unload      (infaas only) a variant idle for `unload_idle_s` is unloaded; memory goes back.
+  placement   a new replica goes to a worker of its hardware with room (projected utilization
+              <= worker_util_high, or empty), the fullest first: co-location before new workers.
+  workers     add a worker of a hardware kind when all its workers are above worker_util_high,
+              or all are interfered, or more than worker_overloaded_share of them host an
+              overloaded variant, or replicas found no room; remove the least utilized worker
+              once it has been low for worker_low_readings x worker_check_s and hosts no last
+              replica of a variant with traffic; never outside [min_workers, max_workers]
+              (all kinds together), one worker action per `worker_backoff_s`.
+
+Policies: "infaas" (all rules), "replica-only" (horizontal + placement + workers, for the fixed
+variant of each task in the `BaselinePlan`), "static" (nothing: the plan's replicas, provisioned
+at the start, never change).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..catalog import Variant
+from .actions import (
+    ADD_REPLICA,
+    ADD_WORKER,
+    DOWNGRADE_VARIANT,
+    REMOVE_REPLICA,
+    REMOVE_WORKER,
+    UNLOAD_VARIANT,
+    UPGRADE_VARIANT,
+    Action,
+)
+from .baselines import BaselinePlan
+from .capacity import (
+    MIN_USEFUL_SHARE,
+    demand_rows,
+    peak_demand_rows,
+    replica_price_per_hour,
+    replica_share,
+    replica_throughput,
+    replicas_for,
+    scale_delta,
+    usable_batch,
+)
+from .monitoring import variant_is_low
+from .snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig, Snapshot, VariantLive, WorkerLive
+
+POLICIES = ("infaas", "static", "replica-only")
+INFAAS, STATIC, REPLICA_ONLY = POLICIES
+
+
+def decide(snapshot: Snapshot, config: PolicyConfig, policy: str = INFAAS,
+           last_worker_action_ms: int | None = None, baseline: BaselinePlan | None = None) -> list[Action]:
+    """Every scaling action the policy takes now, each with its reason.
+
+    `last_worker_action_ms`: when the last worker was added or removed (None: never), for the back-off.
+    `baseline`: the fixed variant per task, needed by "replica-only".
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown scaling policy {policy!r}; one of {', '.join(POLICIES)}")
+    if policy == STATIC:
+        return []
+    if policy == REPLICA_ONLY and baseline is None:
+        raise ValueError("the replica-only policy needs a BaselinePlan (its fixed variant per task)")
+    ledger = Ledger.of(snapshot, config)
+    scaled = _scaled_variants(snapshot, policy, baseline)
+    actions: list[Action] = []
+    moved: set[str] = set()
+    if policy == INFAAS:
+        for variant_id in scaled:
+            move = vertical(snapshot, config, ledger, variant_id)
+            if move:
+                moved.add(variant_id)
+                actions += move
+    for variant_id in scaled:
+        if variant_id not in moved:
+            actions += horizontal(snapshot, config, ledger, variant_id)
+    if policy == INFAAS:
+        actions += unload_idle(snapshot, config, exclude=moved)
+    keep = set(baseline.variants.values()) if baseline is not None else set()
+    actions += workers(snapshot, config, ledger, last_worker_action_ms, keep=keep)
+    return actions
+
+
+def _scaled_variants(snapshot: Snapshot, policy: str, baseline: BaselinePlan | None) -> list[str]:
+    loaded = [vid for vid, live in snapshot.live.items()
+              if vid in snapshot.variants and live.replicas + live.unplaced > 0]
+    if policy == REPLICA_ONLY:
+        fixed = set(baseline.variants.values())
+        loaded = [vid for vid in loaded if vid in fixed]
+    return sorted(loaded)
+
+
+# ---------------------------------------------------------------- placement
+
+@dataclass
+class Ledger:
+    """Projected utilization and memory of each worker while one decision places replicas."""
+    config: PolicyConfig
+    workers: dict[str, WorkerLive]
+    util: dict[str, float]
+    free_mb: dict[str, float]
+    hosted: dict[str, int]
+    wanted: Counter  # hardware -> workers' worth of replicas that found no room
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, config: PolicyConfig) -> Ledger:
+        workers = dict(snapshot.workers)
+        return cls(config, workers, {w: x.utilization for w, x in workers.items()},
+                   {w: (x.free_memory_mb if x.memory_budget_mb > 0 else math.inf) for w, x in workers.items()},
+                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, Counter())
+
+    def place(self, variant: Variant, load_fraction: float, exclude: tuple[str, ...] = (),
+              want: bool = True) -> str | None:
+        """The worker for one more replica (None: no room; then, if `want`, a worker of its hardware is wanted)."""
+        whole = replica_share(variant, self.config)
+        share = whole * min(max(load_fraction, 0.0), 1.0)
+        fits = [w for w, x in self.workers.items()
+                if x.hardware == variant.hardware and w not in exclude and self.free_mb[w] >= variant.peak_memory_mb
+                and (self.hosted[w] == 0 or self.util[w] + share <= self.config.worker_util_high)]
+        if not fits:
+            if want:
+                self.wanted[variant.hardware] += whole
+            return None
+        # Ready workers first; then the fullest that still has room (pack before spreading).
+        chosen = min(fits, key=lambda w: (not self.workers[w].ready, -self.util[w], w))
+        self.util[chosen] += share
+        self.free_mb[chosen] -= variant.peak_memory_mb
+        self.hosted[chosen] += 1
+        return chosen
+
+
+# ---------------------------------------------------------------- model autoscaler: horizontal
+
+def horizontal(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_id: str) -> list[Action]:
+    variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
+    replicas = live.replicas + live.unplaced
+    recent = snapshot.demand.get(variant_id, ())
+    demand, slo = demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s), live.demand_slo_ms
+    thr = replica_throughput(variant, slo, config.slo_batch_factor)
+    delta = scale_delta(variant, demand, replicas, config, slo)
+    if delta > 0:
+        add = math.ceil(delta / thr - 1e-9)
+        load = demand / ((replicas + add) * thr)
+        reason = (f"demand {demand:.1f} rows/s > {replicas} x {thr:.1f} rows/s less load headroom "
+                  f"(delta {delta:.1f}): +{add}")
+        return [_add_replica(ledger, variant, load, replicas + i, reason) for i in range(add)]
+    if live.status == INTERFERED and live.loading == 0 and live.unplaced == 0:
+        # Moved to free resources if some worker has them; otherwise the VM autoscaler's rule.
+        worker = ledger.place(variant, 1.0, exclude=live.workers, want=False)
+        if worker:
+            reason = f"interfered (avg latency {live.avg_latency_ms:.1f} ms): a replica on {worker}, which has room"
+            return [Action(ADD_REPLICA, reason, variant_id, worker_id=worker, hardware=variant.hardware,
+                           from_count=replicas, to_count=replicas + 1)]
+    waited = snapshot.at_ms - live.low_since_ms
+    if live.low_since_ms and waited >= variant.load_ms and variant_is_low(variant, live, config, recent):
+        worker = _busiest_host(snapshot, live) if live.unplaced == 0 else None
+        reason = (f"demand {demand:.1f} rows/s fits {replicas - 1} replicas, low for {waited / 1000:.1f} s "
+                  f">= load latency {variant.load_ms / 1000:.1f} s")
+        return [Action(REMOVE_REPLICA, reason, variant_id, worker_id=worker, hardware=variant.hardware,
+                       from_count=replicas, to_count=replicas - 1)]
+    return []
+
+
+def _add_replica(ledger: Ledger, variant: Variant, load: float, before: int, reason: str,
+                 exclude: tuple[str, ...] = ()) -> Action:
+    worker = ledger.place(variant, load, exclude)
+    where = f" on {worker}" if worker else f"; no {variant.hardware} worker has room: on the next one"
+    return Action(ADD_REPLICA, reason + where, variant.variant_id, worker_id=worker, hardware=variant.hardware,
+                  from_count=before, to_count=before + 1)
+
+
+def _busiest_host(snapshot: Snapshot, live: VariantLive) -> str | None:
+    hosts = [w for w in live.workers if w in snapshot.workers]
+    return max(hosts, key=lambda w: (snapshot.workers[w].utilization, w), default=None)
+
+
+# ---------------------------------------------------------------- model autoscaler: vertical
+
+@dataclass(frozen=True)
+class TaskArrays:
+    """Per-task columns for the vertical search (profiles only: memoized across snapshots)."""
+    variants: tuple[Variant, ...]
+    position: dict[str, int]
+    accuracy: np.ndarray
+    batch: np.ndarray
+    latency: np.ndarray  # latency.shape = (variants, largest batch): latency_at(b) at [i, b-1], inf past the batch
+    useful: np.ndarray  # 1 - w * load_ms, floored like capacity.replicas_for
+    price: np.ndarray
+    public: np.ndarray
+    app: np.ndarray
+    _per_slo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, variants: list[Variant], config: PolicyConfig) -> TaskArrays:
+        ordered = tuple(sorted(variants, key=lambda v: v.variant_id))
+        column = lambda f: np.array([f(v) for v in ordered], dtype=np.float64)  # noqa: E731
+        widest = max((v.batch_size for v in ordered), default=1)
+        latency = np.full((len(ordered), widest), np.inf)
+        for i, v in enumerate(ordered):
+            latency[i, :v.batch_size] = [v.latency_at(b) for b in range(1, v.batch_size + 1)]
+        return cls(ordered, {v.variant_id: i for i, v in enumerate(ordered)},
+                   column(lambda v: v.accuracy), column(lambda v: v.batch_size), latency,
+                   column(lambda v: max(1.0 - config.load_latency_weight * v.load_ms, MIN_USEFUL_SHARE)),
+                   column(lambda v: replica_price_per_hour(v, config)),
+                   np.array([v.public for v in ordered], dtype=bool), np.array([v.app_id for v in ordered]))
+
+    def throughput(self, slo_ms: float, factor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorized `capacity.usable_batch` and `capacity.replica_throughput` over the task's variants
+        (memoized per SLO: the profiles do not change)."""
+        cached = self._per_slo.get((slo_ms, factor))
+        if cached is None:
+            usable = (factor * self.latency <= slo_ms).sum(axis=1)
+            batch = np.maximum(usable, 1)
+            latency = self.latency[np.arange(len(batch)), batch - 1]
+            with np.errstate(divide="ignore"):
+                cached = usable, np.where(latency > 0, batch * 1000.0 / latency, np.inf)
+            self._per_slo[(slo_ms, factor)] = cached
+        return cached
+
+    def serving_cost(self, demand: float, throughput: np.ndarray) -> np.ndarray:
+        """Vectorized `capacity.serving_cost_per_hour`."""
+        needed = np.maximum(1.0, np.ceil(demand / (throughput * self.useful) - 1e-9))
+        return needed * self.price
+
+
+def task_arrays(snapshot: Snapshot, task: str, config: PolicyConfig) -> TaskArrays:
+    key = ("static", "scaling", task, config.load_latency_weight, config.hardware_catalog)
+    arrays = snapshot._memo.get(key)
+    if arrays is None:
+        arrays = TaskArrays.build([v for v in snapshot.variants.values() if v.task == task], config)
+        snapshot._memo[key] = arrays
+    return arrays
+
+
+def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_id: str) -> list[Action]:
+    variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
+    replicas = live.replicas + live.unplaced
+    settled = (snapshot.at_ms - live.loaded_at_ms >= variant.load_ms and live.loading == 0 and live.unplaced == 0
+               and not live.moving_to)
+    if live.status == INACTIVE or live.qps <= 0 or not settled:
+        return []
+    slo = live.demand_slo_ms or config.slo_batch_factor * variant.latency_at(variant.batch_size)
+    recent = snapshot.demand.get(variant_id, ())
+    now = demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s)
+    scaling_up = scale_delta(variant, now, replicas, config, slo) > 0
+    demand = now if scaling_up else peak_demand_rows(live, recent, config.queue_drain_s)
+    capacity = replicas * replica_throughput(variant, slo, config.slo_batch_factor)
+    if not scaling_up and demand > config.downgrade_load_share * capacity:
+        return []  # the load has not fallen: nothing to downgrade
+    unfit = usable_batch(variant, slo, config.slo_batch_factor) == 0
+    target = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=scaling_up and not unfit)
+    if target is None:
+        return []
+    stay = replicas_for(variant, demand, config, slo) * replica_price_per_hour(variant, config)
+    count = replicas_for(target, demand, config, slo)
+    move = count * replica_price_per_hour(target, config)
+    if unfit and scaling_up:
+        why = f"{variant_id} cannot meet the {slo:g} ms SLO of its traffic under load"
+    elif stay > config.upgrade_cost_ratio * move:
+        why = f"staying costs ${stay:.3f}/h > {config.upgrade_cost_ratio:g} x ${move:.3f}/h"
+    else:
+        return []
+    kind = UPGRADE_VARIANT if scaling_up else DOWNGRADE_VARIANT
+    load = demand / (count * replica_throughput(target, slo, config.slo_batch_factor))
+    reason = f"{demand:.1f} rows/s: {why}; moving to {count} x {target.variant_id} (${move:.3f}/h)"
+    first = ledger.place(target, load)
+    actions = [Action(kind, reason, variant_id, target.variant_id, worker_id=first, hardware=target.hardware,
+                      from_count=replicas, to_count=count)]
+    for i in range(1, count):
+        actions.append(_add_replica(ledger, target, load, i, f"part of the move from {variant_id}"))
+    return actions
+
+
+def _cheapest_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant, live: VariantLive,
+                     demand: float, slo: float, faster_only: bool) -> Variant | None:
+    """The cheapest variant that is not loaded and meets the traffic's accuracy and SLO under load."""
+    arrays = task_arrays(snapshot, variant.task, config)
+    accuracy = live.demand_accuracy or variant.accuracy
+    usable, throughput = arrays.throughput(slo, config.slo_batch_factor)
+    ok = ((arrays.accuracy >= accuracy) & (arrays.batch >= live.avg_rows) & (usable >= 1)
+          & np.isfinite(throughput) & (arrays.public | (arrays.app == variant.app_id)))
+    if faster_only:
+        ok &= throughput > replica_throughput(variant, slo, config.slo_batch_factor)
+    for other, state in snapshot.live.items():  # loaded ones get traffic from the dispatcher already
+        position = arrays.position.get(other)
+        if position is not None and state.replicas + state.unplaced > 0:
+            ok[position] = False
+    if not ok.any():
+        return None
+    cost = np.where(ok, arrays.serving_cost(demand, throughput), np.inf)
+    best = np.flatnonzero(cost == cost.min())
+    return arrays.variants[int(best[np.argmin(arrays.latency[best, 0])])]
+
+
+# ---------------------------------------------------------------- unloading idle variants
+
+def unload_idle(snapshot: Snapshot, config: PolicyConfig, exclude: set[str] = frozenset()) -> list[Action]:
+    actions = []
+    for variant_id, live in sorted(snapshot.live.items()):
+        if variant_id in exclude or live.replicas + live.unplaced == 0 or live.qps > 0 or live.queue_len > 0:
+            continue
+        idle_ms = snapshot.at_ms - max(live.last_used_ms, live.loaded_at_ms)
+        if idle_ms >= config.unload_idle_s * 1000:
+            actions.append(Action(UNLOAD_VARIANT, f"idle for {idle_ms / 1000:.0f} s >= {config.unload_idle_s:g} s",
+                                  variant_id, hardware=_hardware(snapshot, variant_id),
+                                  from_count=live.replicas + live.unplaced, to_count=0))
+    return actions
+
+
+def _hardware(snapshot: Snapshot, variant_id: str) -> str | None:
+    variant = snapshot.variants.get(variant_id)
+    return variant.hardware if variant else None
+
+
+# ---------------------------------------------------------------- VM autoscaler
+
+def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worker_action_ms: int | None,
+            keep: set[str] = frozenset()) -> list[Action]:
+    """Worker actions, after the back-off: additions (per hardware kind that needs them), else one removal."""
+    if last_worker_action_ms is not None and snapshot.at_ms - last_worker_action_ms < config.worker_backoff_s * 1000:
+        return []
+    total = len(snapshot.workers)
+    wanted = Counter(ledger.wanted)
+    for variant_id, live in snapshot.live.items():
+        if live.unplaced and variant_id in snapshot.variants:
+            variant = snapshot.variants[variant_id]
+            wanted[variant.hardware] += live.unplaced * replica_share(variant, config)
+    added = []
+    for kind in sorted({w.hardware for w in snapshot.workers.values()} | set(wanted)):
+        action = _add_worker(snapshot, config, kind, wanted[kind], config.max_workers - total)
+        if action:
+            added.append(action)
+            total += action.to_count - action.from_count
+    if added:
+        return added
+    return _remove_workers(snapshot, config, keep, total - config.min_workers)
+
+
+def _add_worker(snapshot: Snapshot, config: PolicyConfig, kind: str, wanted: float, room: int) -> Action | None:
+    """One worker when the kind runs hot; as many as the replicas that found no room fill, if more."""
+    of_kind = [w for w in snapshot.workers.values() if w.hardware == kind]
+    starting = any(not w.ready for w in of_kind)  # judge utilization again once they are up
+    reason = "" if starting else _hot(snapshot, config, of_kind)
+    count = 1 if reason else 0
+    if wanted > 1e-9:
+        count = max(count, math.ceil(wanted - 1e-9))
+        reason = f"replicas worth {wanted:.1f} {kind} worker(s) found no room" + (f"; {reason}" if reason else "")
+    count = min(count, room)
+    if count <= 0:
+        return None
+    return Action(ADD_WORKER, reason, hardware=kind, from_count=len(of_kind), to_count=len(of_kind) + count)
+
+
+def _hot(snapshot: Snapshot, config: PolicyConfig, of_kind: list[WorkerLive]) -> str:
+    if not of_kind:
+        return ""
+    if all(w.utilization > config.worker_util_high for w in of_kind):
+        return f"all {len(of_kind)} workers above {config.worker_util_high:.0%} utilization"
+    statuses = [[snapshot.live_of(v).status for v, n in w.variants.items() if n > 0] for w in of_kind]
+    if all(s and all(x == INTERFERED for x in s) for s in statuses):
+        return "every variant on every worker is interfered"
+    overloaded = sum(1 for s in statuses if OVERLOADED in s)
+    if overloaded > config.worker_overloaded_share * len(of_kind):
+        return f"{overloaded} of {len(of_kind)} workers host an overloaded variant"
+    return ""
+
+
+def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], spare: int) -> list[Action]:
+    """The least utilized worker that has been low long enough; every such worker if they host nothing."""
+    low_for_ms = config.worker_low_readings * config.worker_check_s * 1000
+    candidates = sorted((w for w in snapshot.workers.values()
+                         if w.ready and w.low_since_ms and snapshot.at_ms - w.low_since_ms >= low_for_ms
+                         and _removable(snapshot, w, keep)), key=lambda w: (w.utilization, w.worker_id))
+    empty = [w for w in candidates if not any(w.variants.values())]
+    chosen = (empty or candidates[:1])[:max(spare, 0)]
+    of_kind = Counter(w.hardware for w in snapshot.workers.values())
+    actions = []
+    for worker in chosen:
+        what = "empty" if worker in empty else "the least utilized"
+        reason = (f"utilization {worker.utilization:.0%} low for {(snapshot.at_ms - worker.low_since_ms) / 1000:.0f} s "
+                  f"(>= {low_for_ms / 1000:.0f} s); {what}")
+        actions.append(Action(REMOVE_WORKER, reason, worker_id=worker.worker_id, hardware=worker.hardware,
+                              from_count=of_kind[worker.hardware], to_count=of_kind[worker.hardware] - 1))
+        of_kind[worker.hardware] -= 1
+    return actions
+
+
+def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str]) -> bool:
+    """It holds no last replica of a variant that has traffic, now or in the recent windows (or that must
+    stay loaded)."""
+    for variant_id, count in worker.variants.items():
+        live = snapshot.live_of(variant_id)
+        sole = count > 0 and live.replicas <= count
+        busy = live.qps > 0 or live.queue_len > 0 or any(snapshot.demand.get(variant_id, ()))
+        if sole and (busy or variant_id in keep):
+            return False
+    return True

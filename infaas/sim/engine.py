@@ -1,0 +1,506 @@
+"""A discrete-event simulator of the serving system, driven by the policies the live system runs.
+
+Model (times in ms):
+  * Control plane, every tick (`tick_ms`, 1 s like the load monitor): the monitor's view of the last
+    tick becomes a `Snapshot` (states by `monitoring.classify`, low-since by `monitoring.track`);
+    `scaling.decide` returns actions, which the executor below carries out. The dispatcher routes the
+    tick's queries with `selection.select` on that snapshot: its decision for a request class
+    (task, accuracy demand, SLO) is computed once per tick and reused (same inputs, same output), as
+    the live dispatcher sees state refreshed about once a second. A decision that names a variant
+    that is not loaded loads it (on `load_on`, or on the next worker of its hardware), and the next
+    decisions of the tick see it loaded, as the live dispatcher's local belief does.
+  * Data plane: each variant has one FIFO queue; each replica runs one batch at a time. A free
+    replica takes the queued queries up to the variant's batch size (dynamic batching, no waiting
+    for a batch to fill), but never more than the oldest one's deadline allows (`latency_at(n)`, the
+    profile's linear model, must fit before it), and runs them in `latency_at(n)` x its worker's
+    contention factor. Queries whose deadline has passed when a replica reaches them are answered
+    "deadline exceeded" without running, as the live workers do (they count as violations, not as
+    served). A replica serves once loaded: `load_ms` after it is placed (after the worker is up, for
+    a starting worker). Queries are not dropped otherwise: queued ones wait for a replica.
+  * Workers start in 20-30 s (uniform, seeded). Contention: a worker has `worker_units` vCPUs (CPU)
+    or one GPU; each replica uses its share while busy. The offered busy share of a worker over a
+    tick (a backlogged replica counts as fully busy) is its utilization; above 1 it slows every
+    batch on the worker by that factor in the next tick, which the monitor then sees as interference.
+  * Cost: every worker is billed per second it exists, starting or started, at the hardware's
+    `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU).
+Metrics cover queries arriving after the warm-up; cost covers the same window, up to the last arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from bisect import bisect_right
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..catalog import Variant
+from ..policies import baselines, monitoring, scaling, selection
+from ..policies.actions import (
+    ADD_REPLICA,
+    ADD_WORKER,
+    DOWNGRADE_VARIANT,
+    LOAD_VARIANT,
+    REMOVE_REPLICA,
+    REMOVE_WORKER,
+    UNLOAD_VARIANT,
+    UPGRADE_VARIANT,
+    WORKER_KINDS,
+    Action,
+)
+from ..policies.capacity import hardware_of, replica_units, worker_units
+from ..policies.selection import Request
+from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, VariantLive, WorkerLive
+from .traces import Workload, task_demands
+
+
+@dataclass
+class SimOptions:
+    policy: str = "infaas"
+    scenario: str = ""  # a label for the report
+    tick_ms: int = 1000
+    seed: int = 0
+    warmup_s: float = 0.0
+    drain_s: float = 120.0  # after the last arrival, keep serving this long at most
+    worker_start_s: tuple[float, float] = (20.0, 30.0)
+    demand_window: int = 10  # ticks of per-variant demand history in the snapshot
+    app_id: str = "sim"
+    initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}
+    config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
+
+
+class Worker:
+    __slots__ = ("worker_id", "hardware", "units", "memory_budget_mb", "price_per_hour", "started_at", "ready_at",
+                 "removed_at", "replicas", "factor", "util")
+
+    def __init__(self, worker_id: str, hardware: str, units: int, memory_mb: float, price: float,
+                 started_at: float, ready_at: float):
+        self.worker_id, self.hardware, self.units = worker_id, hardware, units
+        self.memory_budget_mb, self.price_per_hour = memory_mb, price
+        self.started_at, self.ready_at, self.removed_at = started_at, ready_at, math.inf
+        self.replicas: list[Replica] = []
+        self.factor, self.util = 1.0, 0.0
+
+    def reserved_share(self) -> float:
+        return sum(r.units for r in self.replicas) / self.units
+
+
+class Replica:
+    __slots__ = ("sim_variant", "worker", "units", "ready_at", "free_at", "busy")
+
+    def __init__(self, sim_variant: SimVariant, worker: Worker, units: int, ready_at: float):
+        self.sim_variant, self.worker, self.units = sim_variant, worker, units
+        self.ready_at, self.free_at, self.busy = ready_at, ready_at, 0.0
+
+
+class SimVariant:
+    """A variant's queue, replicas and last-tick measurements."""
+
+    def __init__(self, variant: Variant, index: int, window: int):
+        self.variant, self.index, self.batch = variant, index, variant.batch_size
+        self.latency = [variant.latency_at(n) for n in range(variant.batch_size + 1)]
+        self.queue_at: list[float] = []  # arrival times, from `head` on still waiting
+        self.queue_ids: list[int] = []  # their query indices
+        self.queue_deadline: list[float] = []  # their deadlines (arrival + SLO)
+        self.capped = variant.slope_ms > 0  # latency grows with the batch: a deadline can cap it
+        self.head = 0
+        self.tick_head = 0  # head at the start of the tick: queries [tick_head, head) started in it
+        self.batch_finish: list[float] = []
+        self.batch_sizes: list[int] = []
+        self.replicas: list[Replica] = []
+        self.unplaced = 0
+        self.retiring = False
+        self.moving_to = ""
+        self.loaded_at = 0
+        self.last_used = 0
+        self.status = "INACTIVE"
+        self.arrivals = 0
+        self.exec_sum = 0.0
+        self.batches = 0
+        self.demand_accuracy = 0.0
+        self.demand_slo = 0.0
+        self.history: deque[float] = deque(maxlen=window)
+        self.qps = 0.0
+        self.avg_latency = 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue_at) - self.head
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.replicas) or self.unplaced > 0
+
+
+class Simulator:
+    def __init__(self, variants: list[Variant], workload: Workload, options: SimOptions | None = None):
+        self.options = options or SimOptions()
+        self.config = self.options.config
+        self.policy = self.options.policy
+        if self.policy not in scaling.POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; one of {', '.join(scaling.POLICIES)}")
+        self.catalog = {v.variant_id: v for v in variants}
+        self.workload = workload
+        self.rng = np.random.default_rng(self.options.seed)
+        self.sim_variants: dict[str, SimVariant] = {}
+        self.by_index: list[SimVariant] = []
+        self.workers: dict[str, Worker] = {}
+        self.all_workers: list[Worker] = []
+        self.pending: dict[str, deque[SimVariant]] = {}
+        self.worker_count = 0
+        self.last_worker_action: int | None = None
+        self.snapshot: Snapshot | None = None
+        self.baseline = None
+        self.action_counts: Counter = Counter()
+        n = len(workload)
+        self.finish = np.full(n, np.inf)
+        self.served_by = np.full(n, -1, dtype=np.int32)
+        self.cursor = 0
+        self.replica_timeline: dict[str, list[tuple[int, int]]] = {}
+        self.requests = self._requests()
+
+    # ------------------------------------------------------------ set-up
+
+    def _requests(self) -> list[Request]:
+        if self.policy != scaling.INFAAS:
+            self.baseline = baselines.plan_baseline(self.policy, self.catalog.values(), task_demands(self.workload),
+                                                    self.config)
+        requests = []
+        for task, accuracy, slo in self.workload.classes:
+            if self.baseline is not None:
+                requests.append(Request(self.options.app_id, variant=self.baseline.variants[task], latency_ms=slo))
+            else:
+                requests.append(Request(self.options.app_id, task=task, min_accuracy=accuracy, latency_ms=slo))
+        return requests
+
+    def _provision(self) -> None:
+        """Before the first query: the baselines' replicas, or infaas's initial (empty) workers."""
+        if self.baseline is not None:
+            for action in baselines.initial_actions(self.baseline, self.catalog, self.config):
+                self._record(action)
+                if action.kind == ADD_WORKER:
+                    for _ in range(action.to_count - action.from_count):
+                        self._start_worker(action.hardware, 0.0, ready_at=0.0)
+                else:
+                    self._add_replica(self._sim(action.variant_id), None, action.hardware, 0.0)
+            self._place_pending(0.0, ready_now=True)
+        else:
+            initial = self.options.initial_workers or {"cpu": self.config.min_workers}
+            for hw, count in sorted(initial.items()):
+                for _ in range(count):
+                    self._start_worker(hw, 0.0, ready_at=0.0)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        self._provision()
+        tick = self.options.tick_ms
+        end_of_trace = self.workload.duration_ms
+        last_tick = math.ceil((end_of_trace + self.options.drain_s * 1000) / tick)
+        now = 0
+        for k in range(last_tick + 1):
+            now = k * tick
+            self._advance(now)
+            snapshot = self._observe(now)
+            for action in scaling.decide(snapshot, self.config, self.policy, self.last_worker_action, self.baseline):
+                self._apply(action, now)
+            self._route(now, now + tick, snapshot)
+            self._serve(now + tick)
+            self._measure(now + tick)
+            if now + tick > end_of_trace and self.cursor >= len(self.workload) and not self._backlog():
+                break
+        from .report import summarize
+        return summarize(self, end_ms=now + tick, wall_s=time.perf_counter() - started)
+
+    def _backlog(self) -> bool:
+        return any(sv.queued for sv in self.by_index)
+
+    # ------------------------------------------------------------ monitor -> snapshot
+
+    def _observe(self, now: int) -> Snapshot:
+        live: dict[str, VariantLive] = {}
+        demand: dict[str, tuple[float, ...]] = {}
+        for sv in self.by_index:
+            if not sv.placed or sv.retiring:
+                continue
+            replicas = len(sv.replicas)
+            sv.status = monitoring.classify(sv.variant, sv.qps, sv.avg_latency, sv.queued, replicas, sv.status,
+                                            self.config)
+            live[sv.variant.variant_id] = VariantLive(
+                status=sv.status, replicas=replicas, workers=tuple(sorted({r.worker.worker_id for r in sv.replicas})),
+                qps=sv.qps, queue_len=sv.queued, avg_latency_ms=sv.avg_latency, loaded_at_ms=int(sv.loaded_at),
+                last_used_ms=int(sv.last_used), loading=sum(1 for r in sv.replicas if r.ready_at > now),
+                unplaced=sv.unplaced, demand_accuracy=sv.demand_accuracy, demand_slo_ms=sv.demand_slo,
+                moving_to=sv.moving_to)
+            demand[sv.variant.variant_id] = tuple(sv.history)[:-1]  # the windows before the latest (`qps`)
+        workers = {w.worker_id: self._worker_live(w, now) for w in self.workers.values()}
+        previous = self.snapshot
+        if previous is None:
+            fresh = Snapshot(self.catalog, live, workers, now, demand)
+        else:
+            fresh = previous.with_changes(live=live, workers=workers, at_ms=now, demand=demand)
+        self.snapshot = monitoring.track(previous, fresh, self.config)
+        return self.snapshot
+
+    def _worker_live(self, worker: Worker, now: int) -> WorkerLive:
+        hosted = Counter(r.sim_variant.variant.variant_id for r in worker.replicas)
+        util = worker.util
+        gpu = worker.hardware != "cpu"
+        return WorkerLive(worker.worker_id, worker.hardware, cpu_util=0.0 if gpu else util, gpu_util=util if gpu else 0.0,
+                          memory_mb=sum(r.sim_variant.variant.peak_memory_mb for r in worker.replicas),
+                          memory_budget_mb=worker.memory_budget_mb, variants=dict(hosted),
+                          started_at_ms=int(worker.started_at), ready=worker.ready_at <= now)
+
+    # ------------------------------------------------------------ executor
+
+    def _record(self, action: Action) -> None:
+        self.action_counts[action.kind] += 1
+
+    def _apply(self, action: Action, now: float) -> None:
+        self._record(action)
+        kind = action.kind
+        if kind in (ADD_REPLICA, LOAD_VARIANT):
+            self._add_replica(self._sim(action.variant_id), action.worker_id, action.hardware, now)
+        elif kind == REMOVE_REPLICA:
+            self._remove_replica(self._sim(action.variant_id), action.worker_id)
+        elif kind == UNLOAD_VARIANT:
+            self._unload(self._sim(action.variant_id))
+        elif kind in (UPGRADE_VARIANT, DOWNGRADE_VARIANT):
+            target = self._sim(action.target_variant_id)
+            target.retiring = False
+            self._add_replica(target, action.worker_id, action.hardware, now)
+            self._sim(action.variant_id).moving_to = target.variant.variant_id
+        elif kind == ADD_WORKER:
+            for _ in range(action.to_count - action.from_count):
+                self._start_worker(action.hardware, now)
+            self._place_pending(now)
+        elif kind == REMOVE_WORKER:
+            self._stop_worker(self.workers[action.worker_id], now)
+        if kind in WORKER_KINDS:
+            self.last_worker_action = int(now)
+
+    def _sim(self, variant_id: str) -> SimVariant:
+        sv = self.sim_variants.get(variant_id)
+        if sv is None:
+            sv = SimVariant(self.catalog[variant_id], len(self.by_index), self.options.demand_window)
+            self.sim_variants[variant_id] = sv
+            self.by_index.append(sv)
+        return sv
+
+    def _add_replica(self, sv: SimVariant, worker_id: str | None, hardware: str | None, now: float,
+                     ready_now: bool = False) -> None:
+        worker = self.workers.get(worker_id) if worker_id else None
+        if not sv.replicas:
+            sv.loaded_at = now
+        if worker is None:
+            sv.unplaced += 1
+            self.pending.setdefault(hardware or sv.variant.hardware, deque()).append(sv)
+            return
+        units = replica_units(sv.variant, hardware_of(sv.variant, self.config))
+        ready = now if ready_now else max(now, worker.ready_at) + sv.variant.load_ms
+        replica = Replica(sv, worker, units, ready)
+        sv.replicas.append(replica)
+        worker.replicas.append(replica)
+
+    def _place_pending(self, now: float, ready_now: bool = False) -> None:
+        """Replicas waiting for a worker go to workers of their hardware with unreserved units."""
+        for hw, waiting in self.pending.items():
+            for worker in [w for w in self.workers.values() if w.hardware == hw]:
+                while waiting:
+                    sv = waiting[0]
+                    share = replica_units(sv.variant, hardware_of(hw, self.config)) / worker.units
+                    if worker.reserved_share() + share > 1 + 1e-9:
+                        break
+                    waiting.popleft()
+                    sv.unplaced -= 1
+                    self._add_replica(sv, worker.worker_id, hw, now, ready_now)
+
+    def _remove_replica(self, sv: SimVariant, worker_id: str | None) -> None:
+        if sv.unplaced and (worker_id is None or not sv.replicas):
+            self._cancel_pending(sv)
+            return
+        mine = [r for r in sv.replicas if worker_id is None or r.worker.worker_id == worker_id]
+        if mine:
+            self._drop(min(mine, key=lambda r: r.free_at))
+
+    def _cancel_pending(self, sv: SimVariant) -> None:
+        waiting = self.pending.get(sv.variant.hardware)
+        if waiting and sv in waiting:
+            waiting.remove(sv)
+        sv.unplaced = max(sv.unplaced - 1, 0)
+
+    def _drop(self, replica: Replica) -> None:
+        """A replica leaves; the batch it runs completes (its finish time is already known)."""
+        replica.sim_variant.replicas.remove(replica)
+        replica.worker.replicas.remove(replica)
+
+    def _unload(self, sv: SimVariant) -> None:
+        for replica in list(sv.replicas):
+            self._drop(replica)
+        while sv.unplaced:
+            self._cancel_pending(sv)
+        sv.status, sv.moving_to = "INACTIVE", ""
+
+    def _start_worker(self, hardware: str, now: float, ready_at: float | None = None) -> Worker:
+        hw = hardware_of(hardware, self.config)
+        low, high = self.options.worker_start_s
+        delay = (low if high <= low else float(self.rng.uniform(low, high))) * 1000.0
+        self.worker_count += 1
+        worker = Worker(f"{hardware}-{self.worker_count}", hardware, worker_units(hw), hw.memory_gb * 1024.0,
+                        hw.worker_price_per_hour, now, now + delay if ready_at is None else ready_at)
+        self.workers[worker.worker_id] = worker
+        self.all_workers.append(worker)
+        return worker
+
+    def _stop_worker(self, worker: Worker, now: float) -> None:
+        for replica in list(worker.replicas):
+            self._drop(replica)
+        worker.removed_at = now
+        del self.workers[worker.worker_id]
+
+    def _advance(self, now: float) -> None:
+        """Moves complete once their target serves; retired variants go once their queue is served."""
+        for sv in self.by_index:
+            if sv.moving_to:
+                target = self.sim_variants[sv.moving_to]
+                if any(r.ready_at <= now for r in target.replicas):
+                    sv.retiring, sv.moving_to = True, ""
+                elif not target.placed:
+                    sv.moving_to = ""  # the target went away before serving: stay
+            if sv.retiring and not sv.queued:
+                self._unload(sv)
+                sv.retiring = False
+        self._place_pending(now)
+
+    # ------------------------------------------------------------ dispatcher
+
+    def _route(self, start: int, end: int, snapshot: Snapshot) -> None:
+        w = self.workload
+        first = self.cursor
+        last = int(np.searchsorted(w.arrival_ms, end, side="left"))
+        if last <= first:
+            return
+        classes = w.demand_class[first:last]
+        present, first_seen = np.unique(classes, return_index=True)
+        lookup = np.full(len(w.classes), -1, dtype=np.int32)
+        for position in np.argsort(first_seen, kind="stable"):
+            request_class = int(present[position])
+            decision = selection.select(snapshot, self.requests[request_class])
+            if not decision.ok:
+                continue  # no variant meets the request: its queries are rejected (violations)
+            sv = self._sim(decision.variant_id)
+            if not sv.placed:
+                at = float(w.arrival_ms[first + first_seen[position]])
+                self._apply(Action(LOAD_VARIANT, "dispatcher: " + decision.reason, sv.variant.variant_id,
+                                   worker_id=decision.load_on, hardware=sv.variant.hardware, to_count=1), at)
+                belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
+                                     loaded_at_ms=int(at))
+                snapshot = snapshot.with_changes(live={**snapshot.live, sv.variant.variant_id: belief})
+            sv.retiring = False
+            lookup[request_class] = sv.index
+        routed = lookup[classes]
+        self.served_by[first:last] = routed
+        order = np.argsort(routed, kind="stable")
+        ordered = routed[order]
+        cuts = np.flatnonzero(np.diff(ordered)) + 1
+        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ordered)])), strict=True):
+            if ordered[lo] < 0:
+                continue
+            ids = order[lo:hi] + first
+            sv = self.by_index[ordered[lo]]
+            sv.queue_at.extend(w.arrival_ms[ids].tolist())
+            sv.queue_ids.extend(ids.tolist())
+            sv.queue_deadline.extend((w.arrival_ms[ids] + w.deadline_ms[ids]).tolist())
+            sv.arrivals += len(ids)
+            sv.last_used = float(w.arrival_ms[ids[-1]])
+            sv.demand_accuracy = float(w.accuracy_demand[ids].max())
+            sv.demand_slo = float(w.deadline_ms[ids].min())
+        self.cursor = last
+
+    # ------------------------------------------------------------ serving
+
+    def _serve(self, end: float) -> None:
+        for sv in self.by_index:
+            if sv.head < len(sv.queue_at) and sv.replicas:
+                self._serve_variant(sv, end)
+
+    @staticmethod
+    def _serve_variant(sv: SimVariant, end: float) -> None:
+        replicas = sv.replicas
+        queue_at, deadlines, size_cap, latency = sv.queue_at, sv.queue_deadline, sv.batch, sv.latency
+        total, head, capped = len(queue_at), sv.head, sv.capped
+        finishes, sizes = sv.batch_finish, sv.batch_sizes
+        heap = [(r.free_at if r.free_at > r.ready_at else r.ready_at, k) for k, r in enumerate(replicas)]
+        heapq.heapify(heap)
+        exec_sum, ran = 0.0, 0
+        while head < total:
+            free, k = heap[0]
+            arrival = queue_at[head]
+            start = arrival if arrival > free else free
+            if start >= end:
+                break
+            if deadlines[head] <= start:  # expired while queued: answered without running
+                expired = head + 1
+                while expired < total and deadlines[expired] <= start and queue_at[expired] <= start:
+                    expired += 1
+                finishes.append(math.inf)
+                sizes.append(expired - head)
+                head = expired
+                continue
+            stop = head + size_cap if head + size_cap < total else total
+            after = bisect_right(queue_at, start, head, stop)
+            if capped and after - head > 1 and latency[after - head] > deadlines[head] - start:
+                fits = bisect_right(latency, deadlines[head] - start, 1, after - head + 1) - 1
+                after = head + (fits if fits > 1 else 1)
+            replica = replicas[k]
+            base = latency[after - head]
+            took = base * replica.worker.factor
+            finish = start + took
+            finishes.append(finish)
+            sizes.append(after - head)
+            replica.busy += base
+            exec_sum += took
+            ran += 1
+            heapq.heapreplace(heap, (finish, k))
+            head = after
+        for free, k in heap:
+            replicas[k].free_at = free
+        sv.exec_sum += exec_sum
+        sv.batches += ran
+        sv.head = head
+
+    # ------------------------------------------------------------ measurements
+
+    def _measure(self, end: float) -> None:
+        tick_s = self.options.tick_ms / 1000.0
+        second = int(end // 1000) - 1
+        for sv in self.by_index:
+            if sv.batch_sizes:
+                ids = np.fromiter(sv.queue_ids[sv.tick_head:sv.head], dtype=np.int64, count=sv.head - sv.tick_head)
+                self.finish[ids] = np.repeat(sv.batch_finish, sv.batch_sizes)
+                sv.batch_finish, sv.batch_sizes = [], []
+            sv.avg_latency = sv.exec_sum / sv.batches if sv.batches else 0.0
+            sv.exec_sum, sv.batches = 0.0, 0
+            if sv.head > 50_000 and sv.head * 2 > len(sv.queue_at):
+                del sv.queue_at[:sv.head], sv.queue_ids[:sv.head], sv.queue_deadline[:sv.head]
+                sv.head = 0
+            sv.tick_head = sv.head
+            sv.qps = sv.arrivals / tick_s
+            sv.history.append(sv.qps)
+            sv.arrivals = 0
+            count = len(sv.replicas)
+            changes = self.replica_timeline.setdefault(sv.variant.variant_id, [])
+            if (changes[-1][1] if changes else 0) != count:
+                changes.append((second, count))
+        for worker in self.workers.values():
+            offered = 0.0
+            for replica in worker.replicas:
+                backlogged = replica.sim_variant.queued > 0 and replica.ready_at <= end
+                share = 1.0 if backlogged else min(replica.busy / self.options.tick_ms, 1.0)
+                offered += share * replica.units / worker.units
+                replica.busy = 0.0
+            worker.util, worker.factor = min(offered, 1.0), max(offered, 1.0)

@@ -1,0 +1,293 @@
+"""Summaries of a run (the JSON `infaas simulate --json` prints) and the evaluation report.
+
+The summary format is shared with the live replay (`infaas bench trace`), which writes
+`bench-results/live-*.json`, one object per run, with the same keys; the report puts the two
+side by side, matching runs on (`scenario`, `policy`). Keys (REQUIRED_KEYS must be present):
+  scenario              str   workload name (`flat`, `fluctuating-high`, `bursty`, ... or a trace path)
+  policy                str   infaas | static | replica-only
+  queries               int   queries that arrived in the measured window (after the warm-up)
+  slo_violation_rate    float share of them answered after their deadline, or never answered
+  cost_usd              float what the workers cost over the measured window
+  throughput_qps        float queries answered per second of the window
+  mean_accuracy         float mean accuracy of the variants that answered (0..1)
+Optional (the simulator always writes them): goodput_qps (answered within the SLO per second),
+duration_s, served, unserved, rejected, slo_violations, accuracy_shortfall (mean of
+max(0, demand - served accuracy)), accuracy_shortfall_rate, mean_accuracy_demand, latency_p50_ms,
+latency_p99_ms, workers_mean, workers_peak, cost_by_hardware, actions, wall_s, variants, tasks,
+and `timeline` (per second: load_qps, completed, violations, workers per hardware, workers_total,
+cost_usd cumulative, replicas_per_task; replicas per variant as [second, count] change points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_KEYS = ("scenario", "policy", "queries", "slo_violation_rate", "cost_usd", "throughput_qps", "mean_accuracy")
+PAPER = {"throughput": 1.3, "violations": 1.6, "cost_mean": 8.5, "cost_max": 21.6}
+
+
+def summarize(sim, end_ms: float, wall_s: float) -> dict:
+    w = sim.workload
+    warmup_ms = sim.options.warmup_s * 1000.0
+    window_end = max(w.duration_ms, warmup_ms + 1.0)
+    measured = w.arrival_ms >= warmup_ms
+    latency = sim.finish - w.arrival_ms
+    served = measured & np.isfinite(sim.finish)
+    violated = measured & ~(latency <= w.deadline_ms)
+    accuracy = np.array([sv.variant.accuracy for sv in sim.by_index] or [0.0])
+    served_accuracy = accuracy[sim.served_by[served]] if served.any() else np.zeros(0)
+    shortfall = np.maximum(w.accuracy_demand[served] - served_accuracy, 0.0)
+    duration_s = (window_end - warmup_ms) / 1000.0
+    costs = _costs(sim, warmup_ms, window_end)
+    queries = int(measured.sum())
+    summary = {
+        "scenario": sim.options.scenario, "policy": sim.policy, "queries": queries,
+        "served": int(served.sum()), "unserved": int(queries - served.sum()),
+        "rejected": int((measured & (sim.served_by < 0)).sum()),
+        "slo_violations": int(violated.sum()), "slo_violation_rate": float(violated.sum() / queries) if queries else 0.0,
+        "cost_usd": float(sum(costs.values())), "cost_by_hardware": costs, "duration_s": duration_s,
+        "throughput_qps": float(served.sum() / duration_s), "goodput_qps": float((served & ~violated).sum() / duration_s),
+        "mean_accuracy": float(served_accuracy.mean()) if len(served_accuracy) else 0.0,
+        "mean_accuracy_demand": float(w.accuracy_demand[measured].mean()) if queries else 0.0,
+        "accuracy_shortfall": float(shortfall.mean()) if len(shortfall) else 0.0,
+        "accuracy_shortfall_rate": float((shortfall > 1e-9).mean()) if len(shortfall) else 0.0,
+        "latency_p50_ms": _percentile(latency[served], 50), "latency_p99_ms": _percentile(latency[served], 99),
+        "tasks": list(w.tasks), "variants": len(sim.catalog), "seed": sim.options.seed,
+        "warmup_s": sim.options.warmup_s, "tick_ms": sim.options.tick_ms,
+        "actions": dict(sorted(sim.action_counts.items())), "wall_s": wall_s,
+        "baseline": dict(sim.baseline.variants) if sim.baseline is not None else None,
+        "baseline_notes": dict(sim.baseline.notes) if sim.baseline is not None else None,
+    }
+    summary["timeline"] = _timeline(sim, end_ms, latency, violated | (~measured & ~(latency <= w.deadline_ms)))
+    workers = summary["timeline"]["workers_total"]
+    first = int(warmup_ms // 1000)
+    last = max(int(math.ceil(window_end / 1000)), first + 1)
+    summary["workers_mean"] = float(np.mean(workers[first:last])) if workers[first:last] else 0.0
+    summary["workers_peak"] = int(max(workers[first:last], default=0))
+    return summary
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+def _costs(sim, start_ms: float, end_ms: float) -> dict[str, float]:
+    costs: dict[str, float] = {}
+    for worker in sim.all_workers:
+        overlap = min(worker.removed_at, end_ms) - max(worker.started_at, start_ms)
+        if overlap > 0:
+            costs[worker.hardware] = costs.get(worker.hardware, 0.0) + worker.price_per_hour * overlap / 3.6e6
+    return dict(sorted(costs.items()))
+
+
+def _timeline(sim, end_ms: float, latency: np.ndarray, violated: np.ndarray) -> dict:
+    w = sim.workload
+    seconds = int(math.ceil(end_ms / 1000))
+    arrival_s = np.minimum((w.arrival_ms // 1000).astype(np.int64), seconds - 1)
+    load = np.bincount(arrival_s, minlength=seconds)
+    finished = np.isfinite(sim.finish)
+    done_s = np.minimum((sim.finish[finished] // 1000).astype(np.int64), seconds - 1)
+    completed = np.bincount(done_s, minlength=seconds)
+    violations = np.bincount(arrival_s[violated], minlength=seconds)
+    workers: dict[str, np.ndarray] = {}
+    cost_rate = np.zeros(seconds + 1)
+    for worker in sim.all_workers:
+        begin = min(int(worker.started_at // 1000), seconds)
+        stop = min(int(math.ceil(min(worker.removed_at, end_ms) / 1000)), seconds)
+        counts = workers.setdefault(worker.hardware, np.zeros(seconds + 1))
+        counts[begin] += 1
+        counts[stop] -= 1
+        cost_rate[begin] += worker.price_per_hour / 3600.0
+        cost_rate[stop] -= worker.price_per_hour / 3600.0
+    per_kind = {hw: np.cumsum(c)[:seconds].astype(int).tolist() for hw, c in sorted(workers.items())}
+    total = np.sum([np.array(c) for c in per_kind.values()], axis=0).tolist() if per_kind else [0] * seconds
+    replicas = {vid: [list(c) for c in changes] for vid, changes in sorted(sim.replica_timeline.items())
+                if any(count for _, count in changes)}
+    per_task: dict[str, np.ndarray] = {}
+    for variant_id, changes in replicas.items():
+        task = sim.catalog[variant_id].task
+        series = per_task.setdefault(task, np.zeros(seconds + 1))
+        for second, count, previous in zip([c[0] for c in changes], [c[1] for c in changes],
+                                           [0] + [c[1] for c in changes[:-1]], strict=True):
+            series[min(max(second, 0), seconds)] += count - previous
+    return {"load_qps": load.tolist(), "completed": completed.tolist(), "violations": violations.tolist(),
+            "workers": per_kind, "workers_total": total,
+            "cost_usd": np.cumsum(np.cumsum(cost_rate)[:seconds]).round(6).tolist(),
+            "replicas_per_task": {t: np.cumsum(c)[:seconds].astype(int).tolist() for t, c in sorted(per_task.items())},
+            "replicas": replicas}
+
+
+def without_timeline(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "timeline"}
+
+
+def check_summary(record: dict, source: str = "") -> dict:
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{source or 'summary'}: missing key(s) {', '.join(missing)}")
+    return record
+
+
+def load_live(results_dir: str | Path) -> list[dict]:
+    """`bench-results/live-*.json` written by the live replay (REQUIRED_KEYS at least)."""
+    return [check_summary(json.loads(p.read_text()), str(p)) for p in sorted(Path(results_dir).glob("live-*.json"))]
+
+
+# ------------------------------------------------------------ ratios and the markdown report
+
+def ratio(numerator: float, denominator: float) -> float:
+    if denominator <= 0:
+        return math.inf if numerator > 0 else 1.0
+    return numerator / denominator
+
+
+def ratios(runs: dict[str, dict]) -> dict[str, float]:
+    """INFaaS vs the baselines, stated as the paper states them (>1 means INFaaS is better)."""
+    infaas, static, replica = runs["infaas"], runs["static"], runs["replica-only"]
+    return {"cost_vs_static": ratio(static["cost_usd"], infaas["cost_usd"]),
+            "cost_vs_replica_only": ratio(replica["cost_usd"], infaas["cost_usd"]),
+            "violations_vs_replica_only": ratio(replica["slo_violation_rate"], infaas["slo_violation_rate"]),
+            "violations_vs_static": ratio(static["slo_violation_rate"], infaas["slo_violation_rate"]),
+            "goodput_vs_replica_only": ratio(infaas["goodput_qps"], replica["goodput_qps"])}
+
+
+def _x(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.2f}x"
+
+
+def render_markdown(results: dict[str, dict[str, dict]], meta: dict, live: Iterable[dict] = (),
+                    images: dict[str, str] | None = None) -> str:
+    """`results[scenario][policy]` = summary; `meta` describes the set-up (all generated)."""
+    images = images or {}
+    lines = ["# Evaluation: infaas vs static vs replica-only (simulated)", "",
+             f"_Generated by `{meta['command']}` on {meta['date']}; do not edit by hand — rerun it._", ""]
+    lines += _setup(meta)
+    lines += ["## Results", "",
+              "| workload | policy | queries | SLO violations | cost (USD) | throughput (q/s) | goodput (q/s) "
+              "| mean accuracy | accuracy shortfall | mean workers |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for scenario, runs in results.items():
+        for policy, s in runs.items():
+            lines.append(f"| {scenario} | {policy} | {s['queries']:,} | {s['slo_violation_rate']:.2%} | "
+                         f"{s['cost_usd']:.3f} | {s['throughput_qps']:.1f} | {s['goodput_qps']:.1f} | "
+                         f"{s['mean_accuracy']:.4f} | {s['accuracy_shortfall']:.4f} "
+                         f"({s['accuracy_shortfall_rate']:.1%}) | {s['workers_mean']:.1f} |")
+    lines += ["", *_ratio_section(results), ""]
+    if meta.get("why"):
+        lines += ["What bounds the ratios here (from the runs):", "", *[f"- {line}" for line in meta["why"]], ""]
+    for scenario in results:
+        if scenario in images:
+            lines += [f"![{scenario}]({images[scenario]})", ""]
+    if "summary" in images:
+        lines += [f"![summary]({images['summary']})", ""]
+    lines += _baseline_section(results)
+    if meta.get("speed"):
+        lines += _speed_section(meta["speed"])
+    lines += _live_section(results, list(live))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _setup(meta: dict) -> list[str]:
+    return ["## Set-up", "", *[f"- {line}" for line in meta["setup"]], ""]
+
+
+def _ratio_section(results: dict[str, dict[str, dict]]) -> list[str]:
+    complete = {s: ratios(r) for s, r in results.items() if {"infaas", "static", "replica-only"} <= set(r)}
+    if not complete:
+        return []
+    lines = ["## INFaaS's ratios, ours next to the paper's", "",
+             "Higher is better for infaas. Cost reduction = baseline cost / infaas cost; fewer violations = "
+             "baseline violation rate / infaas violation rate; goodput = infaas / replica-only (queries "
+             "answered within their SLO per second; the paper's \"throughput\" is at the SLO).", "",
+             "| workload | cost vs static | cost vs replica-only | fewer violations vs replica-only "
+             "| fewer violations vs static | goodput vs replica-only |", "|---|---:|---:|---:|---:|---:|"]
+    for scenario, r in complete.items():
+        lines.append(f"| {scenario} | {_x(r['cost_vs_static'])} | {_x(r['cost_vs_replica_only'])} | "
+                     f"{_x(r['violations_vs_replica_only'])} | {_x(r['violations_vs_static'])} | "
+                     f"{_x(r['goodput_vs_replica_only'])} |")
+    cost = [v for r in complete.values() for v in (r["cost_vs_static"], r["cost_vs_replica_only"]) if math.isfinite(v)]
+    violations = [r["violations_vs_replica_only"] for r in complete.values()]
+    goodput = [r["goodput_vs_replica_only"] for r in complete.values()]
+    mean_cost, max_cost = (float(np.mean(cost)), float(np.max(cost))) if cost else (0.0, 0.0)
+    finite_viol = [v for v in violations if math.isfinite(v)]
+    mean_viol = float(np.mean(finite_viol)) if finite_viol else math.inf
+    mean_goodput = float(np.mean(goodput))
+    lines += ["", "| | ours | paper (ATC'21) | beaten? |", "|---|---:|---:|---|",
+              f"| lower cost, average over workloads and baselines | {_x(mean_cost)} | {PAPER['cost_mean']}x | "
+              f"{_verdict(mean_cost, PAPER['cost_mean'])} |",
+              f"| lower cost, maximum | {_x(max_cost)} | {PAPER['cost_max']}x | {_verdict(max_cost, PAPER['cost_max'])} |",
+              f"| fewer SLO violations vs replica-only, average | {_x(mean_viol)} | {PAPER['violations']}x | "
+              f"{_verdict(mean_viol, PAPER['violations'])} |",
+              f"| throughput (goodput) vs replica-only, average | {_x(mean_goodput)} | {PAPER['throughput']}x | "
+              f"{_verdict(mean_goodput, PAPER['throughput'])} |", ""]
+    lines += _shortfalls(complete, results)
+    return lines
+
+
+def _verdict(ours: float, paper: float) -> str:
+    return "yes" if ours >= paper else "no"
+
+
+def _shortfalls(complete: dict[str, dict], results: dict[str, dict[str, dict]]) -> list[str]:
+    """Where infaas does worse than a baseline, said plainly, per workload."""
+    notes = []
+    for scenario, r in complete.items():
+        runs = results[scenario]
+        for metric, key, label, fmt in (("violations", "slo_violation_rate", "violates more SLOs", ".2%"),
+                                        ("cost", "cost_usd", "costs more", ".3f")):
+            worse = [p for p in ("replica-only", "static") if r[f"{metric}_vs_{p.replace('-', '_')}"] < 1]
+            if worse:
+                against = " and ".join(f"{p} ({format(runs[p][key], fmt)})" for p in worse)
+                notes.append(f"- **{scenario}**: infaas {label} ({format(runs['infaas'][key], fmt)}) than {against}.")
+        if r["goodput_vs_replica_only"] < 1:
+            notes.append(f"- **{scenario}**: infaas answers fewer queries within their SLO per second than replica-only.")
+    if not notes:
+        return ["Infaas is at least as good as both baselines on cost, SLO violations and goodput on every workload.", ""]
+    return ["Where infaas does worse than a baseline:", "", *notes, ""]
+
+
+def _baseline_section(results: dict[str, dict[str, dict]]) -> list[str]:
+    lines = ["## The baselines' fixed variants", "",
+             "Per task, the variant static and replica-only serve every query with (chosen for the strictest "
+             "accuracy demand and SLO of the trace, cheapest at its peak):", ""]
+    seen: dict[str, str] = {}
+    for runs in results.values():
+        for policy in ("static", "replica-only"):
+            if policy in runs and runs[policy].get("baseline"):
+                seen.update(runs[policy]["baseline"])
+    lines += [f"- {task}: `{variant}`" for task, variant in sorted(seen.items())]
+    notes = {t: n for runs in results.values() for p in runs.values() for t, n in (p.get("baseline_notes") or {}).items()}
+    lines += [f"- note, {task}: {note}" for task, note in sorted(notes.items())]
+    return [*lines, ""]
+
+
+def _speed_section(speed: dict) -> list[str]:
+    return ["## Simulator speed", "",
+            f"{speed['description']}: {speed['queries']:,} queries over {speed['variants']:,} variants "
+            f"({speed['tasks']} tasks, {speed['duration_s'] / 60:.0f} min of trace) simulated in "
+            f"**{speed['wall_s']:.1f} s** (median of {speed['runs']} run(s): "
+            f"{', '.join(f'{t:.1f}' for t in speed['all_wall_s'])} s) on {speed['machine']}.", ""]
+
+
+def _live_section(results: dict[str, dict[str, dict]], live: list[dict]) -> list[str]:
+    if not live:
+        return ["## Live vs simulator", "",
+                "No live replay results yet (`infaas bench trace` writes `bench-results/live-*.json`, "
+                "format in `infaas/sim/report.py`).", ""]
+    lines = ["## Live vs simulator", "",
+             "| workload | policy | queries live / sim | SLO violations live / sim | cost live / sim (USD) "
+             "| throughput live / sim | mean accuracy live / sim |", "|---|---|---|---|---|---|---|"]
+    for record in live:
+        sim = results.get(record["scenario"], {}).get(record["policy"])
+
+        def pair(key: str, fmt: str, record: dict = record, sim: dict | None = sim) -> str:
+            return f"{format(record[key], fmt)} / {format(sim[key], fmt) if sim else '–'}"
+        lines.append(f"| {record['scenario']} | {record['policy']} | {pair('queries', ',')} | "
+                     f"{pair('slo_violation_rate', '.2%')} | {pair('cost_usd', '.3f')} | "
+                     f"{pair('throughput_qps', '.1f')} | {pair('mean_accuracy', '.4f')} |")
+    return [*lines, ""]

@@ -1,0 +1,133 @@
+"""The simulator: hand-computable cases, scaling timing, determinism, and the shared policy code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infaas.policies import baselines, monitoring, scaling, selection
+from infaas.policies.snapshot import PolicyConfig
+from infaas.sim import engine
+from infaas.sim.engine import SimOptions, Simulator
+from infaas.sim.traces import Trace, build_workload, flat_trace
+
+from .test_policies_scaling import CPU_B1, variant
+
+B2 = variant("resnet:ort:cpu-2t:b2", batch=2, slope=20.0, intercept=80.0)  # 100 ms alone, 120 ms for two
+CPU_HOURLY = 0.085  # one CPU worker
+
+
+def trace(arrivals, slo: float) -> Trace:
+    arrivals = np.asarray(arrivals, dtype=float)
+    return Trace("vision", arrivals, np.full(len(arrivals), slo), np.ones(len(arrivals), dtype=np.int16))
+
+
+def run(variants, traces, policy="static", seed=0, **options):
+    rng = np.random.default_rng(seed)
+    workload = build_workload(traces, variants, rng)
+    sim = Simulator(list(variants), workload, SimOptions(policy=policy, seed=seed, **options))
+    return sim, sim.run()
+
+
+def test_one_replica_two_queries_a_second_queueing_and_cost_by_hand():
+    # Two queries at the same instant every second; one 100 ms replica (static: peak 2 q/s < 10 q/s).
+    arrivals = [t for second in range(10) for t in (second * 1000.0,) * 2]
+    sim, summary = run([CPU_B1], [trace(arrivals, slo=150.0)])
+    latency = sim.finish - sim.workload.arrival_ms
+    assert sorted(set(latency.round(6))) == [100.0, 200.0]  # the second waits for the first
+    assert summary["slo_violation_rate"] == 0.5 and summary["served"] == 20
+    assert summary["cost_usd"] == pytest.approx(CPU_HOURLY * 9.0 / 3600)  # one worker over the 9 s window
+    assert summary["workers_peak"] == 1 and summary["mean_accuracy"] == pytest.approx(CPU_B1.accuracy)
+
+
+def test_dynamic_batching_serves_the_pair_together():
+    arrivals = [t for second in range(10) for t in (second * 1000.0,) * 2]
+    sim, summary = run([B2], [trace(arrivals, slo=150.0)])
+    assert np.allclose(sim.finish - sim.workload.arrival_ms, 120.0)  # one batch of two: latency(2)
+    assert summary["slo_violation_rate"] == 0.0
+
+
+def test_queries_past_their_deadline_are_answered_without_running():
+    # Three at once, 150 ms SLO: 100 ms (ok), 200 ms (late), the third expires before it starts.
+    arrivals = [t for second in range(5) for t in (second * 1000.0,) * 3]
+    sim, summary = run([CPU_B1], [trace(arrivals, slo=150.0)])
+    assert summary["served"] == 10 and summary["unserved"] == 5
+    assert summary["slo_violations"] == 10
+    assert np.isinf(sim.finish[2::3]).all()
+
+
+def test_a_step_in_load_scales_at_the_next_tick_and_serves_after_worker_start_and_load():
+    # replica-only, 100 ms replicas (10 q/s, delta = demand - 8 r): 5 q/s for a minute, then 30 q/s.
+    arrivals = np.concatenate([np.arange(0, 60_000, 200.0), np.arange(60_000, 120_000, 1000 / 30)])
+    decisions = []
+    decide = scaling.decide
+
+    def spy(snapshot, *args, **kwargs):
+        actions = decide(snapshot, *args, **kwargs)
+        decisions.extend((snapshot.at_ms, a) for a in actions)
+        return actions
+
+    config = PolicyConfig(max_workers=20, scale_up_windows=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scaling, "decide", spy)
+        sim, summary = run([CPU_B1], [trace(arrivals, slo=1000.0)], policy="replica-only", config=config,
+                           worker_start_s=(20.0, 20.0))
+    first_at, first = decisions[0]
+    assert first_at == 61_000 and first.kind == "ADD_REPLICA"  # the monitor saw 30 q/s in [60 s, 61 s)
+    added = [a for at, a in decisions if at == 61_000]
+    assert [a.kind for a in added] == ["ADD_REPLICA"] * 3 + ["ADD_WORKER"]  # ceil((30 - 8) / 10) = 3
+    assert added[-1].to_count == 4
+    arrival_s = (sim.workload.arrival_ms // 1000).astype(int)
+    late = ~(sim.finish - sim.workload.arrival_ms <= sim.workload.deadline_ms)
+    assert not late[arrival_s < 60].any()
+    assert late[(arrival_s >= 62) & (arrival_s < 81)].all()  # one replica for 30 q/s until 82 s
+    assert not late[arrival_s >= 84].any()  # workers up at 81 s, replicas loaded at 82 s
+
+
+def test_infaas_loads_what_the_dispatcher_chooses_and_serves_it():
+    rng = np.random.default_rng(3)
+    sim, summary = run([CPU_B1, B2, variant("resnet:trt:gpu-t4:b8", hardware="gpu-t4", batch=8, slope=5.0,
+                                            intercept=0.0, load_ms=2000.0)],
+                       [flat_trace("vision", 5.0, 120.0, 300.0, rng)], policy="infaas")
+    assert summary["actions"]["LOAD_VARIANT"] >= 1
+    unserved = ~np.isfinite(sim.finish)
+    assert summary["queries"] > 500 and summary["served"] >= 0.97 * summary["queries"]
+    assert sim.workload.arrival_ms[unserved].min() < CPU_B1.load_ms  # the first ones wait for the load
+
+
+def _flat_summary(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    variants = [CPU_B1, B2]
+    _, summary = run(variants, [flat_trace("vision", 40.0, 90.0, 300.0, rng)], policy="infaas", seed=seed)
+    return {k: v for k, v in summary.items() if k != "wall_s"}
+
+
+def test_deterministic_for_a_seed():
+    assert _flat_summary(7) == _flat_summary(7)
+    assert _flat_summary(7)["queries"] != _flat_summary(8)["queries"]
+
+
+def test_the_simulator_calls_the_policy_functions_the_live_system_calls():
+    """Fails if the simulator carries its own copy of a policy: every one must be called, by module."""
+    calls = {}
+
+    def counting(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    rng = np.random.default_rng(1)
+    traces = [flat_trace("vision", 20.0, 30.0, 300.0, rng)]
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in ((selection, "select"), (scaling, "decide"), (monitoring, "classify"),
+                             (monitoring, "track"), (baselines, "plan_baseline"), (baselines, "initial_actions")):
+            patch.setattr(module, name, counting(module, name))
+        run([CPU_B1, B2], traces, policy="infaas")
+        run([CPU_B1, B2], traces, policy="replica-only")
+    assert set(calls) == {"select", "decide", "classify", "track", "plan_baseline", "initial_actions"}
+    # ... and it has no policy of its own to fall back on.
+    for name in ("select", "decide", "classify", "track", "horizontal", "vertical", "plan_baseline"):
+        assert not hasattr(engine, name)

@@ -1,0 +1,68 @@
+"""The run summary, the report's ratios and markdown, the live-results format, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infaas.cli import main
+from infaas.sim.report import REQUIRED_KEYS, load_live, ratios, render_markdown
+
+PROTEUS = "../shared/data/proteus"
+
+
+def summary(policy: str, cost: float, violations: float, goodput: float, **extra) -> dict:
+    return {"scenario": "bursty", "policy": policy, "queries": 1000, "slo_violation_rate": violations,
+            "cost_usd": cost, "throughput_qps": goodput * 1.1, "goodput_qps": goodput, "mean_accuracy": 0.8,
+            "accuracy_shortfall": 0.0, "accuracy_shortfall_rate": 0.0, "workers_mean": 3.0, **extra}
+
+
+RESULTS = {"bursty": {"infaas": summary("infaas", 1.0, 0.02, 13.0), "static": summary("static", 8.0, 0.01, 10.0),
+                      "replica-only": summary("replica-only", 2.0, 0.04, 10.0)}}
+META = {"command": "infaas bench report", "date": "today", "setup": ["a line"], "why": ["a reason"]}
+
+
+def test_ratios_are_stated_as_the_paper_states_them():
+    r = ratios(RESULTS["bursty"])
+    assert r["cost_vs_static"] == 8.0 and r["cost_vs_replica_only"] == 2.0
+    assert r["violations_vs_replica_only"] == 2.0 and r["violations_vs_static"] == 0.5
+    assert r["goodput_vs_replica_only"] == pytest.approx(1.3)
+
+
+def test_markdown_compares_with_the_paper_and_says_where_infaas_loses(tmp_path):
+    (tmp_path / "live-bursty-infaas.json").write_text(json.dumps(summary("infaas", 1.2, 0.03, 12.0)))
+    text = render_markdown(RESULTS, META, load_live(tmp_path), {"bursty": "img/bursty.png"})
+    assert "| bursty | infaas | 1,000 | 2.00% | 1.000 |" in text
+    assert "21.6x" in text and "8.5x" in text and "1.6x" in text and "1.3x" in text
+    assert "infaas violates more SLOs" in text  # static has fewer violations: said plainly
+    assert "![bursty](img/bursty.png)" in text
+    assert "| bursty | infaas | 1,000 / 1,000 | 3.00% / 2.00% |" in text  # live next to the simulator
+
+
+def test_live_results_need_the_summary_keys(tmp_path):
+    (tmp_path / "live-x.json").write_text(json.dumps({"policy": "infaas"}))
+    with pytest.raises(ValueError, match="missing key"):
+        load_live(tmp_path)
+    assert set(REQUIRED_KEYS) <= set(summary("infaas", 1, 0, 1))
+
+
+def test_simulate_cli_prints_one_json_summary(capsys):
+    code = main(["simulate", "--trace", f"{PROTEUS}/traces/zipf_exponential_bursty_300/resnet.txt",
+                 "--profiles", f"{PROTEUS}/aggregate_profiled.csv", "--policy", "replica-only",
+                 "--rate-scale", "0.2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(REQUIRED_KEYS) <= set(result) and "timeline" not in result
+    assert result["policy"] == "replica-only" and 1000 < result["queries"] < 2500
+
+
+def test_bench_report_writes_markdown_plots_and_summaries(tmp_path):
+    code = main(["bench", "report", "--scenarios", "bursty", "--time-scale", "0.5", "--rate-scale", "0.1",
+                 "--warmup-s", "5", "--speed-runs", "0", "--results", str(tmp_path / "results"),
+                 "--out", str(tmp_path / "docs/evaluation.md"), "--img", str(tmp_path / "docs/img")])
+    assert code == 0
+    text = (tmp_path / "docs/evaluation.md").read_text()
+    assert "| bursty | infaas |" in text and "![bursty](img/bursty.png)" in text
+    assert (tmp_path / "docs/img/bursty.png").stat().st_size < 200_000
+    assert len(list((tmp_path / "results").glob("sim-bursty-*.json"))) == 3
