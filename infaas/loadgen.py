@@ -32,7 +32,10 @@ class RunStats:
     latencies_ms: list[float] = field(default_factory=list)  # client-observed, answered queries
     slo_met: int = 0
     variants: Counter = field(default_factory=Counter)
-    by_label: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    by_label: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # label -> statuses
+    label_variants: Counter = field(default_factory=Counter)  # (label, variant) -> OK results
+    label_latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    label_slo_met: Counter = field(default_factory=Counter)
     cost_usd: float = 0.0
     accuracy_sum: float = 0.0
     timeline: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))  # second -> counts
@@ -122,15 +125,18 @@ class LoadRun:
             stats.by_label[arrival.label][result.status] += 1
             second = int(sent_at - stats.started)
             stats.timeline[second]["answered"] += 1
+            met = result.ok and (arrival.latency_ms is None or observed <= arrival.latency_ms)
+            stats.slo_met += met
+            stats.label_slo_met[arrival.label] += met
+            stats.timeline[second]["slo_met"] += met
             if result.ok:
                 stats.latencies_ms.append(observed)
+                stats.label_latencies[arrival.label].append(observed)
                 stats.variants[result.variant] += 1
+                stats.label_variants[(arrival.label, result.variant)] += 1
                 variant = self.variants.get(result.variant)
                 if variant is not None:
                     stats.cost_usd += variant.cost_per_1k / 1000.0
                 stats.accuracy_sum += result.accuracy or 0.0
-                met = arrival.latency_ms is None or observed <= arrival.latency_ms
-                stats.slo_met += met
-                stats.timeline[second]["slo_met"] += met
             if self.on_result:
                 self.on_result(stats)

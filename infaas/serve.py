@@ -20,6 +20,7 @@ class ServeOptions:
     max_batch_delay_ms: float = 5.0
     scaler: bool = True
     policy: str = "infaas"
+    scaler_args: list[str] = field(default_factory=list)  # more `infaas scaler` options
     ready_timeout_s: float = 120.0
 
 
@@ -57,12 +58,24 @@ class Pipeline:
                 worker_id = f"{self.options.hardware}-worker-{i + 1}"
                 self._service(worker_id, self.worker_args(worker_id))
             if self.options.scaler:
-                self._service("scaler", ["scaler", "--policy", self.options.policy])
+                self._service("scaler", ["scaler", "--policy", self.options.policy, *self.options.scaler_args])
             for service in self.services.values():
                 service.wait_ready(self.options.ready_timeout_s)
         except BaseException:
             self.stop()
             raise
+        return time.monotonic() - started
+
+    def restart(self, name: str, kill: bool = True) -> float:
+        """Fault injection and recovery: end a service (SIGKILL by default) and start it again;
+        returns the seconds until the new process is ready."""
+        old = self.services[name]
+        if kill:
+            old.kill()
+        else:
+            old.stop()
+        started = time.monotonic()
+        self._service(name, old.args).wait_ready(self.options.ready_timeout_s)
         return time.monotonic() - started
 
     def check(self) -> None:

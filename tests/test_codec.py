@@ -164,3 +164,14 @@ def test_messages_of_an_older_schema_version_still_decode(tmp_path):
     assert newer.schema("Query").fingerprint != old_fp
     name, record = newer.decode(CODEC.encode("Query", sample_query()))
     assert name == "Query" and record["priority"] == 3 and record["query_id"] == "q-1"
+
+
+def test_wrapping_an_encoded_query_gives_the_same_bytes_as_encoding_the_record():
+    query = sample_query()
+    stamp = {"variant_id": "v:ort-fp32:cpu-1t:b1", "deadline_at": 7, "dispatched_at": 6, "estimated_ms": 1.5,
+             "reason": "active variant"}
+    wrapped = CODEC.encode_wrapping("RoutedQuery", CODEC.encode("Query", query), stamp)
+    assert wrapped == CODEC.encode("RoutedQuery", {"query": query, **stamp})
+    assert CODEC.decode_as("RoutedQuery", wrapped)["query"] == query
+    with pytest.raises(EncodeError, match="not a current Query"):
+        CODEC.encode_wrapping("RoutedQuery", CODEC.encode("Result", sample_result()), stamp)

@@ -14,7 +14,7 @@ import sys
 
 from ..settings import SettingsError, load_settings
 
-COMMAND_MODULES = ("infra", "serving")
+COMMAND_MODULES = ("infra", "serving", "models", "evaluation", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

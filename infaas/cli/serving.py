@@ -41,6 +41,32 @@ def register(sub) -> None:
     p.add_argument("--no-scaler", action="store_true")
     p.set_defaults(handler=cmd_serve)
 
+    p = sub.add_parser("scaler", help="run the scaler (replicas, variants, workers)")
+    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
+    p.add_argument("--backend", default="local", choices=("local", "aws", "kubernetes"))
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="aws: asg.<hardware>=GROUP, region=R; kubernetes: deployment.<hardware>=NAME, namespace=NS")
+    p.add_argument("--plan", help="baseline plan (JSON) for static / replica-only: the fixed variant per task")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between decisions")
+    p.add_argument("--min-workers", type=int, default=1)
+    p.add_argument("--max-workers", type=int, default=4)
+    p.add_argument("--unload-idle-s", type=float, default=60.0)
+    p.set_defaults(handler=cmd_scaler)
+
+    p = sub.add_parser("events", help="scaling events: what the system did and why")
+    p.add_argument("--since-min", type=float, default=60.0, help="look back this many minutes")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_events)
+
+    p = sub.add_parser("demo", help="stack + zoo + pipeline + a trace with mixed requirements, with a dashboard")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--qps", type=float, default=40.0, help="mean queries per second")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="register the zoo with quick profiling")
+    p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms); default: a Proteus bursty trace")
+    p.set_defaults(handler=cmd_demo)
+
     p = sub.add_parser("query", help="send one query and print the result")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--task")
@@ -116,6 +142,50 @@ def cmd_serve(args, settings) -> int:
         return 0
     finally:
         pipeline.stop()
+
+
+def cmd_scaler(args, settings) -> int:
+    from ..policies.snapshot import PolicyConfig
+    from ..scaler import service
+    try:
+        options = dict(item.split("=", 1) for item in args.backend_option)
+    except ValueError:
+        print("infaas: --backend-option takes KEY=VALUE", file=sys.stderr)
+        return 2
+    config = PolicyConfig(min_workers=args.min_workers, max_workers=args.max_workers,
+                          unload_idle_s=args.unload_idle_s, hardware_catalog=settings.hardware_catalog)
+    return service.run(settings, args.policy, args.backend, args.plan, args.interval, config, options)
+
+
+def cmd_events(args, settings) -> int:
+    from ..store import Store, now_ms
+    with Store(settings) as store:
+        events = store.scaling_events(since_ms=now_ms() - int(args.since_min * 60_000), limit=args.limit)
+    if args.json:
+        print(json.dumps(events, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"scaling events, last {args.since_min:g} min (newest first)")
+    for column in ("time", "kind", "policy", "variant / worker", "count", "reason"):
+        table.add_column(column, overflow="fold")
+    for e in events:
+        subject = e["variant_id"] or e["worker_id"] or e["hardware"] or ""
+        if e.get("target_variant_id"):
+            subject += f" -> {e['target_variant_id']}"
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"] / 1000)), e["kind"], e["policy"], subject,
+                      f"{e['from_count']}->{e['to_count']}", e["reason"])
+    Console().print(table)
+    return 0
+
+
+def cmd_demo(args, settings) -> int:
+    from pathlib import Path
+
+    from ..demo import run_demo
+    summary = run_demo(settings, args.duration, args.qps, args.workers, args.quick,
+                       Path(args.trace) if args.trace else None)
+    return 0 if summary["lost"] == 0 else 1
 
 
 def cmd_query(args, settings) -> int:

@@ -47,22 +47,36 @@ class VariantMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self.served = self.errors = self.deadline_missed = self.batches = self.rows = 0
+        self.served = self.errors = self.deadline_missed = self.batches = self.rows = self.query_rows = 0
+        self.exec_ms = 0.0  # model execution time, summed over batches
         self.latencies: list[float] = []
+        self.demand_accuracy = 0.0  # the strictest requirements among the queries served
+        self.demand_slo_ms = 0.0
 
-    def record(self, latencies: list[float], errors: int, missed: int, rows: int) -> None:
+    def record(self, served: list[dict], errors: int, missed: int, rows: int, batches: int, exec_ms: float) -> None:
+        """`served`: the OK results with their queries' requirements (see Replica._serve)."""
         with self._lock:
-            self.served += len(latencies)
-            self.latencies += latencies
+            self.served += len(served)
             self.errors += errors
             self.deadline_missed += missed
-            self.batches += 1 if rows else 0
+            self.batches += batches
             self.rows += rows
+            self.exec_ms += exec_ms
+            for item in served:
+                self.latencies.append(item["latency_ms"])
+                self.query_rows += item["rows"]
+                if item["min_accuracy"]:
+                    self.demand_accuracy = max(self.demand_accuracy, item["min_accuracy"])
+                if item["slo_ms"]:
+                    self.demand_slo_ms = min(self.demand_slo_ms or item["slo_ms"], item["slo_ms"])
 
     def take(self) -> dict:
         with self._lock:
             snapshot = {"served": self.served, "errors": self.errors, "deadline_missed": self.deadline_missed,
-                        "latencies": self.latencies, "avg_batch": self.rows / self.batches if self.batches else 0.0}
+                        "latencies": self.latencies, "avg_batch": self.rows / self.batches if self.batches else 0.0,
+                        "exec_ms": self.exec_ms / self.batches if self.batches else 0.0,
+                        "avg_rows": self.query_rows / self.served if self.served else 1.0,
+                        "demand_accuracy": self.demand_accuracy, "demand_slo_ms": self.demand_slo_ms}
             self.reset()
         return snapshot
 
@@ -77,6 +91,7 @@ class Hosted:
     replicas: list[Replica] = field(default_factory=list)
     metrics: VariantMetrics = field(default_factory=VariantMetrics)
     run_lock: threading.Lock | None = None  # for executors that are not thread-safe
+    last_queue: int = 0  # queue length at the last report, for the arrival rate
 
 
 class Replica(threading.Thread):
@@ -149,11 +164,18 @@ class Replica(threading.Thread):
                 (queries if isinstance(outcome, dict) else answered).append(outcome)
         for topic, result in answered:
             self._produce(topic, result)
-        rows = 0
+        rows, served, batches, exec_ms = 0, [], 0, 0.0
         for run in pack([q["rows"] for q in queries], self.policy.batch_size):
             batch, late = self._split_late([queries[i] for i in run])
             rows += sum(q["rows"] for q in batch)
-            for topic, result in late + (self._run(batch) if batch else []):
+            results = self._run(batch) if batch else []
+            if results:
+                batches += 1
+                exec_ms += results[0][1]["compute_ms"]
+            served += [{"latency_ms": r["latency_ms"], "rows": q["rows"], "min_accuracy": q["query"]["min_accuracy"],
+                        "slo_ms": q["query"]["latency_ms"]} for q, (_, r) in zip(batch, results, strict=True)
+                       if r["status"] == "OK"]
+            for topic, result in late + results:
                 self._produce(topic, result)  # sent now: results of early runs do not wait for later ones
                 answered.append((topic, result))
         if self.producer.flush(30) == 0:
@@ -161,9 +183,9 @@ class Replica(threading.Thread):
         else:
             log.error("results not acknowledged within 30 s; offsets not committed (they will be served again)")
         statuses = [result["status"] for _, result in answered]
-        self.hosted.metrics.record([r["latency_ms"] for _, r in answered if r["status"] == "OK"],
-                                   errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
-                                   missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows)
+        self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
+                                   missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
+                                   exec_ms=exec_ms)
         self._update_lag()
 
     def _admit(self, routed: dict):
@@ -443,14 +465,20 @@ class Worker:
     def _variant_metrics(hosted: Hosted, elapsed_s: float) -> dict:
         taken = hosted.metrics.take()
         latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
+        # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
+        queue = sum(r.lag for r in hosted.replicas)
+        handled = taken["served"] + taken["deadline_missed"] + taken["errors"]
+        arrived = max(handled + queue - hosted.last_queue, 0)
+        hosted.last_queue = queue
         return {"variant_id": hosted.variant.variant_id, "replicas": len(hosted.replicas),
                 "served": taken["served"], "errors": taken["errors"], "deadline_missed": taken["deadline_missed"],
-                "qps": (taken["served"] + taken["deadline_missed"]) / elapsed_s,
+                "qps": arrived / elapsed_s, "exec_ms": taken["exec_ms"],
                 "p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else 0.0,
                 "p99_ms": float(np.percentile(latencies, 99)) if latencies is not None else 0.0,
                 "avg_latency_ms": float(latencies.mean()) if latencies is not None else 0.0,
-                "queue_len": sum(r.lag for r in hosted.replicas), "avg_batch": taken["avg_batch"],
-                "memory_mb": hosted.memory_mb}
+                "queue_len": queue, "avg_batch": taken["avg_batch"],
+                "memory_mb": hosted.memory_mb, "avg_rows": taken["avg_rows"],
+                "demand_accuracy": taken["demand_accuracy"], "demand_slo_ms": taken["demand_slo_ms"]}
 
     def dead_letter(self, message, reason: str) -> None:
         record = {"source_topic": message.topic(), "partition": message.partition(), "offset": message.offset(),

@@ -203,6 +203,7 @@ class Codec:
             short = full.rsplit(".", 1)[-1]
             self.current[short] = _version(short, resolve_schema(full, named))
         self.by_fingerprint: dict[int, SchemaVersion] = {v.fingerprint: v for v in self.current.values()}
+        self._tails: dict[str, Any] = {}
         for path in sorted((directory / "history").glob("*/*.avsc")):
             old = _version(path.parent.name, json.loads(path.read_text()))
             self.by_fingerprint.setdefault(old.fingerprint, old)
@@ -219,6 +220,31 @@ class Codec:
         buf.write(version.header)
         try:
             fastavro.schemaless_writer(buf, version.parsed, record)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+            raise EncodeError(f"{name} record does not fit its schema: {err}") from None
+        return buf.getvalue()
+
+    def encode_wrapping(self, name: str, inner: bytes, rest: dict[str, Any]) -> bytes:
+        """Encode a record whose first field is a record we already hold encoded (`inner`, a
+        single-object message of that field's type), without decoding and re-encoding it.
+
+        Avro's binary form of a record is its fields' forms in order, so the body is `inner`'s
+        body followed by the other fields: the same bytes fastavro would write, much cheaper.
+        """
+        version = self.schema(name)
+        first = version.resolved["fields"][0]["type"]
+        inner_name = first["name"].rsplit(".", 1)[-1] if isinstance(first, dict) else str(first).rsplit(".", 1)[-1]
+        if inner[:HEADER_LEN] != self.schema(inner_name).header:
+            raise EncodeError(f"{name}: the wrapped message is not a current {inner_name}")
+        tail = self._tails.get(name)
+        if tail is None:
+            rest_schema = {"type": "record", "name": f"{name}Tail", "fields": version.resolved["fields"][1:]}
+            tail = self._tails[name] = fastavro.parse_schema(_without_logical_types(rest_schema), _write_hint=False)
+        buf = io.BytesIO()
+        buf.write(version.header)
+        buf.write(inner[HEADER_LEN:])
+        try:
+            fastavro.schemaless_writer(buf, tail, rest)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
             raise EncodeError(f"{name} record does not fit its schema: {err}") from None
         return buf.getvalue()

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_ROWS = 1024
 MAX_INPUT_BYTES = 16 << 20
+FLOAT32_SLACK = 1e-6
 QUERY_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -61,11 +62,13 @@ class Dispatcher:
     # --- entry point --------------------------------------------------------------------------
     def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
         try:
-            record = self.codec.decode_as("Query", payload)
+            name, record = self.codec.decode(payload, expected="Query")
         except DecodeError as err:
             return [self._dead_letter(payload, source, err.reason)]
         try:
-            return self._route(record)
+            # A query written with an older schema version is re-encoded; a current one is wrapped as is.
+            current = payload if payload[:10] == self.codec.schema("Query").header else None
+            return self._route(record, current)
         except Rejected as rejected:
             self.counts["rejected"] += 1
             return self._reply_error(record, rejected)
@@ -74,7 +77,7 @@ class Dispatcher:
             return self._reply_error(record, Rejected("INTERNAL_ERROR", f"dispatcher error: {type(err).__name__}"))
 
     # --- validation and routing ---------------------------------------------------------------
-    def _route(self, record: dict) -> list[Outgoing]:
+    def _route(self, record: dict, payload: bytes | None = None) -> list[Outgoing]:
         snapshot = self.view.snapshot
         request = self._validate(record)
         decision = select(snapshot, request)
@@ -84,10 +87,11 @@ class Dispatcher:
         if decision.load_on is not None:
             out.append(self._load_command(decision, snapshot))
         deadline = record["sent_at"] + int(request.latency_ms) if request.latency_ms is not None else None
-        routed = {"query": record, "variant_id": decision.variant_id, "deadline_at": deadline,
-                  "dispatched_at": now_ms(), "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
-        topic = self.settings.variant_topic(decision.variant_id)
-        out.append(Outgoing(topic, record["query_id"].encode(), self.codec.encode("RoutedQuery", routed)))
+        stamp = {"variant_id": decision.variant_id, "deadline_at": deadline, "dispatched_at": now_ms(),
+                 "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
+        value = (self.codec.encode_wrapping("RoutedQuery", payload, stamp) if payload is not None
+                 else self.codec.encode("RoutedQuery", {"query": record, **stamp}))
+        out.append(Outgoing(self.settings.variant_topic(decision.variant_id), record["query_id"].encode(), value))
         self.counts["routed"] += 1
         return out
 
@@ -109,8 +113,11 @@ class Dispatcher:
             check_input(inputs, info.input_dtype, info.input_shape, MAX_QUERY_ROWS)
         except TensorError as err:
             raise Rejected("BAD_INPUT", f"inputs: {err}") from None
+        min_accuracy = _requirement(record, "min_accuracy", 0.0, 1.0)
+        if min_accuracy is not None:  # float32 on the wire: a demand equal to a variant's accuracy must match it
+            min_accuracy = max(min_accuracy - FLOAT32_SLACK, 0.0)
         return Request(app_id=app, task=task, model=record["model"], variant=record["variant"],
-                       batch=int(inputs.shape[0]), min_accuracy=_requirement(record, "min_accuracy", 0.0, 1.0),
+                       batch=int(inputs.shape[0]), min_accuracy=min_accuracy,
                        latency_ms=_requirement(record, "latency_ms", 1e-3, 1e7),
                        max_cost=_requirement(record, "max_cost", 0.0, 1e9))
 

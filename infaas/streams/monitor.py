@@ -59,10 +59,38 @@ class Observed:
     queue_len: int = 0
     latency_sum: float = 0.0
     served: int = 0
+    exec_sum: float = 0.0  # execution time per batch x reports, for the interference check
+    exec_reports: int = 0
+    rows_sum: float = 0.0  # avg rows x served
+    demand_accuracy: float = 0.0
+    demand_slo_ms: float = 0.0
 
     @property
     def avg_latency_ms(self) -> float:
         return self.latency_sum / self.served if self.served else 0.0
+
+    @property
+    def exec_ms(self) -> float:
+        return self.exec_sum / self.exec_reports if self.exec_reports else 0.0
+
+    @property
+    def avg_rows(self) -> float:
+        return self.rows_sum / self.served if self.served else 1.0
+
+    def add(self, worker_id: str, m: dict) -> None:
+        self.replicas += m["replicas"]
+        self.workers.append(worker_id)
+        self.qps += m["qps"]
+        self.queue_len += m["queue_len"]
+        self.latency_sum += m["avg_latency_ms"] * m["served"]
+        self.served += m["served"]
+        if m["exec_ms"] > 0:
+            self.exec_sum += m["exec_ms"]
+            self.exec_reports += 1
+        self.rows_sum += m["avg_rows"] * m["served"]
+        self.demand_accuracy = max(self.demand_accuracy, m["demand_accuracy"])
+        if m["demand_slo_ms"]:
+            self.demand_slo_ms = min(self.demand_slo_ms or m["demand_slo_ms"], m["demand_slo_ms"])
 
 
 class LoadAggregator:
@@ -113,13 +141,7 @@ class LoadAggregator:
                 del self.latest[worker_id]
                 continue
             for m in report["variants"]:
-                o = observed[m["variant_id"]]
-                o.replicas += m["replicas"]
-                o.workers.append(worker_id)
-                o.qps += m["qps"]
-                o.queue_len += m["queue_len"]
-                o.latency_sum += m["avg_latency_ms"] * m["served"]
-                o.served += m["served"]
+                observed[m["variant_id"]].add(worker_id, m)
         return observed
 
     def states_changed(self, variants: dict[str, Variant], now_ms: int) -> tuple[list[dict], list[dict]]:
@@ -133,10 +155,12 @@ class LoadAggregator:
             if variant is None or o.replicas == 0:
                 status = INACTIVE
             else:
-                status = classify(variant, o.qps, o.avg_latency_ms, o.queue_len, o.replicas, previous, self.config)
+                # Interference is slower *execution* than profiled; queueing is overload, not interference.
+                status = classify(variant, o.qps, o.exec_ms, o.queue_len, o.replicas, previous, self.config)
             record = {"variant_id": variant_id, "task": variant.task if variant else "", "state": status,
                       "replicas": o.replicas, "workers": sorted(o.workers), "qps": o.qps,
-                      "avg_latency_ms": o.avg_latency_ms, "queue_len": o.queue_len, "updated_at": now_ms}
+                      "avg_latency_ms": o.avg_latency_ms, "queue_len": o.queue_len, "avg_rows": o.avg_rows,
+                      "demand_accuracy": o.demand_accuracy, "demand_slo_ms": o.demand_slo_ms, "updated_at": now_ms}
             if status != previous or status != INACTIVE:
                 states.append(record)
             if status != previous and status in (OVERLOADED, INTERFERED):

@@ -6,6 +6,7 @@ compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,12 +17,17 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from .. import bus
 from ..catalog import TaskInfo, Variant
-from ..policies.snapshot import INACTIVE, Snapshot, VariantLive, WorkerLive
+from ..policies.snapshot import INACTIVE, RETIRING, Snapshot, VariantLive, WorkerLive
 from ..schemas.codec import DecodeError, default_codec
 from ..settings import Settings
 from ..store import Store, StoreError
 
 log = logging.getLogger(__name__)
+
+RETIREMENT_MS = 10 * 60 * 1000  # how long a retired variant stays out of selection at most
+# The monitor republishes every loaded variant's state each second; an older record is left over
+# from an earlier run (the topic is compacted, so it stays) and says nothing about now.
+STALE_STATE_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,11 @@ class Catalog:
         return entry[0]
 
 
-def live_from_state(record: dict) -> VariantLive:
+def live_from_state(record: dict, last_used_ms: int = 0) -> VariantLive:
     return VariantLive(status=record["state"], replicas=record["replicas"], workers=tuple(record["workers"]),
                        qps=record["qps"], queue_len=record["queue_len"], avg_latency_ms=record["avg_latency_ms"],
-                       last_used_ms=record["updated_at"])
+                       last_used_ms=last_used_ms, avg_rows=record["avg_rows"],
+                       demand_accuracy=record["demand_accuracy"], demand_slo_ms=record["demand_slo_ms"])
 
 
 def worker_from_report(record: dict) -> WorkerLive:
@@ -65,7 +72,7 @@ class SystemView:
     """Catalogue + live state -> Snapshot, refreshed by two background threads."""
 
     def __init__(self, settings: Settings, catalog_refresh_s: float = 5.0, worker_expiry_s: float = 5.0,
-                 on_change: Callable[[Snapshot], None] | None = None):
+                 on_change: Callable[[Snapshot], None] | None = None, honor_retirements: bool = True):
         self.settings = settings
         self.codec = default_codec()
         self.catalog = Catalog()
@@ -73,8 +80,14 @@ class SystemView:
         self.worker_expiry_ms = int(worker_expiry_s * 1000)
         self.on_change = on_change
         self._live: dict[str, VariantLive] = {}
+        self._state_at: dict[str, int] = {}  # variant -> updated_at of its latest state record
+        self._last_used: dict[str, int] = {}  # variant -> last time it had traffic (ms)
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
         self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
+        # Variants whose traffic the scaler moved elsewhere (upgrade/downgrade): they get no new
+        # queries while their queue drains (the scaler then unloads them).
+        self.honor_retirements = honor_retirements
+        self._retiring: dict[str, int] = {}  # variant -> until (ms)
         self._dirty = threading.Event()
         self._lock = threading.Lock()  # one rebuild at a time, so a newer snapshot is never replaced by an older
         self._stop = threading.Event()
@@ -116,9 +129,9 @@ class SystemView:
     # --- live state ---------------------------------------------------------------------------
     def _feed_loop(self) -> None:
         consumer = bus.consumer(self.settings, f"{self.settings.topic_prefix}.view", **{"enable.auto.commit": False})
-        state_topic, metrics_topic = self.settings.topic("state"), self.settings.topic("metrics")
         assignment = []
-        for topic, start in ((state_topic, OFFSET_BEGINNING), (metrics_topic, OFFSET_END)):
+        for name, start in (("state", OFFSET_BEGINNING), ("metrics", OFFSET_END), ("scaling", OFFSET_END)):
+            topic = self.settings.topic(name)
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
             assignment += [TopicPartition(topic, p, start) for p in meta.partitions]
         consumer.assign(assignment)  # no group: every reader sees every record
@@ -128,7 +141,8 @@ class SystemView:
                 for message in consumer.consume(500, 0.1):
                     if not message.error():
                         self._apply(message.topic(), message.value())
-                if self._dirty.is_set() and time.monotonic() - last_rebuild >= 0.1:
+                since = time.monotonic() - last_rebuild
+                if (self._dirty.is_set() and since >= 0.1) or since >= 1.0:  # also ages out stale state
                     self._dirty.clear()
                     last_rebuild = time.monotonic()
                     self._rebuild()
@@ -142,10 +156,21 @@ class SystemView:
             log.warning("ignoring undecodable record on %s: %s", topic, err.reason)
             return
         if name == "VariantState":
-            self._live[record["variant_id"]] = live_from_state(record)
+            variant_id = record["variant_id"]
+            if record["qps"] > 0 or variant_id not in self._last_used:
+                self._last_used[variant_id] = record["updated_at"]  # loading counts as a use
+            self._live[variant_id] = live_from_state(record, self._last_used[variant_id])
+            self._state_at[variant_id] = record["updated_at"]
             self._overrides.pop(record["variant_id"], None)
         elif name == "WorkerReport":
             self._workers[record["worker_id"]] = (int(time.time() * 1000), worker_from_report(record))
+        elif name == "ScalingEvent":
+            if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
+                self._retiring[record["variant_id"]] = record["at"] + RETIREMENT_MS
+            elif record["kind"] == "UNLOAD_VARIANT" and record["variant_id"]:
+                self._retiring.pop(record["variant_id"], None)
+            elif record["kind"] in ("ADD_REPLICA", "LOAD_VARIANT") and record["variant_id"]:
+                self._retiring.pop(record["variant_id"], None)  # wanted again
         self._dirty.set()
 
     def believe(self, variant_id: str, live: VariantLive, for_s: float = 30.0) -> None:
@@ -159,12 +184,18 @@ class SystemView:
 
     def _rebuild_locked(self, new_profiles: bool) -> None:
         now = int(time.time() * 1000)
-        live = dict(self._live)
+        live = {vid: state for vid, state in self._live.items() if now - self._state_at[vid] <= STALE_STATE_MS}
         for variant_id, (until, belief) in list(self._overrides.items()):
             if until < now:
                 self._overrides.pop(variant_id, None)
             elif live.get(variant_id, VariantLive()).status == INACTIVE:
                 live[variant_id] = belief
+        if self.honor_retirements:
+            for variant_id, until in list(self._retiring.items()):
+                if until < now:
+                    del self._retiring[variant_id]
+                elif variant_id in live and live[variant_id].status != INACTIVE:
+                    live[variant_id] = dataclasses.replace(live[variant_id], status=RETIRING)
         workers = {wid: w for wid, (seen, w) in list(self._workers.items()) if now - seen <= self.worker_expiry_ms}
         if new_profiles or self.snapshot.variants is not self.catalog.variants:
             snapshot = Snapshot(variants=self.catalog.variants, live=live, workers=workers, at_ms=now)

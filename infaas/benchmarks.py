@@ -1,0 +1,252 @@
+"""`infaas bench pipeline`: the serving pipeline's speed, measured on this machine.
+
+1. Selection: decision latency (p50/p99) with 100, 1,000 and 4,032 variants in one task.
+2. Dispatcher: sustained queries/s of one dispatcher process (queries pre-loaded in Kafka).
+3. End-to-end overhead at low load: a variant-specific query through the pipeline versus the same
+   variant run directly with its executor on the same input, one query at a time.
+4. Throughput: the whole pipeline flooded with queries for one variant versus that variant's raw
+   executor throughput at its batch size on the same cores.
+Each prints its numbers; all of them go to a JSON file. Runs use a topic prefix of their own
+(`<prefix>-bench`), deleted at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import bus
+from .catalog import Variant
+from .client import InfaasClient
+from .policies.selection import Request, select
+from .policies.snapshot import ACTIVE, Snapshot, VariantLive
+from .schemas.codec import default_codec
+from .serve import Pipeline, ServeOptions
+from .settings import Settings
+from .tensors import to_tensor
+
+PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "proteus" / "aggregate_profiled.csv"
+TASK = "digits-classification"
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    data = np.asarray(values_ms, dtype=float)
+    return {"p50_ms": float(np.percentile(data, 50)), "p99_ms": float(np.percentile(data, 99)),
+            "mean_ms": float(data.mean()), "n": int(len(data))}
+
+
+# --- 1. selection -----------------------------------------------------------------------------------
+def one_task_catalogue(size: int, seed: int = 0) -> list[Variant]:
+    """`size` variants in one task, drawn from the synthetic catalogue built on the Proteus profiles."""
+    from .sim.catalogue import synthetic_catalogue
+    pool = synthetic_catalogue(PROFILES)
+    rng = random.Random(seed)
+    chosen = rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
+    return [dataclasses.replace(v, task="bench", variant_id=f"{v.variant_id}#{i}") for i, v in enumerate(chosen)]
+
+
+def bench_selection(sizes=(100, 1000, 4032), decisions: int = 20_000, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    results = {}
+    for size in sizes:
+        variants = one_task_catalogue(size, seed)
+        live = {v.variant_id: VariantLive(ACTIVE, replicas=1, queue_len=rng.randint(0, 20))
+                for v in rng.sample(variants, max(size // 100, 1))}  # ~1% loaded, as in a real deployment
+        snapshot = Snapshot({v.variant_id: v for v in variants}, live=live, at_ms=1)
+        accuracies = sorted(v.accuracy for v in variants)
+        requests = [Request("bench", task="bench", min_accuracy=rng.choice([None, *accuracies[::max(size // 20, 1)]]),
+                            latency_ms=rng.choice([None, 5.0, 20.0, 50.0, 100.0, 300.0, 1000.0]))
+                    for _ in range(2000)]
+        for request in requests:  # warm: builds the per-task index once, as the dispatcher does
+            select(snapshot, request)
+        timings = []
+        for i in range(decisions):
+            request = requests[i % len(requests)]
+            started = time.perf_counter()
+            select(snapshot, request)
+            timings.append((time.perf_counter() - started) * 1000)
+        stats = percentiles(timings)
+        results[size] = {"p50_us": stats["p50_ms"] * 1000, "p99_us": stats["p99_ms"] * 1000, "decisions": decisions}
+    return results
+
+
+# --- 2. dispatcher throughput ---------------------------------------------------------------------
+def bench_dispatcher(settings: Settings, inputs: np.ndarray, queries: int = 20_000,
+                     say: Callable[[str], None] = print) -> dict:
+    """Pre-load `queries` in the queries topic, start one dispatcher, time until all are routed."""
+    from confluent_kafka import TopicPartition
+
+    from .scaler.processes import ServiceProcess
+    codec = default_codec()
+    producer = bus.producer(settings, **{"linger.ms": 5})
+    topic = settings.topic("queries")
+    sample = to_tensor(inputs[:1])
+    for i in range(queries):
+        record = {"query_id": f"b{i}", "app_id": "demo", "task": TASK, "model": None, "variant": None,
+                  "inputs": sample, "min_accuracy": None, "latency_ms": 1e6, "max_cost": None,
+                  "reply_topic": None, "sent_at": int(time.time() * 1000)}
+        while True:
+            try:
+                producer.produce(topic, key=str(i).encode(), value=codec.encode("Query", record))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    service = ServiceProcess("bench-dispatcher", ["dispatcher"], settings.state_dir / "logs" / "bench",
+                             _env(settings)).start()
+    try:
+        service.wait_ready(120)
+        consumer = bus.consumer(settings, f"{settings.topic_prefix}-dispatcher")
+        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic).topics[topic].partitions]
+        started, done = time.monotonic(), 0
+        while done < queries and time.monotonic() - started < 300:
+            time.sleep(0.25)
+            done = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+        elapsed = time.monotonic() - started
+        consumer.close()
+    finally:
+        service.stop()
+    say(f"dispatcher: {done} queries routed in {elapsed:.1f} s")
+    return {"queries": done, "seconds": elapsed, "queries_per_s": done / elapsed}
+
+
+# --- 3 and 4. the pipeline against the raw executor ---------------------------------------------
+def raw_executor(settings: Settings, variant: Variant):
+    from .consumers.executors import open_executor
+    from .repository import Repository
+    return open_executor(variant, Repository.from_settings(settings).fetch(variant.artifact))
+
+
+def bench_overhead(client: InfaasClient, executor, variant: Variant, inputs: np.ndarray, n: int = 300) -> dict:
+    direct, piped = [], []
+    for i in range(n):
+        x = inputs[i % len(inputs)][None]
+        started = time.perf_counter()
+        executor.run(x)
+        direct.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        result = client.query(x, variant=variant.variant_id)
+        piped.append((time.perf_counter() - started) * 1000)
+        assert result.ok, result.error
+    d, p = percentiles(direct), percentiles(piped)
+    return {"direct": d, "pipeline": p, "overhead_p50_ms": p["p50_ms"] - d["p50_ms"],
+            "overhead_p99_ms": p["p99_ms"] - d["p99_ms"]}
+
+
+def bench_raw_throughput(executor, variant: Variant, inputs: np.ndarray, seconds: float = 5.0) -> float:
+    batch = np.resize(inputs, (variant.batch_size, *inputs.shape[1:])).astype(inputs.dtype)
+    rows, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        executor.run(batch)
+        rows += len(batch)
+    return rows / (time.perf_counter() - started)
+
+
+def bench_pipeline_throughput(client: InfaasClient, variant: Variant, inputs: np.ndarray, n: int = 5000) -> float:
+    started = time.perf_counter()
+    futures = [client.submit(inputs[i % len(inputs)][None], variant=variant.variant_id) for i in range(n)]
+    client.flush()
+    results = [client.wait(f, timeout_s=300) for f in futures]
+    elapsed = time.perf_counter() - started
+    assert all(r.ok for r in results)
+    return n / elapsed
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    import os
+    env = dict(os.environ)
+    env["INFAAS_TOPIC_PREFIX"] = settings.topic_prefix
+    env["INFAAS_KEYSPACE"] = settings.keyspace
+    return env
+
+
+def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = None,
+                   say: Callable[[str], None] = print) -> dict:
+    from rich.console import Console
+
+    from .demo import ensure_zoo, validation_inputs
+    bench = settings.replace(topic_prefix=f"{settings.topic_prefix}-bench-{uuid.uuid4().hex[:6]}")
+    bus.ensure_core_topics(bench)
+    variants = {v.variant_id: v for v in ensure_zoo(settings, Console(), quick=True)}
+    inputs = validation_inputs(settings)
+    report: dict = {"machine": _machine()}
+    try:
+        say("1/4 selection decision latency ...")
+        report["selection"] = bench_selection(decisions=5_000 if quick else 20_000)
+        for size, row in report["selection"].items():
+            say(f"  {size:5d} variants: p50 {row['p50_us']:.1f} us, p99 {row['p99_us']:.1f} us")
+        say("2/4 dispatcher throughput ...")
+        report["dispatcher"] = bench_dispatcher(bench, inputs, 5_000 if quick else 20_000, say)
+        say(f"  {report['dispatcher']['queries_per_s']:.0f} queries/s")
+        report["variants"] = {}
+        chosen = pick_variants(variants, quick)
+        pipeline = Pipeline(bench, ServeOptions(workers=1, preload=[v.variant_id for v in chosen], scaler=False),
+                            env=_env(bench))
+        pipeline.start()
+        try:
+            with InfaasClient(bench, app_id="demo", timeout_s=120) as client:
+                for variant in chosen:
+                    report["variants"][variant.variant_id] = measure_variant(bench, client, variant, inputs, quick, say)
+        finally:
+            pipeline.stop()
+    finally:
+        _delete_topics(bench)
+    out = out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    say(f"written to {out}")
+    return report
+
+
+def pick_variants(variants: dict[str, Variant], quick: bool) -> list[Variant]:
+    """A light and a heavy variant of the zoo (ONNX Runtime fp32, one thread): overhead matters
+    most for the light one, throughput ratio for the heavy one."""
+    fp32 = [v for v in variants.values() if v.optimizer == "ort-fp32" and v.threads == 1 and v.hardware == "cpu"]
+    light = min((v for v in fp32 if v.batch_size == 1), key=lambda v: v.latency_at(1))
+    heavy_pool = [v for v in fp32 if v.batch_size == 8] or fp32
+    heavy = max(heavy_pool, key=lambda v: v.latency_at(v.batch_size))
+    return [light] if quick else [light, heavy]
+
+
+def measure_variant(settings: Settings, client: InfaasClient, variant: Variant, inputs: np.ndarray, quick: bool,
+                    say: Callable[[str], None]) -> dict:
+    executor = raw_executor(settings, variant)
+    try:
+        client.query(inputs[:1], variant=variant.variant_id)  # the replica has joined and warmed up
+        say(f"3/4 end-to-end overhead, {variant.variant_id} ...")
+        overhead = bench_overhead(client, executor, variant, inputs, 100 if quick else 300)
+        say(f"  direct p50 {overhead['direct']['p50_ms']:.2f} ms; pipeline p50 {overhead['pipeline']['p50_ms']:.2f}"
+            f" / p99 {overhead['pipeline']['p99_ms']:.2f} ms; overhead p50 {overhead['overhead_p50_ms']:.2f} ms, "
+            f"p99 {overhead['overhead_p99_ms']:.2f} ms")
+        say(f"4/4 throughput, {variant.variant_id} ...")
+        raw = bench_raw_throughput(executor, variant, inputs, 2.0 if quick else 5.0)
+        piped = bench_pipeline_throughput(client, variant, inputs, 1000 if quick else 5000)
+        say(f"  raw executor {raw:.0f} rows/s at batch {variant.batch_size}; pipeline {piped:.0f} queries/s "
+            f"({100 * piped / raw:.1f}% of raw)")
+    finally:
+        executor.close()
+    return {"overhead": overhead, "raw_rows_per_s": raw, "pipeline_queries_per_s": piped,
+            "pipeline_share_of_raw": piped / raw, "batch_size": variant.batch_size,
+            "latency_at_batch_ms": variant.latency_at(variant.batch_size)}
+
+
+def _delete_topics(settings: Settings) -> None:
+    client = bus.admin(settings)
+    ours = [t for t in bus.existing_topics(settings, client) if t.startswith(settings.topic_prefix + ".")]
+    if ours:
+        for future in client.delete_topics(ours, operation_timeout=30).values():
+            future.result()
+
+
+def _machine() -> dict:
+    import os
+    import platform
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,0 +1,217 @@
+"""`infaas demo` (`make demo`): the whole system on this machine, for a new user.
+
+Stack up, the demo zoo registered (if absent), the pipeline serving (dispatcher, monitor, scaler,
+workers), then a trace's arrivals replayed with mixed requirements, while a live dashboard shows
+what the system chooses; a summary table at the end. Nothing shown is made up: every number comes
+from the results the pipeline returned and the profiles it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from . import launcher
+from .catalog import Variant
+from .client import InfaasClient
+from .loadgen import Arrival, LoadRun, RunStats
+from .serve import Pipeline, ServeOptions
+from .settings import Settings
+from .store import Store
+
+TASK = "digits-classification"
+DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "proteus" / "traces" / \
+    "zipf_exponential_bursty_300" / "resnet.txt"
+
+
+@dataclass(frozen=True)
+class RequirementClass:
+    label: str
+    share: float
+    latency_ms: float | None
+    min_accuracy: float | None
+    note: str
+
+
+def requirement_classes(variants: list[Variant]) -> list[RequirementClass]:
+    """Three kinds of client, from the registered accuracies: any answer fast, a good answer
+    soon, the best answer within a loose SLO."""
+    accuracies = sorted({math.floor(v.accuracy * 1e4) / 1e4 for v in variants})  # floored: still reachable
+    best, median = accuracies[-1], accuracies[len(accuracies) // 2]
+    return [RequirementClass("fast", 0.4, 25.0, None, "any accuracy, 25 ms"),
+            RequirementClass("balanced", 0.35, 60.0, median, f"accuracy >= {median:.3f}, 60 ms"),
+            RequirementClass("accurate", 0.25, 250.0, best, f"accuracy >= {best:.3f}, 250 ms")]
+
+
+def arrivals_from_trace(path: Path, duration_s: float, mean_qps: float, classes: list[RequirementClass],
+                        seed: int = 0) -> list[Arrival]:
+    """The trace's shape, time-scaled to `duration_s` and thinned/replicated to `mean_qps`."""
+    from .sim.traces import read_trace, scale_trace
+    rng = np.random.default_rng(seed)
+    trace = read_trace(path, task=TASK, rng=rng)
+    time_scale = duration_s * 1000.0 / max(trace.duration_ms, 1.0)
+    rate_scale = mean_qps * duration_s / max(len(trace), 1)
+    trace = scale_trace(trace, time_scale, rate_scale, rng)
+    shares = np.array([c.share for c in classes])
+    picks = rng.choice(len(classes), size=len(trace), p=shares / shares.sum())
+    return [Arrival(float(at) / 1000.0, TASK, classes[k].latency_ms, classes[k].min_accuracy, classes[k].label)
+            for at, k in zip(trace.arrival_ms, picks, strict=True)]
+
+
+def ensure_zoo(settings: Settings, console: Console, quick: bool) -> list[Variant]:
+    with Store(settings) as store:
+        variants = store.variants_for_task(TASK)
+    if variants:
+        console.print(f"[green]zoo present[/]: {len(variants)} variants of {TASK}")
+        return variants
+    from .registration.zoo import build_zoo
+    console.print(f"registering the demo zoo ({'quick' if quick else 'full'} profiling) ...")
+    started = time.monotonic()
+    build_zoo(settings, quick=quick)
+    with Store(settings) as store:
+        variants = store.variants_for_task(TASK)
+    console.print(f"[green]zoo registered[/]: {len(variants)} variants in {time.monotonic() - started:.0f} s")
+    return variants
+
+
+def validation_inputs(settings: Settings) -> np.ndarray:
+    from .repository import Repository
+    with Store(settings) as store:
+        model = store.models_for_task(TASK)[0]
+    data = np.load(Repository.from_settings(settings).fetch(model.validation_artifact), allow_pickle=False)
+    return data["inputs"]
+
+
+class Dashboard:
+    def __init__(self, classes: list[RequirementClass], variants: dict[str, Variant], total: int):
+        self.classes, self.variants, self.total = classes, variants, total
+        self.events: list[str] = []
+
+    def render(self, stats: RunStats) -> Group:
+        elapsed = max(time.monotonic() - stats.started, 1e-9) if stats.started else 0.0
+        recent = sum(stats.timeline[s]["answered"] for s in range(int(elapsed) - 5, int(elapsed)))
+        head = Table.grid(padding=(0, 3))
+        head.add_row(f"[b]{elapsed:5.1f} s[/]", f"sent {stats.sent}/{self.total}", f"answered {stats.answered}",
+                     f"{recent / 5:.0f} q/s", f"SLO met {100 * stats.slo_attainment:5.1f}%",
+                     f"p50 {stats.percentile(50):.1f} ms", f"p99 {stats.percentile(99):.1f} ms",
+                     f"cost ${stats.cost_usd:.3g}")
+        table = Table(title="variants chosen", expand=True)
+        for column in ("variant", "accuracy", "queries", *[c.label for c in self.classes]):
+            table.add_column(column, justify="right" if column != "variant" else "left")
+        per_class = defaultdict(Counter)
+        for (label, variant), count in stats.label_variants.items():
+            per_class[variant][label] += count
+        for variant_id, count in stats.variants.most_common(8):
+            variant = self.variants.get(variant_id)
+            table.add_row(variant_id, f"{variant.accuracy:.4f}" if variant else "?", str(count),
+                          *[str(per_class[variant_id][c.label]) for c in self.classes])
+        events = "\n".join(self.events[-5:]) or "(none yet)"
+        return Group(Panel(head, title="infaas demo"), table, Panel(events, title="scaling actions"))
+
+
+def watch_events(settings: Settings, dashboard: Dashboard, stop: threading.Event) -> None:
+    """Scaling actions as they happen, from the `infaas.scaling` topic."""
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from . import bus
+    from .schemas.codec import DecodeError, default_codec
+    consumer = bus.consumer(settings, "infaas-demo-events")
+    topic = settings.topic("scaling")
+    consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+    try:
+        while not stop.is_set():
+            for message in consumer.consume(50, 0.5):
+                try:
+                    event = default_codec().decode_as("ScalingEvent", message.value())
+                except DecodeError:
+                    continue
+                subject = event["variant_id"] or event["worker_id"] or event["hardware"]
+                dashboard.events.append(f"{time.strftime('%H:%M:%S')} {event['kind']} {subject}: {event['reason'][:90]}")
+    finally:
+        consumer.close()
+
+
+def summary_table(stats: RunStats, classes: list[RequirementClass], variants: dict[str, Variant]) -> Table:
+    table = Table(title="demo summary (client-measured, end to end)")
+    for column in ("class", "requirement", "queries", "OK", "SLO met", "p50 ms", "p99 ms", "mean accuracy",
+                   "variants chosen"):
+        table.add_column(column)
+    for c in classes:
+        lat = np.asarray(stats.label_latencies.get(c.label, []))
+        chosen = Counter({v: n for (label, v), n in stats.label_variants.items() if label == c.label})
+        acc = [variants[v].accuracy for v, n in chosen.items() for _ in range(n) if v in variants]
+        answered = sum(stats.by_label[c.label].values())
+        table.add_row(c.label, c.note, str(answered), str(stats.by_label[c.label]["OK"]),
+                      f"{100 * stats.label_slo_met[c.label] / answered:.1f}%" if answered else "-",
+                      f"{np.percentile(lat, 50):.1f}" if len(lat) else "-",
+                      f"{np.percentile(lat, 99):.1f}" if len(lat) else "-",
+                      f"{np.mean(acc):.4f}" if acc else "-",
+                      ", ".join(f"{v} x{n}" for v, n in chosen.most_common(3)))
+    return table
+
+
+def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.0, workers: int = 2,
+             quick: bool = False, trace: Path | None = None) -> dict:
+    console = Console()
+    if not launcher.is_up(settings):
+        console.print("starting the local stack ...")
+        launcher.up(settings, say=lambda m: console.print(f"  {m}"))
+    variants = {v.variant_id: v for v in ensure_zoo(settings, console, quick)}
+    classes = requirement_classes(list(variants.values()))
+    arrivals = arrivals_from_trace(trace or DEFAULT_TRACE, duration_s, mean_qps, classes)
+    inputs = validation_inputs(settings)
+    pipeline = Pipeline(settings, ServeOptions(workers=workers, scaler=True,
+                                               scaler_args=["--max-workers", str(workers + 1)]))
+    console.print("starting the pipeline (dispatcher, monitor, scaler, workers) ...")
+    took = pipeline.start()
+    console.print(f"[green]serving[/] in {took:.1f} s; logs in {pipeline.log_dir}")
+    stop = threading.Event()
+    try:
+        with InfaasClient(settings, app_id="demo", timeout_s=60) as client:
+            warm_up(client, classes, inputs, console)
+            dashboard = Dashboard(classes, variants, len(arrivals))
+            threading.Thread(target=watch_events, args=(settings, dashboard, stop), daemon=True).start()
+            run = LoadRun(client, arrivals, {TASK: inputs}, variants, timeout_s=60)
+            with Live(dashboard.render(run.stats), console=console, refresh_per_second=2) as live:
+                ticker = threading.Thread(target=_refresh, args=(live, dashboard, run, stop), daemon=True)
+                ticker.start()
+                stats = run.run()
+                stop.set()
+                live.update(dashboard.render(stats))
+    finally:
+        stop.set()
+        pipeline.stop()
+    console.print(summary_table(stats, classes, variants))
+    summary = stats.summary()
+    console.print(f"{summary['queries']} queries, {summary['ok']} OK, {summary['lost']} lost, SLO attainment "
+                  f"{100 * summary['slo_attainment']:.1f}%, p50 {summary['p50_ms']:.1f} ms, p99 "
+                  f"{summary['p99_ms']:.1f} ms, {summary['throughput_qps']:.0f} q/s, cost ${summary['cost_usd']:.3g}")
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    path = out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(summary, indent=1))
+    console.print(f"summary written to {path}")
+    return summary
+
+
+def warm_up(client: InfaasClient, classes: list[RequirementClass], inputs: np.ndarray, console: Console) -> None:
+    """One query per class without a deadline, so the variants they pick are loaded before timing."""
+    for c in classes:
+        result = client.query(inputs[:1], task=TASK, min_accuracy=c.min_accuracy, timeout_s=60)
+        console.print(f"  warm-up {c.label}: {result.status} via {result.variant}")
+
+
+def _refresh(live: Live, dashboard: Dashboard, run: LoadRun, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        live.update(dashboard.render(run.stats))

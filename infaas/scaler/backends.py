@@ -1,0 +1,154 @@
+"""Where workers come from: local processes, an EC2 Auto Scaling group, or a Kubernetes Deployment.
+
+Every backend answers the same two requests from the scaler: start `count` workers of a hardware
+kind, and stop one worker. Workers announce themselves on `infaas.metrics` once they are up,
+which is how the scaler (and the dispatcher) learn about them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .processes import ServiceProcess
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """The backend refused or failed a request."""
+
+
+class LocalBackend:
+    """Worker processes on this machine (`infaas worker`), one per requested worker."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, worker_args: list[str] | None = None,
+                 echo: Callable[[str], None] | None = None):
+        self.log_dir = log_dir
+        self.env = env or dict(os.environ)
+        self.worker_args = worker_args or []
+        self.echo = echo
+        self.workers: dict[str, ServiceProcess] = {}
+        self._counter = 0
+
+    def start_workers(self, hardware: str, count: int) -> list[str]:
+        started = []
+        for _ in range(count):
+            self._counter += 1
+            worker_id = f"scaled-{hardware}-{os.getpid()}-{self._counter}"
+            process = ServiceProcess(worker_id, ["worker", "--hardware", hardware, "--worker-id", worker_id,
+                                                 *self.worker_args], self.log_dir, self.env, self.echo)
+            self.workers[worker_id] = process.start()
+            started.append(worker_id)
+        return started
+
+    def stop_worker(self, worker_id: str) -> bool:
+        process = self.workers.pop(worker_id, None)
+        if process is None:
+            return False  # not one of ours (e.g. started by `serve`): the scaler sends it STOP instead
+        process.stop()
+        return True
+
+    def close(self) -> None:
+        for worker_id in list(self.workers):
+            self.stop_worker(worker_id)
+
+
+class AwsBackend:
+    """An EC2 Auto Scaling group per hardware kind; workers are its instances (worker id = instance id)."""
+
+    def __init__(self, groups: dict[str, str], client: Any | None = None, region: str | None = None):
+        import boto3
+        self.groups = groups
+        self.client = client or boto3.client("autoscaling", region_name=region)
+
+    def _group(self, hardware: str) -> dict:
+        name = self.groups.get(hardware)
+        if name is None:
+            raise BackendError(f"no Auto Scaling group configured for hardware {hardware!r}")
+        found = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        if not found:
+            raise BackendError(f"Auto Scaling group {name!r} does not exist")
+        return found[0]
+
+    def desired(self, hardware: str) -> int:
+        return int(self._group(hardware)["DesiredCapacity"])
+
+    def start_workers(self, hardware: str, count: int) -> list[str]:
+        group = self._group(hardware)
+        target = min(group["DesiredCapacity"] + count, group["MaxSize"])
+        self.client.set_desired_capacity(AutoScalingGroupName=group["AutoScalingGroupName"], DesiredCapacity=target,
+                                         HonorCooldown=False)
+        return []  # instance ids are known once EC2 launches them; they report as workers
+
+    def stop_worker(self, worker_id: str) -> bool:
+        """Terminate that instance and shrink its group by one."""
+        self.client.terminate_instance_in_auto_scaling_group(InstanceId=worker_id,
+                                                             ShouldDecrementDesiredCapacity=True)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def deployment_scale_body(replicas: int) -> dict:
+    """The body of a `PATCH .../deployments/{name}/scale` request."""
+    if replicas < 0:
+        raise BackendError(f"cannot scale a Deployment to {replicas} replicas")
+    return {"spec": {"replicas": int(replicas)}}
+
+
+def pod_deletion_cost_body(cost: int) -> dict:
+    """Annotate a pod so the ReplicaSet removes it first when the Deployment shrinks."""
+    return {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": str(int(cost))}}}
+
+
+class KubernetesBackend:
+    """A Deployment of workers per hardware kind; scaling changes its `replicas`.
+
+    Worker ids are pod names (`--worker-id $(POD_NAME)` in the pod spec), so a chosen worker is
+    removed by lowering its pod-deletion cost and then shrinking the Deployment by one.
+    """
+
+    def __init__(self, deployments: dict[str, str], namespace: str = "infaas", api: Any | None = None,
+                 core: Any | None = None):
+        self.deployments = deployments
+        self.namespace = namespace
+        if api is None or core is None:
+            from kubernetes import client, config  # the optional `kubernetes` extra
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api, core = api or client.AppsV1Api(), core or client.CoreV1Api()
+        self.api, self.core = api, core
+
+    def _name(self, hardware: str) -> str:
+        name = self.deployments.get(hardware)
+        if name is None:
+            raise BackendError(f"no Deployment configured for hardware {hardware!r}")
+        return name
+
+    def replicas(self, hardware: str) -> int:
+        scale = self.api.read_namespaced_deployment_scale(self._name(hardware), self.namespace)
+        return int(scale.spec.replicas or 0)
+
+    def _scale(self, hardware: str, replicas: int) -> None:
+        self.api.patch_namespaced_deployment_scale(self._name(hardware), self.namespace,
+                                                   deployment_scale_body(replicas))
+
+    def start_workers(self, hardware: str, count: int) -> list[str]:
+        self._scale(hardware, self.replicas(hardware) + count)
+        return []
+
+    def stop_worker(self, worker_id: str, hardware: str | None = None) -> bool:
+        hardware = hardware or next(iter(self.deployments))
+        self.core.patch_namespaced_pod(worker_id, self.namespace, pod_deletion_cost_body(-1000))
+        self._scale(hardware, max(self.replicas(hardware) - 1, 0))
+        return True
+
+    def close(self) -> None:
+        pass

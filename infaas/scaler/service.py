@@ -1,0 +1,297 @@
+"""The scaler: every interval, decide with the scaling policy and carry the actions out.
+
+It sees what the dispatcher sees (variant states from `infaas.state`, worker reports from
+`infaas.metrics`, the catalogue), adds its own recent demand history and the effects of its own
+actions not yet visible in reports (replicas being loaded or removed, workers starting), calls
+`policies.decide`, and executes each action: replicas and variants through `WorkerCommand`s on
+`infaas.control`, workers through a backend (local processes, EC2 Auto Scaling, Kubernetes).
+Every action, with its reason, goes to `infaas.scaling` and to Cassandra (`scaling_events`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from .. import bus
+from ..policies import actions as kinds
+from ..policies.actions import Action
+from ..policies.baselines import BaselinePlan, initial_actions
+from ..policies.monitoring import track
+from ..policies.scaling import STATIC, decide
+from ..policies.selection import least_utilized_worker
+from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, WorkerLive
+from ..schemas.codec import default_codec
+from ..settings import Settings
+from ..store import BufferedWriter, Store
+from ..streams.views import SystemView
+
+log = logging.getLogger(__name__)
+
+DEMAND_HISTORY = 120  # ticks of demand kept per variant
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Expectation:
+    """An action sent to a worker whose effect its reports do not show yet."""
+    variant_id: str
+    worker_id: str
+    replicas: int  # replicas of the variant this worker should host
+    until_ms: int
+
+
+class Scaler:
+    def __init__(self, settings: Settings, config: PolicyConfig, policy: str, backend,
+                 plan: BaselinePlan | None = None, interval_s: float = 1.0):
+        self.settings, self.config, self.policy, self.backend, self.plan = settings, config, policy, backend, plan
+        self.interval_s = interval_s
+        self.view = SystemView(settings, honor_retirements=False)
+        self.codec = default_codec()
+        self.producer = bus.producer(settings)
+        self.writer = BufferedWriter(Store(settings))
+        self.previous: Snapshot | None = None
+        self.last_worker_action_ms: int | None = None
+        self.demand: dict[str, deque] = defaultdict(lambda: deque(maxlen=DEMAND_HISTORY))
+        self.expected: list[Expectation] = []
+        self.unplaced: list[tuple[str, str]] = []  # (variant, hardware) replicas waiting for a worker
+        self.starting: dict[str, tuple[str, int]] = {}  # worker id -> (hardware, requested at)
+        self.stopping: dict[str, int] = {}  # worker id -> asked to stop at
+        self.retiring: dict[str, str] = {}  # source variant -> the variant its traffic moved to
+        self.actions_taken: list[dict] = []
+        self._stop = threading.Event()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def start(self) -> Scaler:
+        self.view.start()
+        if self.plan is not None:
+            self._wait_for_workers(10.0)
+            for action in initial_actions(self.plan, self.view.catalog.variants, self.config):
+                self.execute(action, self.snapshot())
+        return self
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not end scaling
+                log.exception("scaler tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.view.stop()
+        self.producer.flush(5)
+        self.writer.close()
+
+    def tick(self) -> list[Action]:
+        snapshot = track(self.previous, self.snapshot(), self.config)
+        self._place_unplaced(snapshot)
+        actions = [] if self.policy == STATIC else decide(snapshot, self.config, self.policy,
+                                                           self.last_worker_action_ms, self.plan)
+        for action in actions:
+            self.execute(action, snapshot)
+        self._retire(snapshot)
+        self.previous = snapshot
+        return actions
+
+    def _wait_for_workers(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.view.snapshot.workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    # --- what the policy sees -----------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        base = self.view.snapshot
+        now = now_ms()
+        for variant_id, live in base.live.items():
+            self.demand[variant_id].append(live.qps)  # queries/s; the policies multiply by rows per query
+        workers = {wid: w for wid, w in base.workers.items() if wid not in self.stopping}
+        for worker_id, (hardware, since) in list(self.starting.items()):
+            if worker_id in workers or now - since > 3 * self.config.worker_start_s * 1000:
+                del self.starting[worker_id]  # it reports now (or never will)
+            else:
+                workers[worker_id] = WorkerLive(worker_id, hardware, started_at_ms=since, ready=False)
+        live = dict(base.live)
+        self.expected = [e for e in self.expected if e.until_ms > now and self._pending(e, workers)]
+        for e in self.expected:
+            shown = workers[e.worker_id].variants.get(e.variant_id, 0) if e.worker_id in workers else 0
+            state = live.get(e.variant_id) or self.view.snapshot.live_of(e.variant_id)
+            change = e.replicas - shown
+            live[e.variant_id] = dataclasses.replace(
+                state, replicas=max(state.replicas + change, 0), loading=state.loading + max(change, 0),
+                status=ACTIVE if state.replicas + change > 0 else state.status,
+                loaded_at_ms=state.loaded_at_ms or now)
+        for variant_id, _ in self.unplaced:
+            state = live.get(variant_id) or self.view.snapshot.live_of(variant_id)
+            live[variant_id] = dataclasses.replace(state, unplaced=state.unplaced + 1)
+        demand = {vid: tuple(history) for vid, history in self.demand.items()}
+        return base.with_changes(live=live, workers=workers, at_ms=now, demand=demand)
+
+    @staticmethod
+    def _pending(expectation: Expectation, workers: dict[str, WorkerLive]) -> bool:
+        worker = workers.get(expectation.worker_id)
+        return worker is None or not worker.ready or worker.variants.get(expectation.variant_id, 0) != \
+            expectation.replicas
+
+    # --- carrying actions out -----------------------------------------------------------------
+    def execute(self, action: Action, snapshot: Snapshot) -> None:
+        handler = {kinds.ADD_REPLICA: self._add_replica, kinds.REMOVE_REPLICA: self._remove_replica,
+                   kinds.LOAD_VARIANT: self._add_replica, kinds.UNLOAD_VARIANT: self._unload,
+                   kinds.UPGRADE_VARIANT: self._move, kinds.DOWNGRADE_VARIANT: self._move,
+                   kinds.ADD_WORKER: self._add_workers, kinds.REMOVE_WORKER: self._remove_worker}[action.kind]
+        try:
+            handler(action, snapshot)
+        except Exception as err:  # e.g. the cloud API refused: record it, go on
+            log.exception("action %s failed", action.kind)
+            action = dataclasses.replace(action, reason=f"{action.reason} [FAILED: {err}]")
+        self._record(action, snapshot)
+
+    def _hosted(self, snapshot: Snapshot, worker_id: str, variant_id: str) -> int:
+        worker = snapshot.workers.get(worker_id)
+        pending = [e.replicas for e in self.expected if e.worker_id == worker_id and e.variant_id == variant_id]
+        if pending:
+            return pending[-1]
+        return worker.variants.get(variant_id, 0) if worker else 0
+
+    def _set_replicas(self, snapshot: Snapshot, variant_id: str, worker_id: str, replicas: int, reason: str) -> None:
+        self._command("SET_REPLICAS", worker_id, variant_id, replicas, reason)
+        self.expected = [e for e in self.expected if (e.variant_id, e.worker_id) != (variant_id, worker_id)]
+        variant = snapshot.variants.get(variant_id)
+        settle_ms = int(max(variant.load_ms if variant else 0.0, 1000.0) * 3 + 10_000)
+        self.expected.append(Expectation(variant_id, worker_id, replicas, now_ms() + settle_ms))
+
+    def _add_replica(self, action: Action, snapshot: Snapshot) -> None:
+        worker_id = action.worker_id
+        if worker_id is None or worker_id not in snapshot.workers or not snapshot.workers[worker_id].ready:
+            self.unplaced.append((action.variant_id, action.hardware or snapshot.variants[action.variant_id].hardware))
+            return
+        count = self._hosted(snapshot, worker_id, action.variant_id) + 1
+        self._set_replicas(snapshot, action.variant_id, worker_id, count, action.reason)
+
+    def _place_unplaced(self, snapshot: Snapshot) -> None:
+        """Replicas that found no room go to a worker once one of their hardware is ready; while a
+        new worker of that hardware is starting, they wait for it rather than crowd the others."""
+        waiting, self.unplaced = self.unplaced, []
+        for variant_id, hardware in waiting:
+            variant = snapshot.variants.get(variant_id)
+            coming = any(hw == hardware for hw, _ in self.starting.values())
+            worker = None if coming else least_utilized_worker(snapshot, hardware,
+                                                                 variant.peak_memory_mb if variant else 0.0)
+            if worker is None:
+                self.unplaced.append((variant_id, hardware))
+                continue
+            count = self._hosted(snapshot, worker.worker_id, variant_id) + 1
+            self._set_replicas(snapshot, variant_id, worker.worker_id, count, "placing a replica that waited "
+                               f"for a {hardware} worker")
+
+    def _remove_replica(self, action: Action, snapshot: Snapshot) -> None:
+        worker_id = action.worker_id or next(iter(snapshot.live_of(action.variant_id).workers), None)
+        if worker_id is None:  # only waiting replicas: drop one of them
+            waiting = [i for i, (vid, _) in enumerate(self.unplaced) if vid == action.variant_id]
+            if waiting:
+                del self.unplaced[waiting[0]]
+            return
+        count = max(self._hosted(snapshot, worker_id, action.variant_id) - 1, 0)
+        self._set_replicas(snapshot, action.variant_id, worker_id, count, action.reason)
+
+    def _unload(self, action: Action, snapshot: Snapshot) -> None:
+        self.unplaced = [u for u in self.unplaced if u[0] != action.variant_id]
+        for worker_id in snapshot.live_of(action.variant_id).workers:
+            self._set_replicas(snapshot, action.variant_id, worker_id, 0, action.reason)
+
+    def _move(self, action: Action, snapshot: Snapshot) -> None:
+        """Upgrade/downgrade: load the target; the source retires once its queue is served."""
+        target = dataclasses.replace(action, kind=kinds.ADD_REPLICA, variant_id=action.target_variant_id)
+        self._add_replica(target, snapshot)
+        self.retiring[action.variant_id] = action.target_variant_id
+
+    def _retire(self, snapshot: Snapshot) -> None:
+        for source, target in list(self.retiring.items()):
+            source_live, target_live = snapshot.live_of(source), snapshot.live_of(target)
+            if target_live.status != ACTIVE or target_live.loading:
+                continue  # not serving yet
+            if source_live.queue_len == 0 and source_live.qps == 0:
+                del self.retiring[source]
+                reason = f"retired: its traffic moved to {target} and its queue is served"
+                action = Action(kinds.UNLOAD_VARIANT, reason, source, from_count=source_live.replicas, to_count=0)
+                self.execute(action, snapshot)
+
+    def _add_workers(self, action: Action, snapshot: Snapshot) -> None:
+        count = max(action.to_count - action.from_count, 1)
+        for worker_id in self.backend.start_workers(action.hardware, count) or []:
+            self.starting[worker_id] = (action.hardware, now_ms())
+        self.last_worker_action_ms = now_ms()
+
+    def _remove_worker(self, action: Action, snapshot: Snapshot) -> None:
+        if not self.backend.stop_worker(action.worker_id):
+            self._command("STOP", action.worker_id, None, 0, action.reason)  # a worker we did not start
+        self.stopping[action.worker_id] = now_ms()
+        self.last_worker_action_ms = now_ms()
+
+    def _command(self, kind: str, worker_id: str | None, variant_id: str | None, replicas: int, reason: str) -> None:
+        command = {"command_id": uuid.uuid4().hex, "at": now_ms(), "action": kind, "worker_id": worker_id,
+                   "hardware": None, "variant_id": variant_id, "replicas": replicas, "reason": reason}
+        self.producer.produce(self.settings.topic("control"), key=(worker_id or "").encode(),
+                              value=self.codec.encode("WorkerCommand", command))
+        self.producer.poll(0)
+
+    def _record(self, action: Action, snapshot: Snapshot) -> None:
+        variant = snapshot.variants.get(action.variant_id or action.target_variant_id or "")
+        event = action.as_event(self.policy, now_ms(), uuid.uuid4().hex, variant.task if variant else None)
+        log.info("%s %s: %s", action.kind, action.variant_id or action.worker_id or action.hardware, action.reason)
+        self.producer.produce(self.settings.topic("scaling"), key=(action.variant_id or "").encode(),
+                              value=self.codec.encode("ScalingEvent", event))
+        self.producer.poll(0)
+        self.writer.submit("put_scaling_event", event)
+        self.actions_taken.append(event)
+
+
+def load_plan(path: str) -> BaselinePlan:
+    """A baseline plan file: {"policy": ..., "variants": {task: variant}, "replicas": {task: n}}."""
+    import json
+    with open(path) as handle:
+        data = json.load(handle)
+    return BaselinePlan(data["policy"], data["variants"], {k: int(v) for k, v in data["replicas"].items()},
+                        data.get("notes", {}))
+
+
+def make_backend(name: str, settings: Settings, options: dict[str, str] | None = None):
+    from .backends import AwsBackend, KubernetesBackend, LocalBackend
+    options = options or {}
+    if name == "local":
+        return LocalBackend(settings.state_dir / "logs" / "scaler-workers")
+    groups = {k[len("asg."):]: v for k, v in options.items() if k.startswith("asg.")}
+    if name == "aws":
+        return AwsBackend(groups, region=options.get("region"))
+    if name == "kubernetes":
+        deployments = {k[len("deployment."):]: v for k, v in options.items() if k.startswith("deployment.")}
+        return KubernetesBackend(deployments, namespace=options.get("namespace", "infaas"))
+    raise ValueError(f"unknown backend {name!r}: local, aws or kubernetes")
+
+
+def run(settings: Settings, policy: str, backend_name: str, plan_path: str | None, interval_s: float,
+        config: PolicyConfig, backend_options: dict[str, str] | None = None) -> int:
+    """`infaas scaler`: scale until SIGINT/SIGTERM."""
+    import signal
+    plan = load_plan(plan_path) if plan_path else None
+    backend = make_backend(backend_name, settings, backend_options)
+    scaler = Scaler(settings, config, policy, backend, plan, interval_s)
+    signal.signal(signal.SIGTERM, lambda *_: scaler._stop.set())
+    scaler.start()
+    print(f"infaas scaler ready (policy {policy}, backend {backend_name}, every {interval_s:g} s)", flush=True)
+    try:
+        scaler.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scaler.stop()
+        backend.close()
+    return 0

@@ -1,0 +1,79 @@
+"""Autoscaling on the live pipeline: a load step up makes replicas appear within a bounded time,
+a drop makes them go away, and every action is in `scaling_events` with its reason."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from infaas.client import InfaasClient
+from infaas.registration.register import register_model
+from infaas.serve import Pipeline, ServeOptions
+from infaas.store import Store, now_ms
+
+from . import slow_model
+from .conftest import settings_env
+
+TASK = "slow-task"
+
+
+@pytest.fixture(scope="module")
+def slow_variant(settings, tmp_path_factory):
+    model, validation = slow_model.build(tmp_path_factory.mktemp("slow"))
+    narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
+    report = register_model(narrow, "demo", TASK, "deep-mlp", model, validation, public=True, quick=True,
+                            name="slow-mlp")
+    assert len(report.variants) == 1
+    return report.variants[0]
+
+
+@pytest.fixture(scope="module")
+def scaled_pipeline(settings, slow_variant):
+    options = ServeOptions(workers=1, preload=[slow_variant.variant_id], scaler=True,
+                           scaler_args=["--interval", "0.5", "--unload-idle-s", "4", "--max-workers", "1"])
+    running = Pipeline(settings, options, env=settings_env(settings))
+    running.start()
+    yield running
+    running.stop()
+
+
+def _events(settings, since_ms: int, kinds: set[str]) -> list[dict]:
+    with Store(settings) as store:
+        return [e for e in store.scaling_events(since_ms=since_ms, limit=500) if e["kind"] in kinds]
+
+
+def _wait_for(settings, since_ms: int, kinds: set[str], timeout_s: float) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = _events(settings, since_ms, kinds)
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
+def test_step_up_adds_replicas_and_step_down_removes_them(settings, slow_variant, scaled_pipeline):
+    capacity = 1000.0 / slow_variant.latency_at(1)  # queries/s one replica serves, by its profile
+    rate = 2.5 * capacity
+    start = now_ms()
+    x = np.random.default_rng(0).normal(size=(1, slow_model.INPUT)).astype(np.float32)
+    with InfaasClient(settings, app_id="demo", timeout_s=120) as client:
+        futures, began = [], time.monotonic()
+        while time.monotonic() - began < 8.0:  # the step: 2.5x one replica's capacity for 8 s
+            futures.append(client.submit(x, task=TASK, latency_ms=60_000))
+            time.sleep(1.0 / rate)
+        client.flush()
+        added = _wait_for(settings, start, {"ADD_REPLICA"}, timeout_s=20)
+        results = [client.wait(f) for f in futures]
+    assert added, "no replica was added under 2.5x load"
+    first_add_s = (added[-1]["at"] - start) / 1000
+    assert first_add_s < 15, f"first replica added only after {first_add_s:.1f} s"
+    assert "demand" in added[-1]["reason"]
+    assert all(r.ok for r in results)
+
+    dropped = now_ms()
+    removed = _wait_for(settings, dropped, {"REMOVE_REPLICA", "UNLOAD_VARIANT"}, timeout_s=30)
+    assert removed, "replicas stayed after the load dropped"
+    assert all(e["reason"] for e in removed)
