@@ -183,11 +183,7 @@ class Repository:
 
     def _client(self):
         if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-            self._s3 = boto3.client("s3", endpoint_url=self.settings.s3_endpoint_url or None,
-                                    config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                                  connect_timeout=5, read_timeout=60))
+            self._s3 = s3_client(self.settings)
         return self._s3
 
     def _call_s3(self, method: str, url: str, **kwargs):
@@ -195,6 +191,15 @@ class Repository:
             return getattr(self._client(), method)(**kwargs)
         except Exception as err:
             raise RepositoryError(f"S3 {method} of {url} failed: {_s3_reason(err)}") from None
+
+
+def s3_client(settings: Settings):
+    """A boto3 S3 client for the configured endpoint (an S3-compatible store when set)."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None,
+                        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+                                      read_timeout=60))
 
 
 def _s3_reason(err: Exception) -> str:

@@ -21,6 +21,7 @@ class ServeOptions:
     scaler: bool = True
     policy: str = "infaas"
     scaler_args: list[str] = field(default_factory=list)  # more `infaas scaler` options
+    worker_extra: list[str] = field(default_factory=list)  # more `infaas worker` options
     ready_timeout_s: float = 120.0
 
 
@@ -47,7 +48,7 @@ class Pipeline:
                 "--max-batch-delay-ms", str(self.options.max_batch_delay_ms)]
         if self.options.preload:
             args += ["--variants", ",".join(self.options.preload)]
-        return args
+        return args + self.options.worker_extra
 
     def start(self) -> float:
         started = time.monotonic()
@@ -65,6 +66,13 @@ class Pipeline:
             self.stop()
             raise
         return time.monotonic() - started
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def restart(self, name: str, kill: bool = True) -> float:
         """Fault injection and recovery: end a service (SIGKILL by default) and start it again;

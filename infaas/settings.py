@@ -73,6 +73,7 @@ class Settings:
     log_level: str = "INFO"
     hardware_catalog: str = ""  # TOML file; default: the catalogue shipped in infaas/hardware.toml
     offline_chunk_size: int = 64
+    offline_lease_s: float = 15.0  # a batch chunk whose worker is silent this long is taken over
     # --- Registration, variant generation and profiling -------------------------------------
     max_model_mb: int = 512  # largest ONNX file accepted by `infaas register`
     max_validation_mb: int = 256  # largest validation set (.npz) accepted

@@ -321,6 +321,21 @@ class Store:
     def chunks(self, job_id: str) -> list[dict]:
         return self.select("SELECT * FROM {ks}.offline_chunks WHERE job_id = ?", job_id)
 
+    def set_job_status(self, job_id: str, status: str, error: str | None = None) -> None:
+        self.execute("UPDATE {ks}.offline_jobs SET status = ?, error = ?, updated_at = ? WHERE job_id = ?",
+                     status, error, now_ms(), job_id)
+
+    def claim_chunk(self, job_id: str, chunk: int, worker_id: str, lease_until: int, now: int) -> bool:
+        """Take a chunk for `worker_id`: a pending one, or a running one whose lease has passed
+        (its worker died). A lightweight transaction, so two workers never both win."""
+        for condition, params in (("status = 'PENDING'", ()), ("status = 'RUNNING' AND lease_until < ?", (now,))):
+            cql = ("UPDATE {ks}.offline_chunks SET status = 'RUNNING', worker_id = ?, lease_until = ?, "
+                   f"updated_at = ? WHERE job_id = ? AND chunk = ? IF {condition}")
+            rows = self.select(cql, worker_id, lease_until, now, job_id, chunk, *params)
+            if rows and rows[0].get("[applied]"):
+                return True
+        return False
+
 
 def _first_error(err: NoHostAvailable) -> str:
     errors = getattr(err, "errors", {}) or {}

@@ -76,3 +76,18 @@ def settings_env(settings) -> dict[str, str]:
                  "query_partitions", "variant_partitions", "result_partitions"):
         env[f"INFAAS_{name.upper()}"] = str(getattr(settings, name))
     return env
+
+
+ZOO_TASK = "digits-classification"
+
+
+@pytest.fixture(scope="session")
+def zoo(settings):
+    """The demo zoo (quick profiling), registered once per test session: (reports, variants by id)."""
+    from infaas.registration.zoo import build_zoo
+    from infaas.store import Store
+    reports = build_zoo(settings, quick=True)
+    with Store(settings) as store:
+        variants = {v.variant_id: v for v in store.variants_for_task(ZOO_TASK)}
+    assert variants, "the zoo registered no variants"
+    return reports, variants

@@ -22,16 +22,6 @@ TASK = "digits-classification"
 
 
 @pytest.fixture(scope="module")
-def zoo(settings):
-    from infaas.registration.zoo import build_zoo
-    report = build_zoo(settings, quick=True)
-    with Store(settings) as store:
-        variants = {v.variant_id: v for v in store.variants_for_task(TASK)}
-    assert variants, "the zoo registered no variants"
-    return report, variants
-
-
-@pytest.fixture(scope="module")
 def pipeline(settings, zoo):
     _, variants = zoo
     cheapest = min(variants.values(), key=lambda v: (v.cost_per_1k, v.variant_id))

@@ -10,9 +10,13 @@ import time
 def register(sub) -> None:
     app = sub.add_parser("app", help="applications (tenants)")
     asub = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
-    p = asub.add_parser("create", help="register an application id")
+    p = asub.add_parser("create", help="register an application id (on a secure stack also its Kafka principal "
+                                       "app-<id>, its ACLs and its results topic)")
     p.add_argument("app_id")
     p.add_argument("--description", default="")
+    p.add_argument("--print-credentials", action="store_true",
+                   help="secure stack: give the app's principal a new password and print it as shell exports "
+                        "(the only time it is shown)")
     p.set_defaults(handler=cmd_app_create)
     asub.add_parser("list", help="registered applications").set_defaults(handler=cmd_app_list)
 
@@ -29,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--variants", default="", help="comma-separated variant ids to load at start")
     p.add_argument("--memory-mb", type=float, default=2048.0, help="memory budget for hosted variants")
     p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    p.add_argument("--offline-cpu-threshold", type=float, default=0.4,
+                   help="run batch-job chunks only while CPU utilization is at most this (0..1)")
+    p.add_argument("--no-offline", action="store_true", help="never run batch jobs on this worker")
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("serve", help="dispatcher + monitor + scaler + workers, until Ctrl-C")
@@ -67,6 +74,26 @@ def register(sub) -> None:
     p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms); default: a Proteus bursty trace")
     p.set_defaults(handler=cmd_demo)
 
+    batch = sub.add_parser("batch", help="offline (batch) queries, served from spare capacity")
+    bsub = batch.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
+    p = bsub.add_parser("submit", help="submit a batch job: every row of a .npy through one variant")
+    p.add_argument("--input", required=True, help="file:///... or s3://bucket/key .npy (a batch of inputs)")
+    p.add_argument("--output", required=True, help="file:// or s3:// URL; .npz gets every output, else the first")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task")
+    target.add_argument("--model")
+    p.add_argument("--app", default="demo")
+    p.add_argument("--min-accuracy", type=float)
+    p.add_argument("--max-cost", type=float, help="USD per 1,000 queries")
+    p.add_argument("--chunk-size", type=int, help="rows per chunk (default: setting offline_chunk_size)")
+    p.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+    p.set_defaults(handler=cmd_batch_submit)
+    p = bsub.add_parser("status", help="a batch job's progress")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_batch_status)
+    bsub.add_parser("list", help="batch jobs").set_defaults(handler=cmd_batch_list)
+
     p = sub.add_parser("query", help="send one query and print the result")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--task")
@@ -83,17 +110,51 @@ def register(sub) -> None:
 
 
 def cmd_app_create(args, settings) -> int:
+    from .. import bus, launcher
     from ..catalog import check_name
-    from ..store import Store
+    from ..store import Store, StoreError
     try:
         check_name("app", args.app_id)
-    except ValueError as err:
+        admin = launcher.admin_settings(settings)  # the local secure stack's admin, if that is where we point
+    except (ValueError, launcher.LaunchError) as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 2
-    with Store(settings) as store:
-        store.put_app(args.app_id, args.description)
-    print(f"infaas: app {args.app_id} created")
+    secure = bool(admin.kafka_sasl_mechanism)
+    if args.print_credentials and not secure:
+        print("infaas: --print-credentials needs a secure stack (`infaas infra up --secure`, or SASL settings)",
+              file=sys.stderr)
+        return 2
+    try:
+        with Store(admin) as store:
+            store.put_app(args.app_id, args.description)
+        if secure:
+            _secure_app(admin, args.app_id, args.print_credentials)
+    except (StoreError, bus.BusError) as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    print(f"infaas: app {args.app_id} created", file=sys.stderr if args.print_credentials else sys.stdout)
     return 0
+
+
+def _secure_app(admin, app_id: str, print_credentials: bool) -> None:
+    """The app's principal, ACLs and results topic; a new password only when it is to be printed."""
+    import secrets
+
+    from .. import bus
+    from .infra import credential_exports
+    principal = bus.app_principal(app_id)
+    created = bus.provision_app(admin, app_id)
+    note = f"infaas: principal User:{principal}: write {admin.topic('queries')}, read {admin.results_topic(app_id)}"
+    print(note + (f" (created {', '.join(created)})" if created else ""), file=sys.stderr)
+    if print_credentials:
+        password = secrets.token_urlsafe(24)
+        bus.set_scram_password(admin, principal, password)
+        client = admin.replace(kafka_sasl_mechanism=bus.SCRAM_MECHANISM, kafka_sasl_username=principal,
+                               kafka_sasl_password=password)
+        print(credential_exports(client, cassandra=False))
+    elif not bus.has_scram_user(admin, principal):
+        print(f"infaas: {principal} has no password yet: run again with --print-credentials to set and show one",
+              file=sys.stderr)
 
 
 def cmd_app_list(args, settings) -> int:
@@ -117,7 +178,9 @@ def cmd_monitor(args, settings) -> int:
 def cmd_worker(args, settings) -> int:
     from ..consumers import worker
     preload = [v for v in args.variants.split(",") if v]
-    return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms)
+    threshold = None if args.no_offline else args.offline_cpu_threshold
+    return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms,
+                      threshold)
 
 
 def cmd_serve(args, settings) -> int:
@@ -186,6 +249,52 @@ def cmd_demo(args, settings) -> int:
     summary = run_demo(settings, args.duration, args.qps, args.workers, args.quick,
                        Path(args.trace) if args.trace else None)
     return 0 if summary["lost"] == 0 else 1
+
+
+def cmd_batch_submit(args, settings) -> int:
+    from ..offline import OfflineError, submit, wait_for
+    try:
+        job = submit(settings, args.app, args.input, args.output, args.task, args.model, args.min_accuracy,
+                     args.max_cost, args.chunk_size)
+    except OfflineError as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    print(f"infaas: job {job['job_id']}: {job['rows']} rows in {job['chunks']} chunks on {job['variant_id']}")
+    if not args.wait:
+        return 0
+    from rich.progress import Progress
+    with Progress() as progress:
+        bar = progress.add_task(f"job {job['job_id']}", total=job["rows"])
+        status = wait_for(settings, job["job_id"], timeout_s=24 * 3600,
+                          on_progress=lambda s: progress.update(bar, completed=s["rows_done"],
+                                                                description=f"job {job['job_id']} {s['status']}"))
+    print(f"infaas: job {job['job_id']} {status['status']}" + (f": {status['error']}" if status.get("error") else ""))
+    return 0 if status["status"] == "DONE" else 1
+
+
+def cmd_batch_status(args, settings) -> int:
+    from ..offline import job_status
+    from ..store import Store
+    with Store(settings) as store:
+        status = job_status(store, args.job_id)
+    if status is None:
+        print(f"infaas: no batch job {args.job_id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, default=str))
+    else:
+        print(f"job {status['job_id']}: {status['status']}, {status['chunks_done']}/{status['chunks']} chunks, "
+              f"{status['rows_done']}/{status['rows']} rows, variant {status['variant_id']}, output "
+              f"{status['output_url']}" + (f", error: {status['error']}" if status.get("error") else ""))
+    return 0
+
+
+def cmd_batch_list(args, settings) -> int:
+    from ..store import Store
+    with Store(settings) as store:
+        for job in sorted(store.list_jobs(), key=lambda j: j["submitted_at"] or 0):
+            print(f"{job['job_id']}\t{job['status']}\t{job['rows']} rows\t{job['variant_id']}\t{job['output_url']}")
+    return 0
 
 
 def cmd_query(args, settings) -> int:

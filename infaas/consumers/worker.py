@@ -94,6 +94,32 @@ class Hosted:
     last_queue: int = 0  # queue length at the last report, for the arrival rate
 
 
+def admit(routed: dict, hosted: Hosted, settings: Settings):
+    """A routed query as a dict to run, or (topic, result) to answer at once (bad input).
+
+    A module function rather than a Replica method so that it can be exercised without Kafka."""
+    query = routed["query"]
+    topic = query["reply_topic"] or settings.results_topic(query["app_id"])
+    try:
+        inputs = from_tensor(query["inputs"])
+        info = hosted.task
+        check_input(inputs, info.input_dtype, info.input_shape, 1 << 20)
+    except TensorError as err:
+        return (topic, result_for(hosted.variant, query, "BAD_INPUT", f"inputs: {err}", routed))
+    return {"topic": topic, "query": query, "routed": routed, "inputs": inputs, "rows": int(inputs.shape[0])}
+
+
+def result_for(variant: Variant, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
+               compute_started: float | None = None) -> dict:
+    done = now_ms()
+    queue_ms = (compute_started or done) - routed["dispatched_at"]
+    return {"query_id": query["query_id"], "app_id": query["app_id"], "status": status, "error": error,
+            "outputs": [], "model": variant.model, "variant": variant.variant_id, "hardware": variant.hardware,
+            "accuracy": variant.accuracy, "latency_ms": max(done - query["sent_at"], 0.0),
+            "queue_ms": max(queue_ms, 0.0), "compute_ms": compute_ms, "best_accuracy_within_slo": None,
+            "fastest_latency_ms": None, "completed_at": int(done)}
+
+
 class Replica(threading.Thread):
     """One consumer-group member serving one variant."""
 
@@ -189,16 +215,7 @@ class Replica(threading.Thread):
         self._update_lag()
 
     def _admit(self, routed: dict):
-        """A dict to run, or (topic, result) to answer at once (bad input)."""
-        query = routed["query"]
-        topic = query["reply_topic"] or self.settings.results_topic(query["app_id"])
-        try:
-            inputs = from_tensor(query["inputs"])
-            info = self.hosted.task
-            check_input(inputs, info.input_dtype, info.input_shape, 1 << 20)
-        except TensorError as err:
-            return (topic, self._result(query, "BAD_INPUT", f"inputs: {err}", routed))
-        return {"topic": topic, "query": query, "routed": routed, "inputs": inputs, "rows": int(inputs.shape[0])}
+        return admit(routed, self.hosted, self.settings)
 
     def _split_late(self, batch: list[dict]) -> tuple[list[dict], list[tuple[str, dict]]]:
         """Queries past their deadline are answered DEADLINE_EXCEEDED without running."""
@@ -239,14 +256,7 @@ class Replica(threading.Thread):
 
     def _result(self, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
                 compute_started: float | None = None) -> dict:
-        variant = self.hosted.variant
-        done = now_ms()
-        queue_ms = (compute_started or done) - routed["dispatched_at"]
-        return {"query_id": query["query_id"], "app_id": query["app_id"], "status": status, "error": error,
-                "outputs": [], "model": variant.model, "variant": variant.variant_id, "hardware": variant.hardware,
-                "accuracy": variant.accuracy, "latency_ms": max(done - query["sent_at"], 0.0),
-                "queue_ms": max(queue_ms, 0.0), "compute_ms": compute_ms, "best_accuracy_within_slo": None,
-                "fastest_latency_ms": None, "completed_at": int(done)}
+        return result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started)
 
     def _produce(self, topic: str, result: dict) -> None:
         payload = self.codec.encode("Result", result)
@@ -274,7 +284,7 @@ class Worker:
 
     def __init__(self, settings: Settings, hardware: str = "cpu", worker_id: str | None = None,
                  memory_budget_mb: float = 2048.0, max_batch_delay_ms: float = 5.0, report_interval_s: float = 1.0,
-                 session_timeout_ms: int = 6000):
+                 session_timeout_ms: int = 6000, offline_cpu_threshold: float | None = 0.4):
         self.settings = settings
         self.hardware = hardware
         self.worker_id = worker_id or f"{socket.gethostname()}-{hardware}-{os.getpid()}"
@@ -293,6 +303,9 @@ class Worker:
         self._cpu_last = (time.monotonic(), _cpu_seconds())
         self.started_at = int(now_ms())
         self.events: deque[str] = deque(maxlen=100)
+        self.cpu_util = 0.0  # over the last report interval
+        self.offline_cpu_threshold = offline_cpu_threshold  # None: no batch jobs on this worker
+        self.offline = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, preload: list[str] = ()) -> Worker:
@@ -303,7 +316,16 @@ class Worker:
             thread = threading.Thread(target=target, args=args, name=f"worker-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.offline_cpu_threshold is not None:
+            from ..offline import OfflineRunner
+            self.offline = OfflineRunner(self, self.offline_cpu_threshold)
+            self.offline.start()
         return self
+
+    def online_queue(self) -> int:
+        """Queries waiting on every variant this worker hosts."""
+        with self._lock:
+            return sum(r.lag for h in self.hosted.values() for r in h.replicas)
 
     def wait(self) -> None:
         while not self._stop.wait(0.5):
@@ -311,6 +333,9 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.offline is not None:
+            self.offline.stopping.set()
+            self.offline.join(timeout=10)
         with self._lock:
             for variant_id in list(self.hosted):
                 self.unload(variant_id)
@@ -443,6 +468,7 @@ class Worker:
         elapsed = max(now - self._cpu_last[0], 1e-3)
         cpu_util = min((cpu - self._cpu_last[1]) / (elapsed * (os.cpu_count() or 1)), 1.0)
         self._cpu_last = (now, cpu)
+        self.cpu_util = cpu_util
         with self._lock:
             hosted = list(self.hosted.values())
         variants = [self._variant_metrics(h, elapsed) for h in hosted]
@@ -502,10 +528,11 @@ def _rss_mb() -> float:
 
 
 def run(settings: Settings, hardware: str, worker_id: str | None, preload: list[str], memory_budget_mb: float,
-        max_batch_delay_ms: float) -> int:
+        max_batch_delay_ms: float, offline_cpu_threshold: float | None = 0.4) -> int:
     """`infaas worker`: serve until SIGINT/SIGTERM or a STOP command."""
     import signal
-    worker = Worker(settings, hardware, worker_id, memory_budget_mb, max_batch_delay_ms)
+    worker = Worker(settings, hardware, worker_id, memory_budget_mb, max_batch_delay_ms,
+                    offline_cpu_threshold=offline_cpu_threshold)
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     worker.start(preload)
     print(f"infaas worker ready ({worker.worker_id}, hosting {', '.join(worker.hosted) or 'nothing yet'})",

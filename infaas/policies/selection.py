@@ -198,6 +198,29 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     return _infeasible(index, latency, batch, accurate, min_acc, slo, max_cost)
 
 
+def select_offline(snapshot: Snapshot, request: Request) -> Decision:
+    """Offline (batch) work has no latency SLO: the cheapest variant per query that meets the
+    accuracy demand and the cost cap (its batch size runs full, so its cost is the true one)."""
+    index, _ = indices(snapshot, request)
+    if len(index) == 0:
+        what = f"model {request.model!r}" if request.model is not None else f"task {request.task!r}"
+        return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
+    min_acc = request.min_accuracy if request.min_accuracy is not None else 0.0
+    max_cost = request.max_cost if request.max_cost is not None else math.inf
+    head = slice(0, index.prefix(min_acc))
+    affordable = index.cost[head] <= max_cost
+    if not affordable.any():
+        cheapest = float(index.cost[head].min()) if head.stop else None
+        reason = (f"no variant reaches accuracy {min_acc:g} (best: {float(index.accuracy[0]):.4f})" if not head.stop
+                  else f"the cheapest variant with accuracy >= {min_acc:g} costs {cheapest:.3g} per 1,000 queries, "
+                       f"over the cap of {max_cost:g}")
+        return Decision(NO_FEASIBLE_VARIANT, reason=reason)
+    position = int(np.argmin(np.where(affordable, index.cost[head], np.inf)))
+    variant = index.variants[position]
+    return Decision(OK, variant.variant_id, "offline: the cheapest variant meeting the accuracy and cost cap",
+                    variant.latency_at(variant.batch_size))
+
+
 def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cost: float,
                  status: str) -> tuple[Variant, float] | None:
     """Among loaded variants in `status` meeting every requirement: the cheapest, then the fastest."""

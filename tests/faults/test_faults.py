@@ -18,7 +18,6 @@ import pytest
 from infaas import launcher
 from infaas.client import InfaasClient
 from infaas.serve import Pipeline, ServeOptions
-from infaas.store import Store
 
 from ..conftest import settings_env
 
@@ -28,13 +27,8 @@ REPORT = Path("bench-results") / "faults.json"
 
 
 @pytest.fixture(scope="module")
-def variant(settings):
-    from infaas.registration.zoo import build_zoo
-    with Store(settings) as store:
-        if not store.variants_for_task(TASK):
-            build_zoo(settings, quick=True)
-        candidates = [v for v in store.variants_for_task(TASK)
-                      if v.optimizer == "ort-fp32" and v.threads == 1 and v.batch_size == 8]
+def variant(zoo):
+    candidates = [v for v in zoo[1].values() if v.optimizer == "ort-fp32" and v.threads == 1 and v.batch_size == 8]
     return min(candidates, key=lambda v: v.cost_per_1k)
 
 
