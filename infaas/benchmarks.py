@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ import numpy as np
 from . import bus
 from .catalog import Variant
 from .client import InfaasClient
+from .paths import proteus_dir
 from .policies.selection import Request, select
 from .policies.snapshot import ACTIVE, Snapshot, VariantLive
 from .schemas.codec import default_codec
@@ -32,7 +34,7 @@ from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .tensors import to_tensor
 
-PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "proteus" / "aggregate_profiled.csv"
+PROFILES = proteus_dir() / "aggregate_profiled.csv"
 TASK = "digits-classification"
 
 
@@ -100,7 +102,7 @@ def bench_dispatcher(settings: Settings, inputs: np.ndarray, queries: int = 20_0
                 producer.poll(0.05)
     producer.flush(60)
     service = ServiceProcess("bench-dispatcher", ["dispatcher"], settings.state_dir / "logs" / "bench",
-                             _env(settings)).start()
+                             {**os.environ, **settings.as_env()}).start()
     try:
         service.wait_ready(120)
         consumer = bus.consumer(settings, f"{settings.topic_prefix}-dispatcher")
@@ -159,14 +161,6 @@ def bench_pipeline_throughput(client: InfaasClient, variant: Variant, inputs: np
     return n / elapsed
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    import os
-    env = dict(os.environ)
-    env["INFAAS_TOPIC_PREFIX"] = settings.topic_prefix
-    env["INFAAS_KEYSPACE"] = settings.keyspace
-    return env
-
-
 def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = None,
                    say: Callable[[str], None] = print) -> dict:
     from rich.console import Console
@@ -188,7 +182,7 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
         report["variants"] = {}
         chosen = pick_variants(variants, quick)
         pipeline = Pipeline(bench, ServeOptions(workers=1, preload=[v.variant_id for v in chosen], scaler=False),
-                            env=_env(bench))
+                            env={**os.environ, **bench.as_env()})
         pipeline.start()
         try:
             with InfaasClient(bench, app_id="demo", timeout_s=120) as client:
@@ -197,7 +191,7 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
         finally:
             pipeline.stop()
     finally:
-        _delete_topics(bench)
+        bus.delete_prefixed_topics(bench)
     out = out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
@@ -235,14 +229,6 @@ def measure_variant(settings: Settings, client: InfaasClient, variant: Variant, 
     return {"overhead": overhead, "raw_rows_per_s": raw, "pipeline_queries_per_s": piped,
             "pipeline_share_of_raw": piped / raw, "batch_size": variant.batch_size,
             "latency_at_batch_ms": variant.latency_at(variant.batch_size)}
-
-
-def _delete_topics(settings: Settings) -> None:
-    client = bus.admin(settings)
-    ours = [t for t in bus.existing_topics(settings, client) if t.startswith(settings.topic_prefix + ".")]
-    if ours:
-        for future in client.delete_topics(ours, operation_timeout=30).values():
-            future.result()
 
 
 def _machine() -> dict:

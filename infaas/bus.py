@@ -7,7 +7,18 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 
 from .settings import Settings
 
@@ -116,3 +127,91 @@ def _wait_for_metadata(client: AdminClient, names: set[str], timeout: float) -> 
 
 def ensure_core_topics(settings: Settings) -> list[str]:
     return ensure_topics(settings, core_topics(settings))
+
+
+# --- secure mode: SCRAM principals and ACLs ---------------------------------------------------------
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 8192
+SERVICE_PRINCIPAL = "infaas-service"
+
+
+def app_principal(app_id: str) -> str:
+    return f"app-{app_id}"
+
+
+def _admin_request(what: str, client: AdminClient, futures) -> None:
+    """Wait for an admin request's futures (the client must live until then); a refusal names what was asked."""
+    for future in futures:
+        try:
+            future.result(timeout=30)
+        except KafkaException as err:
+            error = err.args[0]
+            hint = (" (this needs a principal allowed to ALTER the cluster, e.g. the local stack's admin)"
+                    if "AUTHORIZATION" in error.name() else "")
+            raise BusError(f"cannot {what}: {error.str()}{hint}") from None
+
+
+def set_scram_password(settings: Settings, user: str, password: str) -> None:
+    """Create the SCRAM-SHA-512 user, or give it a new password."""
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upsert = UserScramCredentialUpsertion(user, info, password.encode())
+    client = admin(settings)
+    _admin_request(f"set the SCRAM credential of {user}", client,
+                   client.alter_user_scram_credentials([upsert]).values())
+
+
+def has_scram_user(settings: Settings, user: str) -> bool:
+    client = admin(settings)
+    future = client.describe_user_scram_credentials([user])[user]
+    try:
+        return bool(future.result(timeout=30).scram_credential_infos)
+    except KafkaException as err:
+        if err.args[0].name() == "RESOURCE_NOT_FOUND":
+            return False
+        raise BusError(f"cannot describe the SCRAM user {user}: {err.args[0].str()}") from None
+
+
+def _acl(resource: str, name: str, pattern: str, principal: str, operation: str):
+    return AclBinding(ResourceType[resource], name, ResourcePatternType[pattern], f"User:{principal}", "*",
+                      AclOperation[operation], AclPermissionType.ALLOW)
+
+
+def service_acls(settings: Settings) -> list:
+    """The services (dispatcher, monitor, scaler, workers) own everything under the topic prefix:
+    topics `<prefix>.*` and Faust's `<prefix>-<service>-*`, and consumer groups of either form."""
+    prefix = settings.topic_prefix
+    return [_acl(kind, prefix, "PREFIXED", SERVICE_PRINCIPAL, "ALL") for kind in ("TOPIC", "GROUP")]
+
+
+def app_acls(settings: Settings, app_id: str) -> list:
+    """An app may write queries and read its own results topic, nothing else. The prefixed rule ends
+    with "." so that app `a` cannot read app `ab`'s topic (`<prefix>.results.ab`)."""
+    principal, results = app_principal(app_id), settings.results_topic(app_id)
+    return [_acl("TOPIC", settings.topic("queries"), "LITERAL", principal, "WRITE"),
+            _acl("TOPIC", settings.topic("queries"), "LITERAL", principal, "DESCRIBE"),
+            *[_acl("TOPIC", name, pattern, principal, operation)
+              for name, pattern in ((results, "LITERAL"), (results + ".", "PREFIXED"))
+              for operation in ("READ", "DESCRIBE")]]
+
+
+def create_acls(settings: Settings, bindings: list) -> None:
+    """Add ACLs (adding one that exists is a no-op)."""
+    client = admin(settings)
+    _admin_request("create ACLs", client, client.create_acls(bindings).values())
+
+
+def provision_app(settings: Settings, app_id: str) -> list[str]:
+    """An app's results topic and ACLs (idempotent); returns the topics created. Its SCRAM password
+    is set separately (`set_scram_password`), only when someone asks to see it."""
+    create_acls(settings, app_acls(settings, app_id))
+    return ensure_topics(settings, {settings.results_topic(app_id): TopicSpec(settings.result_partitions)})
+
+
+def delete_prefixed_topics(settings: Settings) -> list[str]:
+    """Delete every topic under the settings' prefix (a benchmark's or a test's own topics)."""
+    client = admin(settings)
+    ours = [t for t in existing_topics(settings, client) if t.startswith(settings.topic_prefix + ".")]
+    if ours:
+        for future in client.delete_topics(ours, operation_timeout=30).values():
+            future.result()
+    return ours

@@ -6,7 +6,7 @@ Field names equal the Cassandra column names, so a row converts with `Variant(**
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -106,26 +106,6 @@ class ProfilePoint:
     mean_ms: float
     throughput_qps: float
     runs: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScalingEventRow:
-    at: int
-    event_id: str
-    kind: str
-    policy: str
-    reason: str
-    task: str | None = None
-    variant_id: str | None = None
-    target_variant_id: str | None = None
-    worker_id: str | None = None
-    hardware: str | None = None
-    from_count: int = 0
-    to_count: int = 0
-
-
-def as_row(record) -> dict:
-    return asdict(record)
 
 
 def from_row(cls, row: dict):

@@ -32,6 +32,10 @@ class QueryTimeout(TimeoutError):
     """No result arrived within the timeout."""
 
 
+class QueryNotSent(RuntimeError):
+    """Kafka did not accept the query (the broker stayed unreachable past the delivery timeout)."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     query_id: str
@@ -91,11 +95,22 @@ class InfaasClient:
         self._answered: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        bus.ensure_topics(self.settings, {self.reply_topic: bus.TopicSpec(self.settings.result_partitions)})
-        self._producer = bus.producer(self.settings)
+        self._ensure_reply_topic()
+        # Keep retrying a query while the broker is away (it restarts, fails over) for as long as the
+        # caller waits for the result; a query that still cannot be delivered fails explicitly.
+        self._producer = bus.producer(self.settings, **{"message.timeout.ms": int(max(timeout_s, 30.0) * 1000)})
         self._consumer = self._listen()
         self._thread = threading.Thread(target=self._receive, name="infaas-client-results", daemon=True)
         self._thread.start()
+
+    def _ensure_reply_topic(self) -> None:
+        """Create the reply topic if it is missing. On a secure stack an app may not create topics:
+        its topic then has to exist already (`infaas app create` makes it)."""
+        try:
+            bus.ensure_topics(self.settings, {self.reply_topic: bus.TopicSpec(self.settings.result_partitions)})
+        except bus.BusError as err:
+            raise bus.BusError(f"reply topic {self.reply_topic} is missing and cannot be created here ({err}); on a "
+                               f"secure stack `infaas app create {self.app_id}` creates the app's topic") from None
 
     # --- sending ------------------------------------------------------------------------------
     def submit(self, inputs: np.ndarray, *, task: str | None = None, model: str | None = None,
@@ -117,12 +132,22 @@ class InfaasClient:
             self._pending[query_id] = future
         while True:
             try:
-                self._producer.produce(self.settings.topic("queries"), key=query_id.encode(), value=payload)
+                self._producer.produce(self.settings.topic("queries"), key=query_id.encode(), value=payload,
+                                       on_delivery=self._delivered)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)
         self._producer.poll(0)
         return future
+
+    def _delivered(self, err, message) -> None:
+        if err is None:
+            return
+        query_id = message.key().decode()
+        with self._lock:
+            future = self._pending.pop(query_id, None)
+        if future is not None and not future.done():
+            future.set_exception(QueryNotSent(f"query {query_id} was not delivered to Kafka: {err.str()}"))
 
     def query(self, inputs: np.ndarray, timeout_s: float | None = None, **requirements) -> QueryResult:
         future = self.submit(inputs, **requirements)

@@ -26,13 +26,13 @@ from . import launcher
 from .catalog import Variant
 from .client import InfaasClient
 from .loadgen import Arrival, LoadRun, RunStats
+from .paths import proteus_dir
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .store import Store
 
 TASK = "digits-classification"
-DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "proteus" / "traces" / \
-    "zipf_exponential_bursty_300" / "resnet.txt"
+DEFAULT_TRACE = proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,11 @@ def ensure_zoo(settings: Settings, console: Console, quick: bool) -> list[Varian
     return variants
 
 
-def validation_inputs(settings: Settings) -> np.ndarray:
+def validation_inputs(settings: Settings, task: str = TASK) -> np.ndarray:
+    """Real inputs for a task: the validation set of one of its registered models."""
     from .repository import Repository
     with Store(settings) as store:
-        model = store.models_for_task(TASK)[0]
+        model = store.models_for_task(task)[0]
     data = np.load(Repository.from_settings(settings).fetch(model.validation_artifact), allow_pickle=False)
     return data["inputs"]
 

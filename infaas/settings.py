@@ -77,6 +77,7 @@ class Settings:
     # --- Registration, variant generation and profiling -------------------------------------
     max_model_mb: int = 512  # largest ONNX file accepted by `infaas register`
     max_validation_mb: int = 256  # largest validation set (.npz) accepted
+    max_model_nodes: int = 10_000  # largest ONNX graph accepted (nodes, subgraphs and functions included)
     allow_custom_ops: bool = False  # accept ONNX nodes outside the standard ai.onnx / ai.onnx.ml domains
     variant_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     variant_threads: tuple[int, ...] = ()  # CPU thread counts; empty: 1 and all cores
@@ -122,6 +123,13 @@ class Settings:
                     "ssl.ca.location": self.kafka_ssl_ca_location}
         conf.update({k: v for k, v in optional.items() if v})
         return conf
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as `INFAAS_*` variables, so a child process (a service) gets exactly them."""
+        env = {}
+        for name, value in dataclasses.asdict(self).items():
+            env[f"INFAAS_{name.upper()}"] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return env
 
     def replace(self, **changes: Any) -> Settings:
         merged = {**dataclasses.asdict(self), **changes}

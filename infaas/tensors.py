@@ -29,18 +29,20 @@ def to_tensor(array: np.ndarray) -> dict[str, Any]:
 def check_header(tensor: dict[str, Any], max_bytes: int) -> tuple[np.dtype, tuple[int, ...]]:
     """Validate dtype, shape and data length; return them. No array is built."""
     name = tensor.get("dtype")
-    if name not in DTYPES:
-        raise TensorError(f"unsupported dtype {name!r}")
+    if name not in DTYPES:  # the message echoes at most 40 characters of what was sent: errors stay small
+        raise TensorError(f"unsupported dtype {name!r:.40}")
     shape = tuple(tensor.get("shape") or ())
     if not shape or len(shape) > MAX_DIMS:
-        raise TensorError(f"shape {list(shape)} must have 1 to {MAX_DIMS} dimensions")
+        raise TensorError(f"shape has {len(shape)} dimensions, it must have 1 to {MAX_DIMS}")
     if any(dim < 0 for dim in shape):
         raise TensorError(f"shape {list(shape)} has a negative dimension")
     dtype = np.dtype(name).newbyteorder("<")
-    # Compare in Python ints: no overflow, no allocation, whatever the claimed size.
+    # Compare in Python ints: no overflow, no allocation, whatever the claimed size. Zero dims count
+    # as one here: numpy cannot even describe an empty array whose other dims are huge (ValueError).
     claimed = math.prod(shape) * dtype.itemsize
-    if claimed > max_bytes:
-        raise TensorError(f"shape {list(shape)} of {name} claims {claimed} bytes, over the limit of {max_bytes}")
+    bound = math.prod(max(dim, 1) for dim in shape) * dtype.itemsize
+    if bound > max_bytes:
+        raise TensorError(f"shape {list(shape)} of {name} claims {bound} bytes, over the limit of {max_bytes}")
     if claimed != len(tensor.get("data") or b""):
         raise TensorError(f"shape {list(shape)} of {name} needs {claimed} bytes of data, the message has "
                           f"{len(tensor.get('data') or b'')}")

@@ -15,7 +15,6 @@ from infaas import launcher
 from infaas.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 def free_port() -> int:
@@ -71,11 +70,7 @@ def store(settings):
 
 def settings_env(settings) -> dict[str, str]:
     """Environment that makes a child process (a service under test) use these settings."""
-    env = dict(os.environ)
-    for name in ("keyspace", "topic_prefix", "repository_url", "home", "kafka_bootstrap", "cassandra_port",
-                 "query_partitions", "variant_partitions", "result_partitions"):
-        env[f"INFAAS_{name.upper()}"] = str(getattr(settings, name))
-    return env
+    return {**os.environ, **settings.as_env()}
 
 
 ZOO_TASK = "digits-classification"

@@ -3,6 +3,7 @@
 Driven directly (no Faust, no broker) over a catalogue set by hand; the end-to-end tests cover
 the agent on the real Kafka."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -110,3 +111,21 @@ def test_reply_topic_must_belong_to_the_app(dispatcher, base_settings):
     own = base_settings.results_topic("other") + ".client-7"
     out = handle(dispatcher, app_id="other", reply_topic=own, task="unknown")
     assert out[0].topic == own
+
+
+def test_a_task_with_only_private_models_of_another_app_looks_unknown(base_settings):
+    private = {vid: dataclasses.replace(v, app_id="other", public=False) for vid, v in CATALOG.items()}
+    view = SystemView(base_settings)
+    view.catalog = Catalog(apps=frozenset({"demo", "other"}),
+                           tasks={"digits": TaskInfo("digits", "pixels", "float32", (64,), 10),
+                                  "nothing": TaskInfo("nothing", "pixels", "float32", (64,), 10)},
+                           variants=private, models={v.model: (v.task, v.app_id, v.public) for v in private.values()})
+    view.snapshot = Snapshot(variants=private, workers=WORKERS, at_ms=1)
+    dispatcher = Dispatcher(base_settings, view)
+    hidden = result_of(handle(dispatcher, task="digits", inputs=to_tensor(np.zeros((1, 3), np.float32))),
+                       base_settings)
+    absent = result_of(handle(dispatcher, task="nothing"), base_settings)
+    assert hidden["status"] == absent["status"] == "UNKNOWN_MODEL"
+    assert hidden["error"].replace("'digits'", "X") == absent["error"].replace("'nothing'", "X")
+    owner = handle(dispatcher, app_id="other", task="digits")
+    assert owner[-1].topic.startswith(base_settings.topic("variant."))

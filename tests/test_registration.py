@@ -17,12 +17,13 @@ import infaas
 from infaas.consumers.executors import open_executor
 from infaas.hardware import cost_per_1k
 from infaas.imported import linear_fit
+from infaas.paths import proteus_dir
 from infaas.registration import RegistrationError, register_model
 from infaas.registration import profiler as profiler_module
 from infaas.registration.variants import thread_counts
 from infaas.registration.zoo import APP, TASK, ZOO, build_zoo
 from infaas.repository import Repository
-from tests.conftest import SHARED, settings_env
+from tests.conftest import settings_env
 from tests.test_executors import tiny_model
 
 OPTIMIZERS = ("ort-fp32", "ort-int8", "tvm")
@@ -348,7 +349,7 @@ def test_cli_register_a_model(settings, good_files):
 
 
 def test_cli_imports_public_profiles(settings):
-    csv = SHARED / "data" / "proteus" / "aggregate_profiled.csv"
+    csv = proteus_dir() / "aggregate_profiled.csv"
     summary = json.loads(infaas_cli(settings, "profiles", "import", str(csv), "--json").stdout)
     assert summary["imported"] > 500 and summary["source"] == "imported"
     rows = json.loads(infaas_cli(settings, "variants", "--task", "resnet", "--json").stdout)

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from infaas.cli import main
+from infaas.paths import proteus_dir
 from infaas.sim.report import REQUIRED_KEYS, load_live, ratios, render_markdown
 
-PROTEUS = "../shared/data/proteus"
+PROTEUS = str(proteus_dir())
 
 
 def summary(policy: str, cost: float, violations: float, goodput: float, **extra) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infaas.paths import proteus_dir
 from infaas.sim.catalogue import servable, synthetic_catalogue
 from infaas.sim.traces import (
     Trace,
@@ -18,7 +19,7 @@ from infaas.sim.traces import (
 
 from .test_policies_scaling import CPU_B1, GPU_B8, variant
 
-PROTEUS = "../shared/data/proteus"
+PROTEUS = str(proteus_dir())
 
 
 def test_reads_query_traces_and_rate_csvs(tmp_path):

@@ -54,7 +54,7 @@ def test_dynamic_state_rows(store):
     store.put_worker({"worker_id": "w1", "hardware": "cpu", "host": "h", "pid": 1, "started_at": now,
                       "last_heartbeat": now, "variants": {"v1": 2}, "cpu_util": 0.5, "gpu_util": None,
                       "memory_mb": 100.0, "memory_budget_mb": 1000.0, "status": "up"}).result()
-    assert store.workers()[0]["variants"] == {"v1": 2}
+    assert [w for w in store.workers() if w["worker_id"] == "w1"][0]["variants"] == {"v1": 2}
 
 
 def test_load_windows_have_a_ttl(store, settings):

@@ -6,6 +6,7 @@ function (parser + handler) and append it there.
 
 from __future__ import annotations
 
+from ..paths import proteus_dir
 from . import user_errors
 
 
@@ -19,9 +20,9 @@ def register(sub) -> None:
 def add_report(actions) -> None:
     p = actions.add_parser("report", help="simulate infaas vs static vs replica-only on the Proteus traces and "
                                           "write docs/evaluation.md with plots in docs/img/")
-    p.add_argument("--profiles", default="../shared/data/proteus/aggregate_profiled.csv",
+    p.add_argument("--profiles", default=str(proteus_dir() / "aggregate_profiled.csv"),
                    help="variant catalogue (a Proteus profile CSV, `store`, `synthetic[:CSV]`)")
-    p.add_argument("--traces-dir", default="../shared/data/proteus/traces")
+    p.add_argument("--traces-dir", default=str(proteus_dir() / "traces"))
     p.add_argument("--scenarios", default="", help="comma-separated subset of: flat, fluctuating-low, "
                                                      "fluctuating-medium, fluctuating-high, bursty")
     p.add_argument("--time-scale", type=float, default=12.0, help="stretch the ~290 s traces X times")
@@ -62,4 +63,36 @@ def cmd_pipeline(args, settings) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_report, add_pipeline]
+def add_trace(actions) -> None:
+    p = actions.add_parser("trace", help="replay a trace against the live pipeline and compare with the simulator")
+    p.add_argument("--trace", default=str(proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"))
+    p.add_argument("--task", default="digits-classification", help="the registered task the queries go to")
+    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
+    p.add_argument("--time-scale", type=float, default=0.25, help="stretch (>1) or compress (<1) the trace")
+    p.add_argument("--rate-scale", type=float, default=0.5, help="multiply its number of queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="workers at the start")
+    p.add_argument("--min-workers", type=int, default=1)
+    p.add_argument("--max-workers", type=int, default=2)
+    p.add_argument("--results", default="bench-results")
+    p.set_defaults(handler=cmd_trace)
+
+
+@user_errors(ValueError, OSError)
+def cmd_trace(args, settings) -> int:
+    import json
+    from pathlib import Path
+
+    from ..replay import replay
+    comparison = replay(settings, Path(args.trace), args.task, args.policy, args.time_scale, args.rate_scale,
+                        args.seed, args.workers, args.min_workers, args.max_workers, Path(args.results),
+                        say=lambda msg: print(f"infaas: {msg}", flush=True))
+    keys = ("queries", "slo_violation_rate", "cost_usd", "throughput_qps", "mean_accuracy")
+    print(f"{'':20} {'live':>14} {'simulated':>14}")
+    for key in keys:
+        print(f"{key:20} {comparison['live'][key]:>14.6g} {comparison['simulated'][key]:>14.6g}")
+    print(json.dumps(comparison["difference"]))
+    return 0
+
+
+SUBCOMMANDS = [add_report, add_pipeline, add_trace]

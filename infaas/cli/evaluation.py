@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..paths import proteus_dir
 from . import user_errors
 
 POLICY_CHOICES = ("infaas", "static", "replica-only")  # = infaas.policies.POLICIES (not imported: fast --help)
@@ -16,7 +17,7 @@ def register(sub) -> None:
                    help="a query trace (`arrival_ms,qos_level,deadline_ms` lines; the task is the file name), "
                         "a per-second rate CSV (`second,qps[,deadline_ms[,qos_level]]`), a directory of them, "
                         "or TASK=PATH; repeat for several tasks")
-    p.add_argument("--profiles", default="../shared/data/proteus/aggregate_profiled.csv",
+    p.add_argument("--profiles", default=str(proteus_dir() / "aggregate_profiled.csv"),
                    help="variant catalogue: a Proteus profile CSV, `store` (our metadata store), or "
                         "`synthetic[:CSV]` (about 4,000 variants derived from the Proteus profiles)")
     p.add_argument("--policy", choices=POLICY_CHOICES, default="infaas")

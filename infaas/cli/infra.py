@@ -12,7 +12,8 @@ def register(sub) -> None:
     infra = sub.add_parser("infra", help="the local Kafka + Cassandra stack")
     isub = infra.add_subparsers(dest="infra_command", metavar="ACTION", required=True)
     p = isub.add_parser("up", help="start Kafka and Cassandra (if not running), apply schema, create topics")
-    p.add_argument("--secure", action="store_true", help="Cassandra with password authentication")
+    p.add_argument("--secure", action="store_true",
+                   help="Kafka with SASL/SCRAM and ACLs, Cassandra with password authentication (see README)")
     p.set_defaults(handler=cmd_up)
     isub.add_parser("down", help="stop the services started by `up`").set_defaults(handler=cmd_down)
     p = isub.add_parser("status", help="each service: up/down, pid, port, version")
@@ -25,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.set_defaults(handler=cmd_logs)
     isub.add_parser("fetch", help="resolve the JVM jars from Maven Central (once)").set_defaults(handler=cmd_fetch)
+    p = isub.add_parser("env", help="print the secure local stack's service credentials as shell exports")
+    p.add_argument("--admin", action="store_true", help="the admin's (Kafka super user) instead of the services'")
+    p.set_defaults(handler=cmd_env)
     p = isub.add_parser("run", help="run a command with the stack up; stop the stack after if this started it")
     p.add_argument("cmd", nargs="+", help="the command (put it after --)")
     p.set_defaults(handler=cmd_run)
@@ -63,7 +67,35 @@ def _up(settings, secure: bool = False) -> int:
         print(f"infaas: created topics {', '.join(report.topics_created)}")
     started = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()) or "nothing new"
     print(f"infaas: stack ready in {report.total_seconds:.1f} s (started: {started}); state in {settings.state_dir}")
+    if secure:  # where the credentials are, never the credentials themselves
+        print(f"infaas: secure mode: generated passwords in {launcher.secrets_file(settings)} (mode 0600)\n"
+              'infaas: for the services:  eval "$(infaas infra env)"\n'
+              'infaas: for an app:        eval "$(infaas app create NAME --print-credentials)"')
     return 0
+
+
+def cmd_env(args, settings) -> int:
+    """The one place that prints the stack's own passwords, on request, as shell exports."""
+    from .. import launcher
+    try:
+        chosen = (launcher.admin_settings if args.admin else launcher.service_settings)(settings)
+    except launcher.LaunchError as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    if not chosen.kafka_sasl_username:
+        print(f"infaas: no secure local stack in {settings.state_dir} (start one with `infaas infra up --secure`)",
+              file=sys.stderr)
+        return 1
+    print(credential_exports(chosen, cassandra=True))
+    return 0
+
+
+def credential_exports(settings, cassandra: bool) -> str:
+    import shlex
+    names = ["kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"]
+    if cassandra:
+        names += ["cassandra_username", "cassandra_password"]
+    return "\n".join(f"export INFAAS_{name.upper()}={shlex.quote(str(getattr(settings, name)))}" for name in names)
 
 
 def cmd_down(args, settings) -> int:
@@ -123,7 +155,7 @@ def cmd_run(args, settings) -> int:
     """Start the stack if needed, run the command, and leave the machine as it was found."""
     from .. import launcher
     was_up = launcher.is_up(settings)
-    if not was_up and _up(settings) != 0:
+    if not was_up and _up(settings, secure=launcher.stack_mode(settings) == "secure") != 0:
         return 1
     cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     started = time.monotonic()
@@ -137,15 +169,14 @@ def cmd_run(args, settings) -> int:
 
 
 def cmd_init(args, settings) -> int:
-    from .. import bus
-    from ..store import Store
+    from .. import launcher
+    from ..store import schema_statements
     try:
-        with Store(settings) as store:
-            count = store.apply_schema()
-        created = bus.ensure_core_topics(settings)
+        created = launcher.initialize(settings)
     except _errors() as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 1
+    count = len(schema_statements(settings))
     print(f"infaas: applied {count} CQL statements to keyspace {settings.keyspace}; "
           f"created topics: {', '.join(created) or 'none (all existed)'}")
     return 0

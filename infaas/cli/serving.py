@@ -158,10 +158,16 @@ def _secure_app(admin, app_id: str, print_credentials: bool) -> None:
 
 
 def cmd_app_list(args, settings) -> int:
-    from ..store import Store
-    with Store(settings) as store:
-        for row in sorted(store.list_apps(), key=lambda r: r["app_id"]):
-            print(f"{row['app_id']}\t{row.get('description') or ''}")
+    from .. import launcher
+    from ..store import Store, StoreError
+    try:
+        with Store(launcher.admin_settings(settings)) as store:
+            apps = sorted(store.list_apps(), key=lambda r: r["app_id"])
+    except (StoreError, launcher.LaunchError) as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    for row in apps:
+        print(f"{row['app_id']}\t{row.get('description') or ''}")
     return 0
 
 

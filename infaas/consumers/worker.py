@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from .. import bus
 from ..catalog import TaskInfo, Variant
-from ..schemas.codec import DecodeError, default_codec
+from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_codec
 from ..settings import Settings
 from ..store import BufferedWriter, Store
 from ..tensors import TensorError, check_input, from_tensor, to_tensor
@@ -508,7 +508,7 @@ class Worker:
 
     def dead_letter(self, message, reason: str) -> None:
         record = {"source_topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
-                  "reason": reason, "service": f"worker {self.worker_id}", "payload": message.value()[:1 << 20],
+                  "reason": reason, "service": f"worker {self.worker_id}", "payload": message.value()[:DEAD_LETTER_PAYLOAD_BYTES],
                   "at": int(now_ms())}
         self._producer.produce(self.settings.topic("deadletter"), value=self.codec.encode("DeadLetter", record))
         self._producer.poll(0)

@@ -138,6 +138,11 @@ def indices(snapshot: Snapshot, request: Request) -> tuple[CandidateIndex, LiveI
     return index, live
 
 
+def _unknown(request: Request) -> Decision:
+    what = f"model {request.model!r}" if request.model is not None else f"task {request.task!r}"
+    return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
+
+
 def queue_wait_ms(variant: Variant, queue_len: int, replicas: int) -> float:
     """Time to drain the batches queued ahead: full batches per replica, each at latency(batch)."""
     if queue_len <= 0:
@@ -158,8 +163,7 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
         return _select_exact(snapshot, request)
     index, live = indices(snapshot, request)
     if len(index) == 0:
-        what = f"model {request.model!r}" if request.model is not None else f"task {request.task!r}"
-        return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
+        return _unknown(request)
     min_acc = request.min_accuracy if request.min_accuracy is not None else 0.0
     slo = request.latency_ms if request.latency_ms is not None else math.inf
     max_cost = request.max_cost if request.max_cost is not None else math.inf
@@ -203,8 +207,7 @@ def select_offline(snapshot: Snapshot, request: Request) -> Decision:
     accuracy demand and the cost cap (its batch size runs full, so its cost is the true one)."""
     index, _ = indices(snapshot, request)
     if len(index) == 0:
-        what = f"model {request.model!r}" if request.model is not None else f"task {request.task!r}"
-        return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
+        return _unknown(request)
     min_acc = request.min_accuracy if request.min_accuracy is not None else 0.0
     max_cost = request.max_cost if request.max_cost is not None else math.inf
     head = slice(0, index.prefix(min_acc))

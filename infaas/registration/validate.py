@@ -8,7 +8,9 @@ dimension and produce class scores first. The validation set is an `.npz` of pla
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,7 @@ def check_model(settings: Settings, path: str | Path) -> ModelCheck:
         raise RegistrationError(f"model {path.name} is not an ONNX model (cannot parse: {err})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise RegistrationError(f"model {path.name} is not an ONNX model (no graph)")
+    _refuse_huge_graphs(model, path, settings)
     _refuse_external_data(model, path)
     _refuse_custom_domains(model, path, settings.allow_custom_ops)
     try:
@@ -87,10 +90,70 @@ def check_model(settings: Settings, path: str | Path) -> ModelCheck:
     except Exception as err:  # the checker raises several types; each means "not a valid model"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RegistrationError(f"model {path.name} fails the ONNX checker: {first}") from None
+    _refuse_huge_static_tensors(model, path, settings)
     name, dtype, sample = _input_signature(model)
     outputs, classes = _output_signature(model)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return ModelCheck(data, hashlib.sha256(data).hexdigest(), name, dtype, sample, outputs, classes, opset)
+
+
+def _graphs(graph):
+    """A graph and, depth first, every subgraph in its nodes' attributes (If, Loop, Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graphs(sub)
+
+
+def _tensor_bytes(dims, data_type: int) -> int:
+    import onnx
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):  # not a data type; the checker will say so
+        itemsize = 1
+    return math.prod(max(int(d), 0) for d in dims) * itemsize
+
+
+def _refuse_huge_graphs(model, path: Path, settings: Settings) -> None:
+    """Limits checked on the parsed protobuf, before the checker or ONNX Runtime spend time and memory
+    in proportion to what the model declares: a few bytes can declare a sparse initializer of billions
+    of elements (ONNX Runtime makes it dense when it loads the model), a file under max_model_mb can
+    hold a huge graph (the checker, ONNX Runtime and TVM take time in proportion)."""
+    graphs = list(_graphs(model.graph))
+    functions = list(model.functions)
+    nodes = sum(len(g.node) for g in graphs) + sum(len(f.node) for f in functions)
+    if nodes > settings.max_model_nodes:
+        raise RegistrationError(f"model {path.name} has {nodes} nodes, over the limit of {settings.max_model_nodes} "
+                                "(setting max_model_nodes)")
+    declared = 0
+    for graph in graphs:
+        declared += sum(_tensor_bytes(t.dims, t.data_type) for t in graph.initializer)
+        declared += sum(_tensor_bytes(t.dims, t.values.data_type) for t in graph.sparse_initializer)
+    for node in [n for g in graphs for n in g.node] + [n for f in functions for n in f.node]:
+        for a in node.attribute:
+            declared += sum(_tensor_bytes(t.dims, t.data_type) for t in [a.t, *a.tensors])
+            declared += sum(_tensor_bytes(t.dims, t.values.data_type) for t in [a.sparse_tensor, *a.sparse_tensors])
+    if declared > settings.max_model_mb * MB:
+        raise RegistrationError(f"model {path.name} declares {declared / MB:.0f} MiB of constant tensors, over the "
+                                f"limit of {settings.max_model_mb} MiB (setting max_model_mb)")
+
+
+def _refuse_huge_static_tensors(model, path: Path, settings: Settings) -> None:
+    """A tensor whose shape shape inference fixes without the batch dimension (e.g. ConstantOfShape of a
+    constant [50000, 50000]) is allocated at that size by ONNX Runtime, whatever the input: refuse it
+    when it is larger than the model may be."""
+    import onnx
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = _dims(value)
+        if not dims or not all(isinstance(d, int) for d in dims):
+            continue  # unknown or symbolic (batch) dimensions: its size depends on the input
+        size = _tensor_bytes(dims, value.type.tensor_type.elem_type)
+        if size > settings.max_model_mb * MB:
+            raise RegistrationError(f"model {path.name} computes tensor {value.name!r:.100} of fixed shape {dims} "
+                                    f"({size / MB:.0f} MiB), over the limit of {settings.max_model_mb} MiB "
+                                    "(setting max_model_mb)")
 
 
 def _refuse_external_data(model, path: Path) -> None:
@@ -150,6 +213,7 @@ def load_validation(settings: Settings, path: str | Path, check: ModelCheck) -> 
     if not zipfile.is_zipfile(path):  # np.load would otherwise try other formats, pickle among them
         raise RegistrationError(f"validation set {path.name} is not an .npz archive (np.savez(path, inputs=..., "
                                 "labels=...))")
+    _check_array_headers(path, settings.max_validation_mb)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"inputs", "labels"} - set(archive.files)
@@ -157,7 +221,7 @@ def load_validation(settings: Settings, path: str | Path, check: ModelCheck) -> 
                 raise RegistrationError(f"validation set {path.name} lacks array(s) {', '.join(sorted(missing))} "
                                         f"(it has: {', '.join(archive.files) or 'none'})")
             inputs, labels = archive["inputs"], archive["labels"]
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
         raise RegistrationError(f"validation set {path.name} is not an .npz archive: {err}") from None
     except ValueError as err:  # object arrays refuse to load without pickle
         raise RegistrationError(f"validation set {path.name} holds non-numeric arrays: {err}") from None
@@ -176,10 +240,43 @@ def load_validation(settings: Settings, path: str | Path, check: ModelCheck) -> 
         raise RegistrationError(f"validation set has {len(inputs)} inputs but {len(labels)} labels")
     if np.issubdtype(inputs.dtype, np.floating) and not np.isfinite(inputs).all():
         raise RegistrationError("validation inputs contain NaN or infinite values")
-    if labels.min() < 0 or (check.num_classes and labels.max() >= check.num_classes):
+    if labels.min() < 0 or labels.max() >= (check.num_classes or 2**31):  # the class count is a 32-bit int
         raise RegistrationError(f"validation labels range {labels.min()}..{labels.max()}, outside the model's "
-                                f"{check.num_classes} classes")
-    return np.ascontiguousarray(inputs), labels.astype(np.int64)
+                                f"{check.num_classes or 2**31} classes")
+    # Native byte order: ONNX Runtime reads a big-endian array's bytes as if they were little-endian.
+    return np.ascontiguousarray(inputs, dtype=inputs.dtype.newbyteorder("=")), labels.astype(np.int64)
+
+
+def _check_array_headers(path: Path, limit_mb: int) -> None:
+    """Read the .npy headers of `inputs` and `labels` before np.load builds the arrays: np.load
+    allocates whatever a header claims, and a few compressed megabytes can claim gigabytes; arrays of
+    Python objects are refused here, never unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            for key in ("inputs", "labels"):
+                member = key if key in names else f"{key}.npy"  # how np.load finds it
+                if member not in names:
+                    continue  # reported as missing below
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f".npy format version {version} is not supported")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(handle)
+                if dtype.hasobject:
+                    raise RegistrationError(f"validation set {path.name}: {key!r} holds non-numeric arrays (Python "
+                                            "objects; they are never unpickled)")
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed > limit_mb * MB:
+                    raise RegistrationError(f"validation set {path.name}: {key!r} is {claimed / MB:.0f} MiB unpacked "
+                                            f"({dtype} {shape}), over the limit of {limit_mb} MiB (setting "
+                                            "max_validation_mb)")
+    except RegistrationError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, NotImplementedError, RuntimeError) as err:
+        raise RegistrationError(f"validation set {path.name} is not an .npz of numpy arrays: {err}") from None
 
 
 def check_task(existing: TaskInfo | None, task: str, check: ModelCheck, num_classes: int) -> TaskInfo:

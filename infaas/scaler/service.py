@@ -34,6 +34,7 @@ from ..streams.views import SystemView
 log = logging.getLogger(__name__)
 
 DEMAND_HISTORY = 120  # ticks of demand kept per variant
+STALE_AFTER_S = 3.0  # no decisions on observations older than this
 
 
 def now_ms() -> int:
@@ -92,6 +93,11 @@ class Scaler:
         self.writer.close()
 
     def tick(self) -> list[Action]:
+        if STALE_AFTER_S < self.view.observed_age_s < float("inf"):
+            # Reports stopped (Kafka away): what we see is old, and acting on it (e.g. "no demand:
+            # remove replicas") would be wrong. Never having had a report is different: a fresh
+            # deployment may have no worker yet, and the policy must be able to add one.
+            return []
         snapshot = track(self.previous, self.snapshot(), self.config)
         self._place_unplaced(snapshot)
         actions = [] if self.policy == STATIC else decide(snapshot, self.config, self.policy,

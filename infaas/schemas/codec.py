@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "by
 NAMED_KINDS = frozenset({"record", "error", "enum", "fixed"})
 # Parsing Canonical Form keeps these attributes, in this order ([STRIP] and [ORDER]).
 CANONICAL_KEYS = ("name", "type", "fields", "symbols", "items", "values", "size")
+# A dead letter keeps at most this much of the message that failed, so that with its other fields it
+# still fits in one Kafka message (1 MB by default), as large as the failed message may have been.
+DEAD_LETTER_PAYLOAD_BYTES = 512 << 10
 
 
 class CodecError(ValueError):
@@ -167,6 +171,102 @@ def _without_logical_types(schema: Any) -> Any:
     return out
 
 
+# --- index check ---------------------------------------------------------------------------------
+# fastavro looks an enum symbol or a union branch up with the index as read, so a negative index
+# wraps around like a Python list index (-1 is the last symbol: a WorkerCommand's LOAD, one bit
+# off, would become STOP). Avro allows only 0..n-1; this walk over a body fastavro accepted checks
+# every index on the path and is cheap (it skips bytes and strings without reading them).
+Walk = Callable[[bytes, int], int]  # (data, position of a value) -> position after it
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro int/long at `pos` (zigzag varint) and the position after it."""
+    n = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+
+
+def _sized(data: bytes, pos: int) -> int:
+    size, pos = _varint(data, pos)
+    if size < 0:
+        raise DecodeError(f"negative length {size}")
+    return pos + size
+
+
+_FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def _walker(schema: Any, named: dict[str, Walk]) -> Walk:
+    """A function that steps over one value of a resolved schema, checking enum and union indices."""
+    if isinstance(schema, str):
+        if schema in _FIXED_WIDTH:
+            width = _FIXED_WIDTH[schema]
+            return lambda data, pos: pos + width
+        if schema in ("int", "long"):
+            return lambda data, pos: _varint(data, pos)[1]
+        if schema in ("bytes", "string"):
+            return _sized
+        return lambda data, pos: named[schema](data, pos)  # a named type defined earlier
+    if isinstance(schema, list):
+        branches = [_walker(branch, named) for branch in schema]
+
+        def union(data: bytes, pos: int) -> int:
+            index, pos = _varint(data, pos)
+            if not 0 <= index < len(branches):
+                raise DecodeError(f"union branch {index} is out of range 0..{len(branches) - 1}")
+            return branches[index](data, pos)
+        return union
+    kind = schema["type"]
+    if kind in ("record", "error"):
+        fields: list[Walk] = []
+
+        def record(data: bytes, pos: int) -> int:
+            for field in fields:
+                pos = field(data, pos)
+            return pos
+        named[schema["name"]] = record
+        fields += [_walker(f["type"], named) for f in schema["fields"]]
+        return record
+    if kind == "enum":
+        name, count = schema["name"], len(schema["symbols"])
+
+        def enum(data: bytes, pos: int) -> int:
+            index, pos = _varint(data, pos)
+            if not 0 <= index < count:
+                raise DecodeError(f"enum {name} index {index} is out of range 0..{count - 1}")
+            return pos
+        named[name] = enum
+        return enum
+    if kind == "fixed":
+        size = schema["size"]
+
+        def fixed(data: bytes, pos: int) -> int:
+            return pos + size
+        named[schema["name"]] = fixed
+        return fixed
+    if kind in ("array", "map"):
+        item = _walker(schema["items"] if kind == "array" else schema["values"], named)
+        keyed = kind == "map"
+
+        def blocks(data: bytes, pos: int) -> int:
+            while True:
+                count, pos = _varint(data, pos)
+                if count == 0:
+                    return pos
+                if count < 0:  # a block that also states its size in bytes
+                    count = -count
+                    pos = _varint(data, pos)[1]
+                for _ in range(count):
+                    pos = item(data, _sized(data, pos) if keyed else pos)
+        return blocks
+    return _walker(kind, named)  # {"type": "long", "logicalType": ...}
+
+
 # --- the codec -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SchemaVersion:
@@ -174,6 +274,7 @@ class SchemaVersion:
     fingerprint: int
     resolved: Any  # fully resolved JSON schema
     parsed: Any  # fastavro-parsed schema
+    walk: Walk  # the index check
 
     @property
     def header(self) -> bytes:
@@ -190,7 +291,7 @@ def load_definitions(directory: Path = AVRO_DIR) -> dict[str, Any]:
 
 def _version(name: str, resolved: Any) -> SchemaVersion:
     parsed = fastavro.parse_schema(_without_logical_types(resolved), _write_hint=False)
-    return SchemaVersion(name, fingerprint(resolved), resolved, parsed)
+    return SchemaVersion(name, fingerprint(resolved), resolved, parsed, _walker(resolved, {}))
 
 
 class Codec:
@@ -274,6 +375,10 @@ class Codec:
             raise DecodeError(f"malformed {writer.name} body: {type(err).__name__}: {err}") from None
         if body.tell() != len(data) - HEADER_LEN:
             raise DecodeError(f"malformed {writer.name} body: {len(data) - HEADER_LEN - body.tell()} trailing bytes")
+        try:
+            writer.walk(data, HEADER_LEN)
+        except (DecodeError, IndexError) as err:
+            raise DecodeError(f"malformed {writer.name} body: {err}") from None
         if not isinstance(record, dict):
             raise DecodeError(f"malformed {writer.name} body")
         return writer.name, record

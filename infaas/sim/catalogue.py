@@ -28,8 +28,9 @@ from pathlib import Path
 from ..catalog import Variant, variant_id
 from ..hardware import cost_per_1k, hardware
 from ..imported import load_proteus_profiles
+from ..paths import proteus_dir
 
-DEFAULT_PROFILES = Path("../shared/data/proteus/aggregate_profiled.csv")
+DEFAULT_PROFILES = proteus_dir() / "aggregate_profiled.csv"
 
 CPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-int8", 0.55, 0.99), ("tvm", 0.8, 1.0))
 GPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-fp16", 0.7, 0.999), ("tensorrt", 0.5, 0.998))

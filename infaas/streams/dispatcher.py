@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..catalog import NAME_RE
 from ..policies.selection import Decision, Request, select
 from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
-from ..schemas.codec import DecodeError, EncodeError, default_codec
+from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, EncodeError, default_codec
 from ..settings import Settings
 from ..tensors import TensorError, check_input, from_tensor
 from .views import SystemView
@@ -30,6 +30,13 @@ MAX_QUERY_ROWS = 1024
 MAX_INPUT_BYTES = 16 << 20
 FLOAT32_SLACK = 1e-6
 QUERY_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Error texts and the names they echo are cut to these lengths (valid ids and names are shorter), so an
+# error result or dead letter always fits in a Kafka message whatever a client sent: one the producer
+# refused would stop the agent on that query, again and again.
+MAX_ECHO = 256
+MAX_TEXT = 1000
+# 9999-12-31T23:59:59.999Z: a later sent_at is no time, and its deadline would overflow an Avro long.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +106,19 @@ class Dispatcher:
         catalog = self.view.catalog
         if not QUERY_ID_RE.fullmatch(record["query_id"]):
             raise Rejected("BAD_INPUT", "query_id must be 1-128 characters of letters, digits and ._:-")
+        if not 0 <= record["sent_at"] <= MAX_TIMESTAMP_MS:
+            raise Rejected("BAD_INPUT", f"sent_at = {record['sent_at']} is not a time (ms since 1970, before 10000)")
         app = record["app_id"]
         if self.reply_topic(record) is None:
-            raise Rejected("BAD_INPUT", f"reply_topic {record['reply_topic']!r} is not one app {app!r} may use")
+            raise Rejected("BAD_INPUT", f"reply_topic {record['reply_topic']!r:.100} is not one app {app!r:.100} may use")
         if app not in catalog.apps:
-            raise Rejected("BAD_INPUT", f"unknown app_id {app!r}: create it first (`infaas app create {app}`)")
+            raise Rejected("BAD_INPUT", f"unknown app_id {app!r:.100}: create it first (`infaas app create {app:.100}`)")
         task = self._task_of(record)
         try:
             inputs = from_tensor(record["inputs"], MAX_INPUT_BYTES)
             info = catalog.tasks.get(task)
             if info is None:
-                raise Rejected("UNKNOWN_MODEL", f"task {task!r} has no registered models")
+                raise Rejected("UNKNOWN_MODEL", unknown_task(task))
             check_input(inputs, info.input_dtype, info.input_shape, MAX_QUERY_ROWS)
         except TensorError as err:
             raise Rejected("BAD_INPUT", f"inputs: {err}") from None
@@ -128,16 +137,16 @@ class Dispatcher:
         if record["variant"] is not None:
             variant = catalog.variants.get(record["variant"])
             if variant is None or not variant.visible_to(record["app_id"]):
-                raise Rejected("UNKNOWN_MODEL", f"no variant {record['variant']!r} is registered for this app")
+                raise Rejected("UNKNOWN_MODEL", f"no variant {record['variant']!r:.100} is registered for this app")
             tasks.add(variant.task)
         if record["model"] is not None:
             task = catalog.model_visible(record["model"], record["app_id"])
             if task is None:
-                raise Rejected("UNKNOWN_MODEL", f"no model {record['model']!r} is registered for this app")
+                raise Rejected("UNKNOWN_MODEL", f"no model {record['model']!r:.100} is registered for this app")
             tasks.add(task)
         if record["task"] is not None:
-            if record["task"] not in catalog.tasks:
-                raise Rejected("UNKNOWN_MODEL", f"task {record['task']!r} has no registered models")
+            if record["task"] not in catalog.tasks or not catalog.task_visible(record["task"], record["app_id"]):
+                raise Rejected("UNKNOWN_MODEL", unknown_task(record["task"]))
             tasks.add(record["task"])
         if not tasks:
             raise Rejected("BAD_INPUT", "the query names no task, model or variant")
@@ -159,9 +168,9 @@ class Dispatcher:
 
     def _reply_error(self, record: dict, rejected: Rejected) -> list[Outgoing]:
         decision = rejected.decision
-        result = {"query_id": record["query_id"], "app_id": record["app_id"], "status": rejected.status,
-                  "error": rejected.error, "outputs": [], "model": record.get("model"),
-                  "variant": record.get("variant"), "hardware": None, "accuracy": None,
+        result = {"query_id": record["query_id"][:MAX_ECHO], "app_id": record["app_id"], "status": rejected.status,
+                  "error": rejected.error[:MAX_TEXT], "outputs": [], "model": _echo(record.get("model")),
+                  "variant": _echo(record.get("variant")), "hardware": None, "accuracy": None,
                   "latency_ms": float(max(now_ms() - record["sent_at"], 0)), "queue_ms": 0.0, "compute_ms": 0.0,
                   "best_accuracy_within_slo": decision.best_accuracy_within_slo if decision else None,
                   "fastest_latency_ms": decision.fastest_latency_ms if decision else None,
@@ -189,9 +198,17 @@ class Dispatcher:
     def _dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
         self.counts["dead"] += 1
         log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
-        record = {"source_topic": source[0], "partition": source[1], "offset": source[2], "reason": reason,
-                  "service": "dispatcher", "payload": bytes(payload[:1 << 20]), "at": now_ms()}
+        record = {"source_topic": source[0], "partition": source[1], "offset": source[2], "reason": reason[:MAX_TEXT],
+                  "service": "dispatcher", "payload": bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]), "at": now_ms()}
         return Outgoing(self.settings.topic("deadletter"), None, self.codec.encode("DeadLetter", record))
+
+
+def _echo(name: str | None) -> str | None:
+    return None if name is None else name[:MAX_ECHO]
+
+
+def unknown_task(task: str) -> str:
+    return f"task {task!r:.100} has no models this app may use"
 
 
 def _requirement(record: dict, name: str, low: float, high: float) -> float | None:

@@ -45,6 +45,11 @@ class Catalog:
                    {t.task: t for t in store.list_tasks()}, variants,
                    {v.model: (v.task, v.app_id, v.public) for v in variants.values()})
 
+    def task_visible(self, task: str, app_id: str) -> bool:
+        """Does the app see at least one model of the task? A task with only other apps' private
+        models must look exactly like one that does not exist."""
+        return any(task == t and (public or owner == app_id) for t, owner, public in self.models.values())
+
     def model_visible(self, model: str, app_id: str) -> str | None:
         """The model's task if the app may use the model, else None (unknown and private look alike)."""
         entry = self.models.get(model)
@@ -82,6 +87,7 @@ class SystemView:
         self._live: dict[str, VariantLive] = {}
         self._state_at: dict[str, int] = {}  # variant -> updated_at of its latest state record
         self._last_used: dict[str, int] = {}  # variant -> last time it had traffic (ms)
+        self._last_report = 0.0  # monotonic time of the last worker report
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
         self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
         # Variants whose traffic the scaler moved elsewhere (upgrade/downgrade): they get no new
@@ -149,6 +155,11 @@ class SystemView:
         finally:
             consumer.close()
 
+    @property
+    def observed_age_s(self) -> float:
+        """Seconds since the last worker report arrived (inf before the first)."""
+        return time.monotonic() - self._last_report if self._last_report else float("inf")
+
     def _apply(self, topic: str, payload: bytes) -> None:
         try:
             name, record = self.codec.decode(payload)
@@ -164,6 +175,7 @@ class SystemView:
             self._overrides.pop(record["variant_id"], None)
         elif name == "WorkerReport":
             self._workers[record["worker_id"]] = (int(time.time() * 1000), worker_from_report(record))
+            self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
                 self._retiring[record["variant_id"]] = record["at"] + RETIREMENT_MS

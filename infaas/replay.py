@@ -1,0 +1,151 @@
+"""`infaas bench trace`: a trace replayed against the live pipeline, next to the simulator's
+prediction for the same trace, catalogue (our measured profiles) and policy.
+
+The live run starts its own pipeline (dispatcher, monitor, scaler with the chosen policy, local
+workers) under a topic prefix of its own, sends the trace's queries on schedule with the same
+per-query requirements the simulator draws (same seed), and measures from the results and the
+workers' reports: SLO violation rate (late or not OK), cost (worker-seconds at the catalogue's
+price), throughput and mean served accuracy. It writes `bench-results/live-<scenario>-<policy>.json`
+in the simulator's summary format (see `infaas.sim.report`), which `infaas bench report` puts
+beside the simulated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import bus
+from .catalog import Variant
+from .client import InfaasClient
+from .demo import validation_inputs
+from .hardware import hardware
+from .loadgen import Arrival, LoadRun
+from .policies.baselines import plan_baseline
+from .policies.snapshot import PolicyConfig
+from .serve import Pipeline, ServeOptions
+from .settings import Settings
+from .store import Store
+
+
+def arrivals_of(workload, task: str) -> list[Arrival]:
+    return [Arrival(float(at) / 1000.0, task, float(slo), float(acc) if acc > 0 else None, label=f"{acc:.3f}")
+            for at, slo, acc in zip(workload.arrival_ms, workload.deadline_ms, workload.accuracy_demand, strict=True)]
+
+
+class WorkerSeconds(threading.Thread):
+    """Cost of the run: every worker report covers `interval_ms` of one worker being up."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True)
+        from confluent_kafka import OFFSET_END, TopicPartition
+        self.consumer = bus.consumer(settings, "infaas-replay-cost")
+        topic = settings.topic("metrics")
+        self.consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        self.seconds: dict[str, float] = defaultdict(float)  # hardware -> worker-seconds
+        self.peak_workers = 0
+        self._seen: dict[int, set[str]] = defaultdict(set)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from .schemas.codec import DecodeError, default_codec
+        codec = default_codec()
+        while not self.stopping.is_set():
+            for message in self.consumer.consume(100, 0.5):
+                try:
+                    report = codec.decode_as("WorkerReport", message.value())
+                except DecodeError:
+                    continue
+                self.seconds[report["hardware"]] += report["interval_ms"] / 1000.0
+                second = report["reported_at"] // 1000
+                self._seen[second].add(report["worker_id"])
+                self.peak_workers = max(self.peak_workers, len(self._seen[second]))
+        self.consumer.close()
+
+    def cost_usd(self) -> dict[str, float]:
+        return {hw: seconds * hardware(hw).worker_price_per_hour / 3600.0 for hw, seconds in self.seconds.items()}
+
+
+def live_run(settings: Settings, variants: list[Variant], workload, task: str, policy: str, scenario: str,
+             workers: int, config: PolicyConfig, say=print) -> dict:
+    run_settings = settings.replace(topic_prefix=f"{settings.topic_prefix}-replay-{uuid.uuid4().hex[:6]}")
+    bus.ensure_core_topics(run_settings)
+    scaler_args = ["--min-workers", str(config.min_workers), "--max-workers", str(config.max_workers)]
+    if policy != "infaas":
+        from .sim.traces import task_demands
+        plan = plan_baseline(policy, variants, task_demands(workload), config)
+        plan_path = settings.state_dir / f"plan-{uuid.uuid4().hex[:6]}.json"
+        plan_path.write_text(json.dumps({"policy": plan.policy, "variants": dict(plan.variants),
+                                         "replicas": dict(plan.replicas), "notes": dict(plan.notes)}))
+        scaler_args += ["--plan", str(plan_path)]
+    env = {**os.environ, **run_settings.as_env()}
+    pipeline = Pipeline(run_settings, ServeOptions(workers=workers, scaler=True, policy=policy,
+                                                   scaler_args=scaler_args), env=env)
+    inputs = validation_inputs(settings, task)
+    cost = WorkerSeconds(run_settings)
+    say(f"live {scenario} / {policy}: starting the pipeline ...")
+    pipeline.start()
+    cost.start()
+    try:
+        with InfaasClient(run_settings, app_id="demo", timeout_s=120) as client:
+            run = LoadRun(client, arrivals_of(workload, task), {task: inputs},
+                          {v.variant_id: v for v in variants}, timeout_s=120)
+            say(f"live {scenario} / {policy}: replaying {len(workload)} queries over {workload.duration_ms / 1000:.0f} s")
+            stats = run.run()
+    finally:
+        cost.stopping.set()
+        cost.join(timeout=5)
+        pipeline.stop()
+        bus.delete_prefixed_topics(run_settings)
+    summary = stats.summary()
+    answered = summary["answered"]
+    violations = summary["queries"] - stats.slo_met  # late, not OK, or never answered
+    costs = cost.cost_usd()
+    return {"scenario": scenario, "policy": policy, "source": "live", "queries": summary["queries"],
+            "served": summary["ok"], "unserved": summary["queries"] - summary["ok"],
+            "slo_violations": violations, "slo_violation_rate": violations / max(summary["queries"], 1),
+            "cost_usd": float(sum(costs.values())), "cost_by_hardware": costs,
+            "throughput_qps": summary["ok"] / max(workload.duration_ms / 1000.0, 1e-9),
+            "mean_accuracy": summary["mean_accuracy"], "latency_p50_ms": summary["p50_ms"],
+            "latency_p99_ms": summary["p99_ms"], "duration_s": workload.duration_ms / 1000.0,
+            "workers_peak": cost.peak_workers, "answered": answered, "lost": summary["lost"],
+            "statuses": summary["statuses"]}
+
+
+def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_scale: float, rate_scale: float,
+           seed: int, workers: int, min_workers: int, max_workers: int, out_dir: Path, say=print) -> dict:
+    from .sim.engine import SimOptions
+    from .sim.runner import simulate, workload_from
+    from .sim.traces import read_trace, scale_trace
+    config = PolicyConfig(min_workers=min_workers, max_workers=max_workers,
+                          hardware_catalog=settings.hardware_catalog)
+    with Store(settings) as store:
+        variants = store.variants_for_task(task)
+    if not variants:
+        raise ValueError(f"no variants of task {task!r}: register models first (e.g. `infaas zoo build`)")
+    rng = np.random.default_rng(seed)
+    trace = scale_trace(read_trace(trace_path, task, rng), time_scale, rate_scale, rng)
+    workload = workload_from([trace], variants, rng, config)
+    scenario = f"{trace_path.parent.name}/{trace_path.stem}"
+    live = live_run(settings, variants, workload, task, policy, scenario, workers, config, say)
+    say("simulating the same trace and policy ...")
+    options = SimOptions(policy=policy, scenario=scenario, seed=seed, worker_start_s=(3.0, 6.0),
+                         initial_workers={"cpu": workers}, config=config)
+    simulated = simulate(variants, workload, options)
+    simulated.pop("timeline", None)
+    comparison = {"live": live, "simulated": simulated,
+                  "difference": {key: live[key] - simulated[key] for key in
+                                 ("slo_violation_rate", "cost_usd", "throughput_qps", "mean_accuracy")}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"live-{scenario.replace('/', '-')}-{policy}.json"
+    (out_dir / name).write_text(json.dumps(live, indent=1))
+    (out_dir / f"compare-{scenario.replace('/', '-')}-{policy}.json").write_text(json.dumps(comparison, indent=1))
+    return comparison
+
+
