@@ -180,7 +180,7 @@ def _check(settings: Settings) -> None:
                  "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
-    for name in ("max_model_mb", "max_validation_mb", "profile_runs", "registration_workers"):
+    for name in ("max_model_mb", "max_validation_mb", "max_model_nodes", "profile_runs", "registration_workers"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
     for name in ("variant_batch_sizes", "variant_threads"):
