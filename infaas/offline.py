@@ -154,7 +154,7 @@ class OfflineRunner(threading.Thread):
                 self._work()
             except Exception as err:  # Cassandra away, a bad artifact...: try again later
                 log.warning("offline work failed, retrying: %s", err)
-        for executor in self._executors.values():
+        for executor, _ in self._executors.values():
             executor.close()
         self.store.close()
 
@@ -182,7 +182,7 @@ class OfflineRunner(threading.Thread):
         return variant is not None and variant.hardware == self.worker.hardware
 
     def _variant(self, variant_id: str) -> Variant | None:
-        return next((v for v in self.store.all_variants() if v.variant_id == variant_id), None)
+        return self.worker.catalog().variants.get(variant_id)
 
     def _claim(self, job: dict) -> dict | None:
         now = now_ms()

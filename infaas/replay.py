@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -39,37 +40,67 @@ def arrivals_of(workload, task: str) -> list[Arrival]:
             for at, slo, acc in zip(workload.arrival_ms, workload.deadline_ms, workload.accuracy_demand, strict=True)]
 
 
-class WorkerSeconds(threading.Thread):
-    """Cost of the run: every worker report covers `interval_ms` of one worker being up."""
+class LiveObserver(threading.Thread):
+    """What the run cost and did, from the topics: every worker report covers `interval_ms` of one
+    worker being up (cost), and carries its replicas per variant (timeline); scaling events are
+    the actions taken."""
 
     def __init__(self, settings: Settings):
         super().__init__(daemon=True)
         from confluent_kafka import OFFSET_END, TopicPartition
-        self.consumer = bus.consumer(settings, "infaas-replay-cost")
-        topic = settings.topic("metrics")
-        self.consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        self.consumer = bus.consumer(settings, "infaas-replay-observer")
+        self.consumer.assign([TopicPartition(settings.topic(name), 0, OFFSET_END) for name in ("metrics", "scaling")])
         self.seconds: dict[str, float] = defaultdict(float)  # hardware -> worker-seconds
-        self.peak_workers = 0
-        self._seen: dict[int, set[str]] = defaultdict(set)
+        self.workers: dict[int, set[str]] = defaultdict(set)  # second -> workers reporting
+        self.replicas: dict[int, dict[str, int]] = defaultdict(dict)  # second -> worker:variant -> replicas
+        self.actions: list[dict] = []
+        self.started = time.time()
         self.stopping = threading.Event()
 
     def run(self) -> None:
         from .schemas.codec import DecodeError, default_codec
         codec = default_codec()
         while not self.stopping.is_set():
-            for message in self.consumer.consume(100, 0.5):
+            for message in self.consumer.consume(200, 0.5):
                 try:
-                    report = codec.decode_as("WorkerReport", message.value())
+                    name, record = codec.decode(message.value())
                 except DecodeError:
                     continue
-                self.seconds[report["hardware"]] += report["interval_ms"] / 1000.0
-                second = report["reported_at"] // 1000
-                self._seen[second].add(report["worker_id"])
-                self.peak_workers = max(self.peak_workers, len(self._seen[second]))
+                if name == "WorkerReport":
+                    self._report(record)
+                elif name == "ScalingEvent" and record["kind"] != "TRIGGER":
+                    self.actions.append({"t_s": round(record["at"] / 1000 - self.started, 1), "kind": record["kind"],
+                                         "subject": record["variant_id"] or record["worker_id"] or record["hardware"],
+                                         "count": f"{record['from_count']}->{record['to_count']}",
+                                         "reason": record["reason"]})
         self.consumer.close()
+
+    def _report(self, report: dict) -> None:
+        self.seconds[report["hardware"]] += report["interval_ms"] / 1000.0
+        second = int(report["reported_at"] / 1000 - self.started)
+        self.workers[second].add(report["worker_id"])
+        for m in report["variants"]:
+            self.replicas[second][f"{report['worker_id']}:{m['variant_id']}"] = m["replicas"]
 
     def cost_usd(self) -> dict[str, float]:
         return {hw: seconds * hardware(hw).worker_price_per_hour / 3600.0 for hw, seconds in self.seconds.items()}
+
+    def timeline(self) -> list[dict]:
+        """Per second: workers up, replicas per variant, and the cost so far."""
+        rows, cost = [], 0.0
+        price = {hw: hardware(hw).worker_price_per_hour / 3600.0 for hw in self.seconds} or {"cpu": 0.0}
+        for second in sorted(self.workers):
+            per_variant: dict[str, int] = defaultdict(int)
+            for key, count in self.replicas.get(second, {}).items():
+                per_variant[key.split(":", 1)[1]] += count
+            cost += len(self.workers[second]) * max(price.values())
+            rows.append({"t_s": second, "workers": len(self.workers[second]), "replicas": dict(per_variant),
+                         "cost_usd": cost})
+        return rows
+
+    @property
+    def peak_workers(self) -> int:
+        return max((len(w) for w in self.workers.values()), default=0)
 
 
 def live_run(settings: Settings, variants: list[Variant], workload, task: str, policy: str, scenario: str,
@@ -88,10 +119,10 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
     pipeline = Pipeline(run_settings, ServeOptions(workers=workers, scaler=True, policy=policy,
                                                    scaler_args=scaler_args), env=env)
     inputs = validation_inputs(settings, task)
-    cost = WorkerSeconds(run_settings)
+    observer = LiveObserver(run_settings)
     say(f"live {scenario} / {policy}: starting the pipeline ...")
     pipeline.start()
-    cost.start()
+    observer.start()
     try:
         with InfaasClient(run_settings, app_id="demo", timeout_s=120) as client:
             run = LoadRun(client, arrivals_of(workload, task), {task: inputs},
@@ -99,14 +130,14 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
             say(f"live {scenario} / {policy}: replaying {len(workload)} queries over {workload.duration_ms / 1000:.0f} s")
             stats = run.run()
     finally:
-        cost.stopping.set()
-        cost.join(timeout=5)
+        observer.stopping.set()
+        observer.join(timeout=5)
         pipeline.stop()
         bus.delete_prefixed_topics(run_settings)
     summary = stats.summary()
     answered = summary["answered"]
     violations = summary["queries"] - stats.slo_met  # late, not OK, or never answered
-    costs = cost.cost_usd()
+    costs = observer.cost_usd()
     return {"scenario": scenario, "policy": policy, "source": "live", "queries": summary["queries"],
             "served": summary["ok"], "unserved": summary["queries"] - summary["ok"],
             "slo_violations": violations, "slo_violation_rate": violations / max(summary["queries"], 1),
@@ -114,8 +145,8 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
             "throughput_qps": summary["ok"] / max(workload.duration_ms / 1000.0, 1e-9),
             "mean_accuracy": summary["mean_accuracy"], "latency_p50_ms": summary["p50_ms"],
             "latency_p99_ms": summary["p99_ms"], "duration_s": workload.duration_ms / 1000.0,
-            "workers_peak": cost.peak_workers, "answered": answered, "lost": summary["lost"],
-            "statuses": summary["statuses"]}
+            "workers_peak": observer.peak_workers, "answered": answered, "lost": summary["lost"],
+            "statuses": summary["statuses"], "actions": observer.actions, "timeline": observer.timeline()}
 
 
 def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_scale: float, rate_scale: float,

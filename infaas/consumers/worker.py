@@ -34,6 +34,8 @@ from .batching import BatchPolicy, pack, wait_budget_ms
 
 log = logging.getLogger(__name__)
 
+LOAD_RETRY_S = 3.0  # how often a failed load is tried again
+
 
 def now_ms() -> float:
     return time.time() * 1000.0
@@ -136,7 +138,7 @@ class Replica(threading.Thread):
         self.consumer = bus.consumer(self.settings, topic, **{"session.timeout.ms": worker.session_timeout_ms,
                                                               "client.id": f"{worker.worker_id}-{index}"})
         self.consumer.subscribe([topic])
-        self.producer = bus.producer(self.settings, **{"linger.ms": 0})
+        self.producer = bus.producer(self.settings)
 
     def run(self) -> None:
         try:
@@ -306,6 +308,10 @@ class Worker:
         self.cpu_util = 0.0  # over the last report interval
         self.offline_cpu_threshold = offline_cpu_threshold  # None: no batch jobs on this worker
         self.offline = None
+        self._catalog = None
+        self._catalog_at = 0.0
+        self._failed_loads: dict[str, int] = {}  # variant -> replicas wanted
+        self._last_retry = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, preload: list[str] = ()) -> Worker:
@@ -354,7 +360,8 @@ class Worker:
             if variant_id in self.hosted:
                 self.set_replicas(variant_id, max(replicas, len(self.hosted[variant_id].replicas)))
                 return self.hosted[variant_id]
-            variant = self._find_variant(variant_id)
+            catalog = self.catalog()
+            variant = catalog.variants.get(variant_id)
             if variant is None:
                 log.error("cannot load %s: no such variant in the catalogue", variant_id)
                 return None
@@ -371,7 +378,7 @@ class Worker:
             path = Repository.from_settings(self.settings).fetch(variant.artifact)
             executor = open_executor(variant, path)
             load_ms = (time.monotonic() - started) * 1000
-            task = self.store.get_task(variant.task)
+            task = catalog.tasks[variant.task]
             hosted = Hosted(variant, task, executor, load_ms, variant.peak_memory_mb,
                             run_lock=None if getattr(executor, "thread_safe", True) else threading.Lock())
             self.hosted[variant_id] = hosted
@@ -404,8 +411,27 @@ class Worker:
                 close()
             self._note(f"unloaded {variant_id}")
 
-    def _find_variant(self, variant_id: str) -> Variant | None:
-        return next((v for v in self.store.all_variants() if v.variant_id == variant_id), None)
+    def catalog(self, max_age_s: float = 5.0):
+        """The catalogue (variants, tasks), refreshed from Cassandra when older than `max_age_s`;
+        while Cassandra is away the last one serves, so loading a known variant still works."""
+        from ..streams.views import Catalog
+        if self._catalog is None or time.monotonic() - self._catalog_at > max_age_s:
+            try:
+                self._catalog = Catalog.load(self.store)
+                self._catalog_at = time.monotonic()
+            except Exception as err:  # Cassandra away
+                if self._catalog is None:
+                    raise
+                log.warning("catalogue refresh failed, using the one from %.0f s ago: %s",
+                            time.monotonic() - self._catalog_at, err)
+        return self._catalog
+
+    def _retry_loads(self) -> None:
+        """Loads that failed (e.g. the store was away) are tried again until they succeed or the
+        variant is unloaded: queries routed to it wait in its topic meanwhile."""
+        for variant_id, replicas in list(self._failed_loads.items()):
+            if variant_id in self.hosted or self.load(variant_id, replicas) is not None:
+                self._failed_loads.pop(variant_id, None)
 
     def _note(self, text: str) -> None:
         log.info("%s: %s", self.worker_id, text)
@@ -442,8 +468,9 @@ class Worker:
         action, variant_id = command["action"], command["variant_id"]
         try:
             if action == "LOAD" and variant_id:
-                self.load(variant_id, max(command["replicas"], 1))
+                self._load_or_retry(variant_id, max(command["replicas"], 1))
             elif action == "UNLOAD" and variant_id:
+                self._failed_loads.pop(variant_id, None)
                 self.unload(variant_id)
             elif action == "SET_REPLICAS" and variant_id:
                 if command["replicas"] <= 0:
@@ -451,16 +478,32 @@ class Worker:
                 elif variant_id in self.hosted:
                     self.set_replicas(variant_id, command["replicas"])
                 else:
-                    self.load(variant_id, command["replicas"])
+                    self._load_or_retry(variant_id, command["replicas"])
             elif action == "STOP":
                 self._stop.set()
         except Exception:  # a bad artifact or a full memory budget must not take the worker down
             log.exception("command %s %s failed", action, variant_id)
 
+    def _load_or_retry(self, variant_id: str, replicas: int) -> None:
+        self._failed_loads.pop(variant_id, None)
+        try:
+            loaded = self.load(variant_id, replicas)
+        except Exception:
+            log.exception("loading %s failed; will retry", variant_id)
+            loaded = None
+        if loaded is None:
+            self._failed_loads[variant_id] = replicas
+
     # --- reporting ----------------------------------------------------------------------------
     def _report_loop(self) -> None:
         while not self._stop.wait(self.report_interval_s):
             self._report()
+            if self._failed_loads and time.monotonic() - self._last_retry > LOAD_RETRY_S:
+                self._last_retry = time.monotonic()
+                try:
+                    self._retry_loads()
+                except Exception as err:  # still failing: next time
+                    log.warning("load retry failed: %s", err)
 
     def _report(self) -> None:
         now = time.monotonic()

@@ -125,7 +125,7 @@ class Scaler:
                 del self.starting[worker_id]  # it reports now (or never will)
             else:
                 workers[worker_id] = WorkerLive(worker_id, hardware, started_at_ms=since, ready=False)
-        live = dict(base.live)
+        live = self._replicas_from_reports(base, workers)
         self.expected = [e for e in self.expected if e.until_ms > now and self._pending(e, workers)]
         for e in self.expected:
             shown = workers[e.worker_id].variants.get(e.variant_id, 0) if e.worker_id in workers else 0
@@ -140,6 +140,26 @@ class Scaler:
             live[variant_id] = dataclasses.replace(state, unplaced=state.unplaced + 1)
         demand = {vid: tuple(history) for vid, history in self.demand.items()}
         return base.with_changes(live=live, workers=workers, at_ms=now, demand=demand)
+
+    @staticmethod
+    def _replicas_from_reports(base: Snapshot, workers: dict[str, WorkerLive]) -> dict:
+        """Replicas as the workers' own reports show them. The monitor's state lags them by a
+        second or more, and acting on its older count (e.g. removing a replica already removed)
+        could take a variant's last replica."""
+        hosting: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for worker_id, worker in workers.items():
+            for variant_id, count in worker.variants.items():
+                if count > 0:
+                    hosting[variant_id].append((worker_id, count))
+        live = dict(base.live)
+        for variant_id, state in base.live.items():
+            if variant_id not in hosting and state.replicas > 0 and workers:
+                live[variant_id] = dataclasses.replace(state, replicas=0, workers=())
+        for variant_id, hosts in hosting.items():
+            state = base.live_of(variant_id)
+            live[variant_id] = dataclasses.replace(state, replicas=sum(n for _, n in hosts),
+                                                   workers=tuple(w for w, _ in hosts))
+        return live
 
     @staticmethod
     def _pending(expectation: Expectation, workers: dict[str, WorkerLive]) -> bool:

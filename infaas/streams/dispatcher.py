@@ -65,6 +65,8 @@ class Dispatcher:
         self.codec = default_codec()
         self.known_topics: set[str] = set()
         self.counts = {"routed": 0, "rejected": 0, "dead": 0, "loads": 0}
+        self._memo_of: Snapshot | None = None
+        self._decisions: dict[Request, Decision] = {}
 
     # --- entry point --------------------------------------------------------------------------
     def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
@@ -87,7 +89,7 @@ class Dispatcher:
     def _route(self, record: dict, payload: bytes | None = None) -> list[Outgoing]:
         snapshot = self.view.snapshot
         request = self._validate(record)
-        decision = select(snapshot, request)
+        decision = self._decide(snapshot, request)
         if not decision.ok:
             raise Rejected(decision.status, decision.reason, decision)
         out = []
@@ -101,6 +103,16 @@ class Dispatcher:
         out.append(Outgoing(self.settings.variant_topic(decision.variant_id), record["query_id"].encode(), value))
         self.counts["routed"] += 1
         return out
+
+    def _decide(self, snapshot: Snapshot, request: Request) -> Decision:
+        """`select` is a pure function of (snapshot, request): within one snapshot, queries with the
+        same requirements get the same decision, so it is computed once per requirement class."""
+        if self._memo_of is not snapshot:
+            self._memo_of, self._decisions = snapshot, {}
+        decision = self._decisions.get(request)
+        if decision is None:
+            decision = self._decisions[request] = select(snapshot, request)
+        return decision
 
     def _validate(self, record: dict) -> Request:
         catalog = self.view.catalog
@@ -247,7 +259,7 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
     @app.agent(queries)
     async def dispatch(stream: faust.Stream) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(1000, within=0.001):
+        async for events in stream.take_events(1000, within=0.0005):
             outgoing: list[Outgoing] = []
             for event in events:
                 message = event.message

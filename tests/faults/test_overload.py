@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from infaas.client import InfaasClient
+from infaas.registration import heavy
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
 
-from .. import slow_model
 from ..conftest import settings_env
 
 SLO_MS = 200.0
@@ -24,7 +24,7 @@ REPORT = Path("bench-results") / "overload.json"
 
 @pytest.fixture(scope="module")
 def heavy_variant(settings, tmp_path_factory):
-    model, validation = slow_model.build(tmp_path_factory.mktemp("heavy"), layers=12, width=2048)
+    model, validation = heavy.build(tmp_path_factory.mktemp("heavy"), layers=12, width=2048)
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     return register_model(narrow, "demo", "heavy-task", "deep-mlp", model, validation, public=True, quick=True,
                           name="heavy-mlp").variants[0]
@@ -41,7 +41,7 @@ def test_three_times_capacity_is_shed_explicitly(settings, heavy_variant):
     capacity = 1000.0 / heavy_variant.latency_at(1)
     rate, seconds = 3 * capacity, 10.0
     options = ServeOptions(workers=1, preload=[heavy_variant.variant_id], scaler=False)
-    x = np.zeros((1, slow_model.INPUT), np.float32)
+    x = np.zeros((1, heavy.INPUT), np.float32)
     with Pipeline(settings, options, env=settings_env(settings)) as running, \
             InfaasClient(settings, app_id="demo", timeout_s=180) as client:
         sent, began = [], time.monotonic()

@@ -1,5 +1,7 @@
-"""A deliberately slow real model (a deep stack of 1024-wide layers, ~10 ms a row on one core),
-so that the load this machine can generate needs more than one replica."""
+"""A compute-heavy reference model: a deep stack of wide layers with random weights (milliseconds a
+row on one core), and a validation set labelled by the model itself (so its measured accuracy is
+1.0 by construction). The load one small machine can generate then needs several replicas: the
+scaling and overload tests, and the pipeline benchmark's compute-bound case, use it."""
 
 from pathlib import Path
 
