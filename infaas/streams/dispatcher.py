@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -233,6 +234,67 @@ def _requirement(record: dict, name: str, low: float, high: float) -> float | No
 
 
 # --- the Faust service ----------------------------------------------------------------------------
+class DeliveryTracker:
+    """Acknowledge a batch of consumed queries only once everything it caused was delivered.
+
+    Batches are produced without waiting, so the next batch is handled while the previous one is
+    in flight; a background thread serves the producer's delivery reports, and the batch's events
+    are acknowledged (their offsets become committable) when its last message is acknowledged by
+    Kafka. A message whose delivery fails is produced again: nothing is acknowledged undelivered.
+    """
+
+    def __init__(self, producer, loop, ack_batch):
+        self.producer, self.loop, self.ack_batch = producer, loop, ack_batch
+        self._batches: dict[int, list] = {}  # batch -> [messages not yet delivered, its events]
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve_reports, name="dispatcher-deliveries", daemon=True)
+        self._thread.start()
+
+    def send(self, outgoing: list[Outgoing], events: list) -> None:
+        with self._lock:  # registered before producing: a report may come back at once
+            batch, self._next = self._next, self._next + 1
+            self._batches[batch] = [len(outgoing), events]
+        if not outgoing:
+            self._batches[batch][0] = 1
+            self._delivered(batch)
+        for item in outgoing:
+            self._produce(item, batch)
+
+    def _produce(self, item: Outgoing, batch: int) -> None:
+        def report(err, _message) -> None:
+            if err is not None:
+                log.warning("delivery to %s failed (%s): producing it again", item.topic, err.str())
+                self._produce(item, batch)
+            else:
+                self._delivered(batch)
+        while True:
+            try:
+                self.producer.produce(item.topic, key=item.key, value=item.value, on_delivery=report)
+                return
+            except BufferError:  # the local queue is full: deliveries drain it
+                self.producer.poll(0.05)
+
+    def _delivered(self, batch: int) -> None:
+        with self._lock:
+            entry = self._batches[batch]
+            entry[0] -= 1
+            if entry[0] > 0:
+                return
+            del self._batches[batch]
+        self.loop.call_soon_threadsafe(self.ack_batch, entry[1])
+
+    def _serve_reports(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = None):
     import asyncio
 
@@ -245,38 +307,34 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
     queries = app.topic(settings.topic("queries"), value_serializer="raw", key_serializer="raw")
     producer = bus.producer(settings)
 
-    def publish(outgoing: list[Outgoing]) -> None:
-        missing = {o.topic for o in outgoing} - dispatcher.known_topics
-        if missing:
-            ensure_reply_and_variant_topics(settings, missing)
-            dispatcher.known_topics |= missing
-        for item in outgoing:
-            _produce(producer, item)
-        remaining = producer.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} messages not delivered within 30 s")
-
     @app.agent(queries)
     async def dispatch(stream: faust.Stream) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(1000, within=0.0005):
-            outgoing: list[Outgoing] = []
+
+        async def ack_all(events: list) -> None:
             for event in events:
-                message = event.message
-                outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
-            # Deliver before the batch is acknowledged (its offsets committed): at-least-once.
-            await loop.run_in_executor(None, publish, outgoing)
+                await stream.ack(event)
+
+        def ack_batch(events: list) -> None:
+            loop.create_task(ack_all(events))  # one task per batch, not per event
+
+        tracker = DeliveryTracker(producer, loop, ack_batch)
+        try:
+            # Events are acknowledged by the tracker, after delivery (at-least-once), not here.
+            async for events in stream.noack_take(2000, within=0.0005):
+                outgoing: list[Outgoing] = []
+                for event in events:
+                    message = event.message
+                    outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
+                missing = {o.topic for o in outgoing} - dispatcher.known_topics
+                if missing:  # rare: a variant or reply topic used for the first time
+                    await loop.run_in_executor(None, ensure_reply_and_variant_topics, settings, missing)
+                    dispatcher.known_topics |= missing
+                tracker.send(outgoing, list(events))
+        finally:
+            tracker.close()
 
     return app
-
-
-def _produce(producer, item: Outgoing) -> None:
-    while True:
-        try:
-            producer.produce(item.topic, key=item.key, value=item.value)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 def ensure_reply_and_variant_topics(settings: Settings, topics: set[str]) -> None:
