@@ -82,6 +82,11 @@ class LiveObserver(threading.Thread):
         for m in report["variants"]:
             self.replicas[second][f"{report['worker_id']}:{m['variant_id']}"] = m["replicas"]
 
+    def wait_for_replicas(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not any(any(r.values()) for r in self.replicas.values()):
+            time.sleep(0.5)
+
     def cost_usd(self) -> dict[str, float]:
         return {hw: seconds * hardware(hw).worker_price_per_hour / 3600.0 for hw, seconds in self.seconds.items()}
 
@@ -116,13 +121,18 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
                                          "replicas": dict(plan.replicas), "notes": dict(plan.notes)}))
         scaler_args += ["--plan", str(plan_path)]
     env = {**os.environ, **run_settings.as_env()}
-    pipeline = Pipeline(run_settings, ServeOptions(workers=workers, scaler=True, policy=policy,
+    # The baselines provision their own workers before the first query (as in the simulator);
+    # infaas starts from the initial pool and scales.
+    initial = workers if policy == "infaas" else 0
+    pipeline = Pipeline(run_settings, ServeOptions(workers=initial, scaler=True, policy=policy,
                                                    scaler_args=scaler_args), env=env)
     inputs = validation_inputs(settings, task)
     observer = LiveObserver(run_settings)
     say(f"live {scenario} / {policy}: starting the pipeline ...")
     pipeline.start()
     observer.start()
+    if policy != "infaas":
+        observer.wait_for_replicas(timeout_s=90)  # provisioned before the first query, as simulated
     try:
         with InfaasClient(run_settings, app_id="demo", timeout_s=120) as client:
             run = LoadRun(client, arrivals_of(workload, task), {task: inputs},

@@ -178,6 +178,11 @@ def test_unload_a_variant_idle_for_the_configured_time():
     assert kinds(actions) == ["UNLOAD_VARIANT"] and actions[0].to_count == 0
 
 
+def test_a_variant_never_seen_used_nor_loaded_is_not_idle_forever():
+    state = {SMALL_CPU.variant_id: live(1, 0.0, last_used_ms=0, loaded_at_ms=0)}
+    assert decide(snapshot(state, [worker("w1", util=0.0, hosts={SMALL_CPU.variant_id: 1})]), CONFIG) == []
+
+
 # ---------------------------------------------------------------- VM autoscaler
 
 def test_add_a_worker_when_all_of_its_kind_are_above_the_threshold():

@@ -316,7 +316,10 @@ def unload_idle(snapshot: Snapshot, config: PolicyConfig, exclude: set[str] = fr
     for variant_id, live in sorted(snapshot.live.items()):
         if variant_id in exclude or live.replicas + live.unplaced == 0 or live.qps > 0 or live.queue_len > 0:
             continue
-        idle_ms = snapshot.at_ms - max(live.last_used_ms, live.loaded_at_ms)
+        since = max(live.last_used_ms, live.loaded_at_ms)
+        if since <= 0:
+            continue  # never seen used nor loaded: its idle time is unknown, not infinite
+        idle_ms = snapshot.at_ms - since
         if idle_ms >= config.unload_idle_s * 1000:
             actions.append(Action(UNLOAD_VARIANT, f"idle for {idle_ms / 1000:.0f} s >= {config.unload_idle_s:g} s",
                                   variant_id, hardware=_hardware(snapshot, variant_id),

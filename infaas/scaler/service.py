@@ -67,6 +67,7 @@ class Scaler:
         self.starting: dict[str, tuple[str, int]] = {}  # worker id -> (hardware, requested at)
         self.stopping: dict[str, int] = {}  # worker id -> asked to stop at
         self.retiring: dict[str, str] = {}  # source variant -> the variant its traffic moved to
+        self.first_seen: dict[str, int] = {}  # variant -> when reports first showed it loaded (ms)
         self.actions_taken: list[dict] = []
         self._stop = threading.Event()
 
@@ -141,8 +142,7 @@ class Scaler:
         demand = {vid: tuple(history) for vid, history in self.demand.items()}
         return base.with_changes(live=live, workers=workers, at_ms=now, demand=demand)
 
-    @staticmethod
-    def _replicas_from_reports(base: Snapshot, workers: dict[str, WorkerLive]) -> dict:
+    def _replicas_from_reports(self, base: Snapshot, workers: dict[str, WorkerLive]) -> dict:
         """Replicas as the workers' own reports show them. The monitor's state lags them by a
         second or more, and acting on its older count (e.g. removing a replica already removed)
         could take a variant's last replica."""
@@ -155,10 +155,13 @@ class Scaler:
         for variant_id, state in base.live.items():
             if variant_id not in hosting and state.replicas > 0 and workers:
                 live[variant_id] = dataclasses.replace(state, replicas=0, workers=())
+        for variant_id in set(self.first_seen) - set(hosting):
+            del self.first_seen[variant_id]  # unloaded: a later load starts a new idle clock
         for variant_id, hosts in hosting.items():
             state = base.live_of(variant_id)
+            loaded_at = state.loaded_at_ms or self.first_seen.setdefault(variant_id, base.at_ms or now_ms())
             live[variant_id] = dataclasses.replace(state, replicas=sum(n for _, n in hosts),
-                                                   workers=tuple(w for w, _ in hosts))
+                                                   workers=tuple(w for w, _ in hosts), loaded_at_ms=loaded_at)
         return live
 
     @staticmethod
