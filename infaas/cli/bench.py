@@ -65,7 +65,8 @@ def cmd_pipeline(args, settings) -> int:
 
 def add_trace(actions) -> None:
     p = actions.add_parser("trace", help="replay a trace against the live pipeline and compare with the simulator")
-    p.add_argument("--trace", default=str(proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"))
+    p.add_argument("--trace", default=str(proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"),
+                   help="arrivals (arrival_ms,qos,deadline_ms lines) or a per-second rate CSV (second,qps[,deadline_ms])")
     p.add_argument("--task", default="digits-classification", help="the registered task the queries go to")
     p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
     p.add_argument("--time-scale", type=float, default=0.25, help="stretch (>1) or compress (<1) the trace")
