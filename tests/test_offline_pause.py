@@ -32,6 +32,7 @@ def test_batch_work_pauses_under_online_load(settings, tmp_path_factory, tmp_pat
             InfaasClient(settings, app_id="demo", timeout_s=120) as client:
         futures = [client.submit(x, variant=variant.variant_id) for _ in range(3000)]  # a long online backlog
         client.flush()
+        futures[0].result(60)  # the backlog has reached the worker (the dispatcher routed it)
         job = offline.submit(settings, "demo", f"file://{inputs}", f"file://{tmp_path}/slow-out.npy",
                              model="slow-offline", chunk_size=32)
         seen = set()

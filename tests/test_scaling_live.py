@@ -32,7 +32,7 @@ def slow_variant(settings, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scaled_pipeline(settings, slow_variant):
     options = ServeOptions(workers=1, preload=[slow_variant.variant_id], scaler=True,
-                           scaler_args=["--interval", "0.5", "--unload-idle-s", "4", "--max-workers", "1"])
+                           scaler_args=["--interval", "0.5", "--unload-idle-s", "20", "--max-workers", "1"])
     running = Pipeline(settings, options, env=settings_env(settings))
     running.start()
     yield running

@@ -35,6 +35,7 @@ from .batching import BatchPolicy, pack, wait_budget_ms
 log = logging.getLogger(__name__)
 
 LOAD_RETRY_S = 3.0  # how often a failed load is tried again
+DRAIN_S = 60.0  # longest wait for a variant's queue to empty before it is unloaded anyway
 
 
 def now_ms() -> float:
@@ -311,6 +312,7 @@ class Worker:
         self._catalog = None
         self._catalog_at = 0.0
         self._failed_loads: dict[str, int] = {}  # variant -> replicas wanted
+        self._draining: set[str] = set()  # variants to unload once their queue here is served
         self._last_retry = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -356,6 +358,7 @@ class Worker:
     def load(self, variant_id: str, replicas: int = 1) -> Hosted | None:
         from ..repository import Repository
         from .executors import open_executor
+        self._draining.discard(variant_id)  # wanted again: a pending unload is cancelled
         with self._lock:
             if variant_id in self.hosted:
                 self.set_replicas(variant_id, max(replicas, len(self.hosted[variant_id].replicas)))
@@ -399,6 +402,28 @@ class Worker:
                 replica = hosted.replicas.pop()
                 replica.stopping.set()
                 replica.join(timeout=10)
+
+    def drain_then_unload(self, variant_id: str) -> None:
+        """Unload once the queries already queued for the variant here are served (in the
+        background: other commands go on). Leaving its consumer group earlier could strand them
+        when no other worker hosts it. A load of the same variant meanwhile cancels the unload."""
+        if variant_id not in self.hosted or variant_id in self._draining:
+            return
+        self._draining.add(variant_id)
+
+        def drain() -> None:
+            deadline = time.monotonic() + DRAIN_S
+            while time.monotonic() < deadline and variant_id in self._draining and self._queue_of(variant_id) > 0:
+                time.sleep(0.2)
+            if variant_id in self._draining:
+                self._draining.discard(variant_id)
+                self.unload(variant_id)
+        threading.Thread(target=drain, name=f"drain-{variant_id}", daemon=True).start()
+
+    def _queue_of(self, variant_id: str) -> int:
+        with self._lock:
+            hosted = self.hosted.get(variant_id)
+            return sum(r.lag for r in hosted.replicas) if hosted else 0
 
     def unload(self, variant_id: str) -> None:
         with self._lock:
@@ -471,11 +496,12 @@ class Worker:
                 self._load_or_retry(variant_id, max(command["replicas"], 1))
             elif action == "UNLOAD" and variant_id:
                 self._failed_loads.pop(variant_id, None)
-                self.unload(variant_id)
+                self.drain_then_unload(variant_id)
             elif action == "SET_REPLICAS" and variant_id:
                 if command["replicas"] <= 0:
-                    self.unload(variant_id)
+                    self.drain_then_unload(variant_id)
                 elif variant_id in self.hosted:
+                    self._draining.discard(variant_id)
                     self.set_replicas(variant_id, command["replicas"])
                 else:
                     self._load_or_retry(variant_id, command["replicas"])
