@@ -37,37 +37,50 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def offer(client: InfaasClient, x: np.ndarray, rate: float, seconds: float) -> list:
+    """Open-loop load at `rate` queries/s; returns (sent at, result) for every query."""
+    sent, began = [], time.monotonic()
+    while time.monotonic() - began < seconds:
+        sent.append((time.time(), client.submit(x, task="heavy-task", latency_ms=SLO_MS)))
+        time.sleep(max(began + len(sent) / rate - time.monotonic(), 0))
+    client.flush()
+    return [(at, future.result(180)) for at, future in sent]
+
+
+def served_rate(results: list) -> float:
+    ok = [r for _, r in results if r.ok]
+    return len(ok) / max(max(r.received_at for _, r in results) - results[0][0], 1e-9)
+
+
 def test_three_times_capacity_is_shed_explicitly(settings, heavy_variant):
-    capacity = 1000.0 / heavy_variant.latency_at(1)
-    rate, seconds = 3 * capacity, 10.0
+    capacity = 1000.0 / heavy_variant.latency_at(1)  # the profile's, measured alone on the machine
     options = ServeOptions(workers=1, preload=[heavy_variant.variant_id], scaler=False)
     x = np.zeros((1, heavy.INPUT), np.float32)
     with Pipeline(settings, options, env=settings_env(settings)) as running, \
             InfaasClient(settings, app_id="demo", timeout_s=180) as client:
-        sent, began = [], time.monotonic()
-        while time.monotonic() - began < seconds:
-            sent.append((time.time(), client.submit(x, task="heavy-task", latency_ms=SLO_MS)))
-            time.sleep(max(began + len(sent) / rate - time.monotonic(), 0))
-        client.flush()
-        results = [(at, future.result(180)) for at, future in sent]
-        finished = max(r.received_at for _, r in results)
+        # What this machine serves at 1x, with the client, broker and services sharing its cores,
+        # is the baseline "does not collapse" is measured against.
+        at_capacity = served_rate(offer(client, x, capacity, 8.0))
+        time.sleep(3.0)
+        results = offer(client, x, 3 * capacity, 10.0)
         rss = {name: peak_rss_mb(service.pid) for name, service in running.services.items()}
     statuses: dict[str, int] = {}
     for _, r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     shed = [(r.received_at - at) * 1000 for at, r in results if r.status in ("DEADLINE_EXCEEDED",
                                                                            "NO_FEASIBLE_VARIANT")]
-    served = statuses.get("OK", 0) / (finished - sent[0][0])
-    report = {"capacity_qps": capacity, "offered_qps": len(sent) / seconds, "sent": len(sent), "statuses": statuses,
-              "served_qps": served, "served_share_of_capacity": served / capacity,
+    served = served_rate(results)
+    report = {"profiled_capacity_qps": capacity, "served_at_1x_qps": at_capacity,
+              "offered_qps": len(results) / 10.0, "sent": len(results), "statuses": statuses,
+              "served_at_3x_qps": served, "served_3x_vs_1x": served / at_capacity,
               "shed_latency_p50_ms": float(np.percentile(shed, 50)) if shed else None,
               "shed_latency_p99_ms": float(np.percentile(shed, 99)) if shed else None, "peak_rss_mb": rss}
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=1))
     print(f"\noverload: {json.dumps(report)}")
-    assert sum(statuses.values()) == len(sent)
+    assert sum(statuses.values()) == len(results)
     assert set(statuses) <= {"OK", "DEADLINE_EXCEEDED", "NO_FEASIBLE_VARIANT"}, statuses
-    assert statuses.get("DEADLINE_EXCEEDED", 0) + statuses.get("NO_FEASIBLE_VARIANT", 0) > len(sent) / 3
+    assert statuses.get("DEADLINE_EXCEEDED", 0) + statuses.get("NO_FEASIBLE_VARIANT", 0) > len(results) / 3
     assert report["shed_latency_p99_ms"] < 10 * SLO_MS  # shed quickly, not after an unbounded queue
-    assert served > 0.3 * capacity  # serving did not collapse
+    assert served > 0.6 * at_capacity  # serving did not collapse under 3x the load
     assert max(rss.values()) < 2048  # memory stayed bounded
