@@ -8,7 +8,7 @@ import pytest
 
 from infaas.cli import main
 from infaas.paths import proteus_dir
-from infaas.sim.report import REQUIRED_KEYS, load_live, ratios, render_markdown
+from infaas.sim.report import REQUIRED_KEYS, live_agrees, load_live, ratios, render_markdown
 
 PROTEUS = str(proteus_dir())
 
@@ -39,6 +39,7 @@ def test_markdown_compares_with_the_paper_and_says_where_infaas_loses(tmp_path):
     assert "infaas violates more SLOs" in text  # static has fewer violations: said plainly
     assert "![bursty](img/bursty.png)" in text
     assert "| bursty | infaas | 1,000 / 1,000 | 3.00% / 2.00% |" in text  # live next to the simulator
+    assert "| 0.8000 / 0.8000 | no: cost |" in text  # 1.2 live vs 1.0 simulated is outside 10%
 
 
 def test_live_results_need_the_summary_keys(tmp_path):
@@ -67,3 +68,10 @@ def test_bench_report_writes_markdown_plots_and_summaries(tmp_path):
     assert "| bursty | infaas |" in text and "![bursty](img/bursty.png)" in text
     assert (tmp_path / "docs/img/bursty.png").stat().st_size < 200_000
     assert len(list((tmp_path / "results").glob("sim-bursty-*.json"))) == 3
+
+
+def test_live_vs_simulator_verdict_names_what_the_simulator_missed():
+    live = summary("infaas", 1.0, 0.030, 12.0)
+    assert live_agrees(live, summary("infaas", 1.05, 0.025, 12.0)) == "yes"
+    assert live_agrees(live, summary("infaas", 1.05, 0.0, 12.0)) == "no: violations"
+    assert live_agrees(live, summary("infaas", 0.7, 0.0, 12.0)) == "no: violations, cost"
