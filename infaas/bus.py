@@ -73,7 +73,7 @@ def consumer(settings: Settings, group_id: str, **overrides) -> Consumer:
     """A consumer that commits offsets explicitly (at-least-once)."""
     conf = _base(settings, **{"group.id": group_id, "enable.auto.commit": False,
                               "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-                              "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10,
+                              "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100,
                               "enable.partition.eof": False})
     conf.update(overrides)
     return Consumer(conf)

@@ -83,11 +83,12 @@ def test_worker_killed_mid_job_resumes_elsewhere(settings, workers, rows, tmp_pa
                          chunk_size=64)
     victim = None
     deadline = time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline:
-        with Store(settings) as store:
-            running = offline.job_status(store, job["job_id"])["running_on"]
-        victim = next((name for name in running if name in workers.services), None)
-        time.sleep(0.1)
+    with Store(settings) as store:  # one session: a chunk is RUNNING for milliseconds, so poll fast
+        while victim is None and time.monotonic() < deadline:
+            status = offline.job_status(store, job["job_id"])
+            assert status["status"] != "DONE", "the job ended before a chunk was seen running (make it bigger)"
+            victim = next((name for name in status["running_on"] if name in workers.services), None)
+            time.sleep(0.01)
     assert victim, "no worker took a chunk"
     workers.services[victim].kill()
     status = offline.wait_for(settings, job["job_id"], timeout_s=180)

@@ -321,7 +321,7 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
         tracker = DeliveryTracker(producer, loop, ack_batch)
         try:
             # Events are acknowledged by the tracker, after delivery (at-least-once), not here.
-            async for events in stream.noack_take(2000, within=0.0005):
+            async for events in ready_batches(stream.noack(), 2000):
                 outgoing: list[Outgoing] = []
                 for event in events:
                     message = event.message
@@ -335,6 +335,19 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
             tracker.close()
 
     return app
+
+
+async def ready_batches(stream, max_events: int):
+    """Batches of the events already queued (up to `max_events`), yielded as soon as the queue runs
+    dry: a lone query goes out at once, a burst goes out together. Faust's `take(within=...)` waits
+    on a timer instead; polling it every 0.5 ms kept a core 17% busy with nothing to do."""
+    queue = stream.channel.queue
+    batch: list = []
+    async for event in stream.events():
+        batch.append(event)
+        if len(batch) >= max_events or queue.empty():
+            yield batch
+            batch = []
 
 
 def ensure_reply_and_variant_topics(settings: Settings, topics: set[str]) -> None:
