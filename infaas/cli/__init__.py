@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from ..settings import SettingsError, load_settings
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infaas: bad settings: {err}", file=sys.stderr)
         return 2
     setup_logging("DEBUG" if args.verbose else settings.log_level)
+    # SIGTERM (kill, timeout, a service manager) stops a command as Ctrl-C does, so the processes it
+    # started are stopped by its `finally` blocks instead of being orphaned. Long-running services
+    # (Faust apps, workers, the scaler) install their own handler for a graceful drain.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args, settings) or 0)
     except KeyboardInterrupt:
@@ -55,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class UserFacingError(Exception):

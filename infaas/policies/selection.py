@@ -96,6 +96,14 @@ class CandidateIndex:
             self._latency[batch] = latency
         return latency
 
+    def load_and_latency(self, batch: int) -> np.ndarray:
+        """What an inactive variant costs the query: load + inference latency (cached per batch)."""
+        key = ("load", batch)
+        total = self._latency.get(key)
+        if total is None:
+            total = self._latency[key] = self.load_ms + self.latency(batch)
+        return total
+
 
 @dataclass(frozen=True)
 class LiveIndex:
@@ -104,6 +112,16 @@ class LiveIndex:
     inactive: np.ndarray  # bool, aligned with the CandidateIndex
     loaded: tuple[tuple[int, str, float, Variant], ...]  # (position, status, queue wait ms, variant)
     ready_hardware: np.ndarray  # bool, aligned: a ready worker of the variant's hardware exists
+    _loadable: dict = field(default_factory=dict, compare=False, repr=False)  # batch -> masks
+
+    def loadable(self, index: CandidateIndex, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inactive and taking the batch, the same with a ready worker), cached per batch: the
+        per-query scan then only adds the request's own bounds."""
+        masks = self._loadable.get(batch)
+        if masks is None:
+            inactive = self.inactive & (index.batch_size >= batch)
+            masks = self._loadable[batch] = (inactive, inactive & self.ready_hardware)
+        return masks
 
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
@@ -176,18 +194,19 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
         return Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost", best[1])
 
     head = slice(0, accurate)
-    feasible = live.inactive[head] & (index.batch_size[head] >= batch)
+    inactive, ready = live.loadable(index, batch)
+    bounds = np.ones(accurate, dtype=bool)
     if slo != math.inf:
-        feasible &= latency[head] <= slo
+        bounds &= latency[head] <= slo
     if max_cost != math.inf:
-        feasible &= index.cost[head] <= max_cost
+        bounds &= index.cost[head] <= max_cost
+    # A variant whose hardware has a ready worker loads now; any other waits for a new worker
+    # (20-30 s) before its load starts, which load + inference latency does not count.
+    feasible = ready[head] & bounds
+    if not feasible.any():
+        feasible = inactive[head] & bounds
     if feasible.any():
-        # A variant whose hardware has a ready worker loads now; any other waits for a new worker
-        # (20-30 s) before its load starts, which load + inference latency does not count.
-        loadable = feasible & live.ready_hardware[head]
-        if loadable.any():
-            feasible = loadable
-        position = int(np.argmin(np.where(feasible, index.load_ms[head] + latency[head], np.inf)))
+        position = int(np.argmin(np.where(feasible, index.load_and_latency(batch)[head], np.inf)))
         variant = index.variants[position]
         worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
         reason = "inactive variant with the least load + inference latency"
