@@ -59,3 +59,24 @@ def test_core_topics_exist(settings):
         assert name in topics
     state = bus.admin(settings).list_topics(settings.topic("queries")).topics[settings.topic("queries")]
     assert len(state.partitions) == settings.query_partitions
+
+
+def test_uncommitted_queries_counts_what_the_variant_group_has_not_committed(settings):
+    from confluent_kafka import TopicPartition
+
+    from infaas.consumers.worker import uncommitted_queries
+    variant_id = f"probe-{uuid.uuid4().hex[:6]}:ort-fp32:cpu-1t:b1"
+    topic = settings.variant_topic(variant_id)
+    bus.ensure_topics(settings, {topic: bus.TopicSpec(2)})
+    assert uncommitted_queries(settings, variant_id) == 0
+    producer = bus.producer(settings)
+    for i in range(5):
+        producer.produce(topic, key=str(i).encode(), value=b"q", partition=i % 2)
+    producer.flush(10)
+    assert uncommitted_queries(settings, variant_id) == 5
+    group = bus.consumer(settings, topic)  # the variant's group commits partition 0 fully
+    try:
+        group.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+    finally:
+        group.close()
+    assert uncommitted_queries(settings, variant_id) == 2

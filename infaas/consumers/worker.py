@@ -282,6 +282,26 @@ class Replica(threading.Thread):
             return
 
 
+def uncommitted_queries(settings: Settings, variant_id: str) -> int:
+    """Queries in the variant's topic its consumer group has not committed: what leaving the group
+    now could strand. Read from the broker, not from the replicas' positions, which read 0 while a
+    rebalance has taken their partitions away. Unknown (broker away) counts as not empty."""
+    topic = settings.variant_topic(variant_id)
+    probe = bus.consumer(settings, topic)  # the group's id, but never subscribed: it does not join
+    try:
+        partitions = probe.list_topics(topic, timeout=5).topics[topic].partitions
+        committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5)
+        backlog = 0
+        for tp in committed:
+            low, high = probe.get_watermark_offsets(tp, timeout=5)
+            backlog += high - (tp.offset if tp.offset >= 0 else low)
+        return backlog
+    except KafkaException:
+        return 1
+    finally:
+        probe.close()
+
+
 class Worker:
     """The process: hosted variants, the control loop and the heartbeat."""
 
@@ -413,7 +433,8 @@ class Worker:
 
         def drain() -> None:
             deadline = time.monotonic() + DRAIN_S
-            while time.monotonic() < deadline and variant_id in self._draining and self._queue_of(variant_id) > 0:
+            while time.monotonic() < deadline and variant_id in self._draining and (
+                    self._queue_of(variant_id) > 0 or uncommitted_queries(self.settings, variant_id) > 0):
                 time.sleep(0.2)
             if variant_id in self._draining:
                 self._draining.discard(variant_id)
