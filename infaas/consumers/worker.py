@@ -282,12 +282,14 @@ class Replica(threading.Thread):
             return
 
 
-def uncommitted_queries(settings: Settings, variant_id: str) -> int:
+def uncommitted_queries(settings: Settings, variant_id: str, probe=None) -> int:
     """Queries in the variant's topic its consumer group has not committed: what leaving the group
     now could strand. Read from the broker, not from the replicas' positions, which read 0 while a
-    rebalance has taken their partitions away. Unknown (broker away) counts as not empty."""
+    rebalance has taken their partitions away. Unknown (broker away) counts as not empty.
+    `probe`: a consumer from `group_probe` to reuse across calls (one is opened otherwise)."""
     topic = settings.variant_topic(variant_id)
-    probe = bus.consumer(settings, topic)  # the group's id, but never subscribed: it does not join
+    own = probe is None
+    probe = group_probe(settings, variant_id) if own else probe
     try:
         partitions = probe.list_topics(topic, timeout=5).topics[topic].partitions
         committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5)
@@ -299,7 +301,13 @@ def uncommitted_queries(settings: Settings, variant_id: str) -> int:
     except KafkaException:
         return 1
     finally:
-        probe.close()
+        if own:
+            probe.close()
+
+
+def group_probe(settings: Settings, variant_id: str):
+    """A consumer with the variant group's id that never subscribes, so it never joins the group."""
+    return bus.consumer(settings, settings.variant_topic(variant_id))
 
 
 class Worker:
@@ -433,18 +441,17 @@ class Worker:
 
         def drain() -> None:
             deadline = time.monotonic() + DRAIN_S
-            while time.monotonic() < deadline and variant_id in self._draining and (
-                    self._queue_of(variant_id) > 0 or uncommitted_queries(self.settings, variant_id) > 0):
-                time.sleep(0.2)
+            probe = group_probe(self.settings, variant_id)
+            try:
+                while time.monotonic() < deadline and variant_id in self._draining and \
+                        uncommitted_queries(self.settings, variant_id, probe) > 0:
+                    time.sleep(0.2)
+            finally:
+                probe.close()
             if variant_id in self._draining:
                 self._draining.discard(variant_id)
                 self.unload(variant_id)
         threading.Thread(target=drain, name=f"drain-{variant_id}", daemon=True).start()
-
-    def _queue_of(self, variant_id: str) -> int:
-        with self._lock:
-            hosted = self.hosted.get(variant_id)
-            return sum(r.lag for r in hosted.replicas) if hosted else 0
 
     def unload(self, variant_id: str) -> None:
         with self._lock:

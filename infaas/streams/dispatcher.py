@@ -253,12 +253,13 @@ class DeliveryTracker:
         self._thread.start()
 
     def send(self, outgoing: list[Outgoing], events: list) -> None:
+        """Call from the event loop's thread."""
+        if not outgoing:  # nothing to deliver: acknowledged at once
+            self.ack_batch(events)
+            return
         with self._lock:  # registered before producing: a report may come back at once
             batch, self._next = self._next, self._next + 1
             self._batches[batch] = [len(outgoing), events]
-        if not outgoing:
-            self._batches[batch][0] = 1
-            self._delivered(batch)
         for item in outgoing:
             self._produce(item, batch)
 
