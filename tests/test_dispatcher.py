@@ -5,6 +5,8 @@ the agent on the real Kafka."""
 
 import dataclasses
 import math
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from infaas.catalog import TaskInfo
 from infaas.policies.snapshot import Snapshot
 from infaas.schemas.codec import Codec
+from infaas.streams import views
 from infaas.streams.dispatcher import Dispatcher
 from infaas.streams.views import Catalog, SystemView
 from infaas.tensors import to_tensor
@@ -129,3 +132,44 @@ def test_a_task_with_only_private_models_of_another_app_looks_unknown(base_setti
     assert hidden["error"].replace("'digits'", "X") == absent["error"].replace("'nothing'", "X")
     owner = handle(dispatcher, app_id="other", task="digits")
     assert owner[-1].topic.startswith(base_settings.topic("variant."))
+
+
+def test_queries_routed_since_the_last_report_count_in_the_queue_until_the_replicas_drain_them(dispatcher,
+                                                                                               base_settings,
+                                                                                               monkeypatch):
+    """Reports come once a second: on the report alone, a dispatcher would send a second's worth of
+    queries to a full variant, then none for a second while its replicas idle."""
+    now = int(time.time() * 1000)
+    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: now / 1000, monotonic=time.monotonic))
+    view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
+             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
+             "demand_slo_ms": 0.0, "updated_at": now}
+    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now, queue_len=0)))
+
+    def routed_to_large() -> bool:
+        view._rebuild()  # as the feed thread does every 0.1 s while a queue is left
+        out = handle(dispatcher, min_accuracy=0.97, latency_ms=50.0, inputs=one_row)
+        return out[-1].topic == base_settings.variant_topic(LARGE.variant_id)
+
+    routed = 0
+    while routed < 100 and routed_to_large():
+        routed += 1
+    # 50 ms SLO, 6 ms to run the query, 13 ms per batch of 8 queued ahead: 28 fit (27 ahead of the last)
+    assert routed == 28 and view.snapshot.live_of(LARGE.variant_id).queue_len == 28
+    # A report from a second ago with 20 queued: LARGE has drained more than all of it since.
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now - 1000, 20)))
+    assert routed_to_large()
+    view._rebuild()
+    assert view.snapshot.live_of(LARGE.variant_id).queue_len == 0
+
+
+def worker_report(reported_at: int, queue_len: int) -> dict:
+    metrics = {"variant_id": LARGE.variant_id, "replicas": 1, "served": 0, "errors": 0, "deadline_missed": 0,
+               "qps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "avg_latency_ms": 0.0, "exec_ms": 0.0,
+               "queue_len": queue_len, "avg_batch": 0.0, "memory_mb": 10.0, "avg_rows": 1.0,
+               "demand_accuracy": 0.0, "demand_slo_ms": 0.0}
+    return {"worker_id": "w1", "hardware": "cpu", "host": "h", "pid": 1, "reported_at": reported_at,
+            "interval_ms": 1000, "cpu_util": 0.5, "gpu_util": None, "memory_mb": 100.0, "memory_budget_mb": 2048.0,
+            "variants": [metrics]}

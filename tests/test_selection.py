@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from infaas.catalog import Variant
-from infaas.policies.selection import NO_FEASIBLE_VARIANT, OK, UNKNOWN_MODEL, Request, select
+from infaas.policies.selection import NO_FEASIBLE_VARIANT, OK, UNKNOWN_MODEL, Request, estimated_queue, select
 from infaas.policies.snapshot import ACTIVE, INTERFERED, OVERLOADED, Snapshot, VariantLive, WorkerLive
 
 
@@ -60,6 +60,15 @@ def test_queueing_counts_in_the_estimate():
     live = {MEDIUM.variant_id: VariantLive(ACTIVE, replicas=1, queue_len=400)}
     decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.9, latency_ms=20))
     assert decision.variant_id == SMALL.variant_id
+
+
+def test_a_queue_estimate_adds_what_was_routed_and_drains_at_full_batches():
+    # LARGE runs a batch of 8 in 13 ms: one replica drains 8 queries every 13 ms.
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=0) == 50
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=26) == 34
+    assert estimated_queue(LARGE, 2, reported=40, routed_since=10, elapsed_ms=13) == 34
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=10_000) == 0
+    assert estimated_queue(replace(LARGE, slope_ms=0.0, intercept_ms=0.0), 1, 5, 5, 1.0) == 0  # instant: empty
 
 
 def test_interfered_variants_never_get_queries():

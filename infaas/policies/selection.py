@@ -169,6 +169,17 @@ def queue_wait_ms(variant: Variant, queue_len: int, replicas: int) -> float:
     return batches_ahead * variant.latency_at(variant.batch_size)
 
 
+def estimated_queue(variant: Variant, replicas: int, reported: int, routed_since: int, elapsed_ms: float) -> int:
+    """The queue now, from one reported `elapsed_ms` ago: what was routed since joins it, and the
+    replicas drain it meanwhile at full batches (the units of `queue_wait_ms`).
+
+    Reports come once a second; a dispatcher deciding on the last one alone sends everything for a
+    second and then nothing for a second (the queue it saw was long), leaving the replicas idle."""
+    latency = variant.latency_at(variant.batch_size)
+    drained = elapsed_ms * max(replicas, 1) * variant.batch_size / latency if latency > 0 else math.inf
+    return math.ceil(max(reported + routed_since - max(drained, 0.0), 0.0))
+
+
 def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 0.0) -> WorkerLive | None:
     """The ready worker of that hardware with the lowest utilization that has room for the variant."""
     fits = [w for w in snapshot.workers.values()

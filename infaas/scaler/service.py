@@ -55,7 +55,7 @@ class Scaler:
                  plan: BaselinePlan | None = None, interval_s: float = 1.0):
         self.settings, self.config, self.policy, self.backend, self.plan = settings, config, policy, backend, plan
         self.interval_s = interval_s
-        self.view = SystemView(settings, honor_retirements=False)
+        self.view = SystemView(settings, honor_retirements=False, estimate_queues=False)
         self.codec = default_codec()
         self.producer = bus.producer(settings)
         self.writer = BufferedWriter(Store(settings))

@@ -102,6 +102,7 @@ class Dispatcher:
         value = (self.codec.encode_wrapping("RoutedQuery", payload, stamp) if payload is not None
                  else self.codec.encode("RoutedQuery", {"query": record, **stamp}))
         out.append(Outgoing(self.settings.variant_topic(decision.variant_id), record["query_id"].encode(), value))
+        self.view.note_routed(decision.variant_id)  # counts in the variant's queue until the next report
         self.counts["routed"] += 1
         return out
 

@@ -2,6 +2,10 @@
 the catalogue (apps, tasks, variants) from Cassandra, and the live state (variant states from the
 compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed an immutable
 `Snapshot`, swapped atomically so readers never see a half-built one.
+
+A variant's queue in the snapshot is an estimate for now, not the last report's figure: the queries
+this process routed since the report are added and the replicas' drain since then subtracted
+(`estimated_queue`), re-estimated every 0.1 s while any queue is left.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from .. import bus
 from ..catalog import TaskInfo, Variant
+from ..policies.selection import estimated_queue
 from ..policies.snapshot import INACTIVE, RETIRING, Snapshot, VariantLive, WorkerLive
 from ..schemas.codec import DecodeError, default_codec
 from ..settings import Settings
@@ -28,6 +34,7 @@ RETIREMENT_MS = 10 * 60 * 1000  # how long a retired variant stays out of select
 # The monitor republishes every loaded variant's state each second; an older record is left over
 # from an earlier run (the topic is compacted, so it stays) and says nothing about now.
 STALE_STATE_MS = 10_000
+REESTIMATE_S = 0.1  # how often queue estimates are refreshed while a queue is left
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,8 @@ class SystemView:
     """Catalogue + live state -> Snapshot, refreshed by two background threads."""
 
     def __init__(self, settings: Settings, catalog_refresh_s: float = 5.0, worker_expiry_s: float = 5.0,
-                 on_change: Callable[[Snapshot], None] | None = None, honor_retirements: bool = True):
+                 on_change: Callable[[Snapshot], None] | None = None, honor_retirements: bool = True,
+                 estimate_queues: bool = True):
         self.settings = settings
         self.codec = default_codec()
         self.catalog = Catalog()
@@ -89,10 +97,14 @@ class SystemView:
         self._last_used: dict[str, int] = {}  # variant -> last time it had traffic (ms)
         self._last_report = 0.0  # monotonic time of the last worker report
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
+        self._queues: dict[str, tuple[int, dict[str, int]]] = {}  # worker id -> (reported at, variant -> queue)
+        self._routed: dict[str, deque[int]] = {}  # variant -> when this process routed queries to it (ms)
+        self._queued = False  # some variant's estimated queue was not empty at the last rebuild
         self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
         # Variants whose traffic the scaler moved elsewhere (upgrade/downgrade): they get no new
         # queries while their queue drains (the scaler then unloads them).
         self.honor_retirements = honor_retirements
+        self.estimate_queues = estimate_queues  # the scaler decides on what was reported
         self._retiring: dict[str, int] = {}  # variant -> until (ms)
         self._dirty = threading.Event()
         self._lock = threading.Lock()  # one rebuild at a time, so a newer snapshot is never replaced by an older
@@ -144,11 +156,12 @@ class SystemView:
         last_rebuild = 0.0
         try:
             while not self._stop.is_set():
-                for message in consumer.consume(500, 0.1):
+                for message in consumer.consume(500, REESTIMATE_S / 2):
                     if not message.error():
                         self._apply(message.topic(), message.value())
                 since = time.monotonic() - last_rebuild
-                if (self._dirty.is_set() and since >= 0.1) or since >= 1.0:  # also ages out stale state
+                due = self._dirty.is_set() or self._queued
+                if (due and since >= REESTIMATE_S) or since >= 1.0:  # also ages out stale state
                     self._dirty.clear()
                     last_rebuild = time.monotonic()
                     self._rebuild()
@@ -175,6 +188,8 @@ class SystemView:
             self._overrides.pop(record["variant_id"], None)
         elif name == "WorkerReport":
             self._workers[record["worker_id"]] = (int(time.time() * 1000), worker_from_report(record))
+            self._queues[record["worker_id"]] = (record["reported_at"],
+                                                 {m["variant_id"]: m["queue_len"] for m in record["variants"]})
             self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
@@ -184,6 +199,12 @@ class SystemView:
             elif record["kind"] in ("ADD_REPLICA", "LOAD_VARIANT") and record["variant_id"]:
                 self._retiring.pop(record["variant_id"], None)  # wanted again
         self._dirty.set()
+
+    def note_routed(self, variant_id: str) -> None:
+        """A query was routed to the variant (called by the dispatcher, from its own thread)."""
+        self._routed.setdefault(variant_id, deque()).append(int(time.time() * 1000))
+        if not self._dirty.is_set():
+            self._dirty.set()
 
     def believe(self, variant_id: str, live: VariantLive, for_s: float = 30.0) -> None:
         """Record a local belief (e.g. "being loaded") until the monitor reports or it expires."""
@@ -209,6 +230,8 @@ class SystemView:
                 elif variant_id in live and live[variant_id].status != INACTIVE:
                     live[variant_id] = dataclasses.replace(live[variant_id], status=RETIRING)
         workers = {wid: w for wid, (seen, w) in list(self._workers.items()) if now - seen <= self.worker_expiry_ms}
+        if self.estimate_queues:
+            live = self._estimate_queues(live, workers, now)
         if new_profiles or self.snapshot.variants is not self.catalog.variants:
             snapshot = Snapshot(variants=self.catalog.variants, live=live, workers=workers, at_ms=now)
         else:
@@ -216,3 +239,26 @@ class SystemView:
         self.snapshot = snapshot
         if self.on_change:
             self.on_change(snapshot)
+
+    def _estimate_queues(self, live: dict[str, VariantLive], workers: dict, now: int) -> dict[str, VariantLive]:
+        """Each loaded variant's queue now: the latest reports of its workers (else the monitor's
+        state), plus what was routed here since, less the drain since (`estimated_queue`)."""
+        reports = [self._queues[wid] for wid in workers if wid in self._queues]
+        queued = False
+        for variant_id in set(self._routed) | set(live):
+            state = live.get(variant_id)
+            variant = self.catalog.variants.get(variant_id)
+            routed = self._routed.get(variant_id)
+            seen = [(at, queues[variant_id]) for at, queues in reports if variant_id in queues]
+            as_of = max((at for at, _ in seen), default=self._state_at.get(variant_id, now - STALE_STATE_MS))
+            while routed and routed[0] < as_of:  # already counted in the reported queue
+                routed.popleft()
+            if state is None or variant is None or not state.loaded:
+                continue
+            reported = sum(q for _, q in seen) if seen else state.queue_len
+            queue = estimated_queue(variant, state.replicas, reported, len(routed or ()), now - as_of)
+            queued = queued or queue > 0
+            if queue != state.queue_len:
+                live[variant_id] = dataclasses.replace(state, queue_len=queue)
+        self._queued = queued
+        return live
