@@ -163,7 +163,7 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
            seed: int, workers: int, min_workers: int, max_workers: int, out_dir: Path, say=print) -> dict:
     from .sim.engine import SimOptions
     from .sim.runner import simulate, workload_from
-    from .sim.traces import read_rate_csv, read_trace, scale_trace
+    from .sim.traces import read_trace, scale_trace
     config = PolicyConfig(min_workers=min_workers, max_workers=max_workers,
                           hardware_catalog=settings.hardware_catalog)
     with Store(settings) as store:
@@ -171,8 +171,7 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
     if not variants:
         raise ValueError(f"no variants of task {task!r}: register models first (e.g. `infaas zoo build`)")
     rng = np.random.default_rng(seed)
-    read = read_rate_csv if trace_path.suffix == ".csv" else read_trace  # per-second rates or arrivals
-    trace = scale_trace(read(trace_path, task, rng), time_scale, rate_scale, rng)
+    trace = scale_trace(read_trace(trace_path, task, rng), time_scale, rate_scale, rng)  # arrivals or rates
     workload = workload_from([trace], variants, rng, config)
     scenario = f"{trace_path.parent.name}/{trace_path.stem}"
     live = live_run(settings, variants, workload, task, policy, scenario, workers, config, say)
