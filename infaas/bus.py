@@ -20,13 +20,14 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from .errors import InfaasError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 _quiet = logging.getLogger("infaas.librdkafka")
 
 
-class BusError(RuntimeError):
+class BusError(InfaasError, RuntimeError):
     """Kafka is unreachable or refused a request."""
 
 

@@ -23,16 +23,17 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from . import bus
 from .catalog import check_name
+from .errors import InfaasError
 from .schemas.codec import DecodeError, default_codec
 from .settings import Settings, load_settings
 from .tensors import from_tensor, to_tensor
 
 
-class QueryTimeout(TimeoutError):
+class QueryTimeout(InfaasError, TimeoutError):
     """No result arrived within the timeout."""
 
 
-class QueryNotSent(RuntimeError):
+class QueryNotSent(InfaasError, RuntimeError):
     """Kafka did not accept the query (the broker stayed unreachable past the delivery timeout)."""
 
 

@@ -8,8 +8,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from .errors import InfaasError
 
-class UnknownHardware(ValueError):
+
+class UnknownHardware(InfaasError, ValueError):
     """A hardware name that is not in the catalogue."""
 
 

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from .catalog import Variant
+from .errors import InfaasError
 from .policies.selection import Request, select_offline
 from .policies.snapshot import Snapshot
 from .repository import Repository, RepositoryError, s3_client
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 10_000_000
 
 
-class OfflineError(ValueError):
+class OfflineError(InfaasError, ValueError):
     """A batch job that cannot be accepted or run; the message says why."""
 
 

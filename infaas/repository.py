@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from .errors import InfaasError
 from .settings import Settings
 
 SUFFIX_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,32}){0,4}$")
@@ -22,7 +23,7 @@ KEY_RE = re.compile(r"sha256/([0-9a-f]{64})((?:\.[A-Za-z0-9_-]{1,32}){0,4})$")
 CHUNK = 1 << 20
 
 
-class RepositoryError(RuntimeError):
+class RepositoryError(InfaasError, RuntimeError):
     """The repository is unreachable, an object is missing or corrupt; the message says which."""
 
 

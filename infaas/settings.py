@@ -16,10 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from .errors import InfaasError
+
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class SettingsError(ValueError):
+class SettingsError(InfaasError, ValueError):
     """A setting is missing, malformed or inconsistent; the message names it."""
 
 

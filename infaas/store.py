@@ -21,12 +21,13 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import dict_factory
 
 from .catalog import ModelInfo, ProfilePoint, TaskInfo, Variant, from_row
+from .errors import InfaasError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
+class StoreError(InfaasError, RuntimeError):
     """Cassandra is unreachable or refused a request; the message says which and why."""
 
 
@@ -126,6 +127,16 @@ class Store:
 
     def release_version(self) -> str:
         return self.session.execute("SELECT release_version FROM system.local").one()["release_version"]
+
+    def secure_roles(self, superuser: str, superuser_password: str, role: str, role_password: str) -> None:
+        """Logged in as the superuser: set its password and create the services' login role (idempotent).
+        The role may create keyspaces; Cassandra grants a keyspace's creator all permissions on it."""
+        session = self.session
+        session.execute(f"ALTER ROLE {superuser} WITH PASSWORD = %s", (superuser_password,), timeout=30)
+        session.execute(f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", (role_password,),
+                        timeout=30)
+        session.execute(f"ALTER ROLE {role} WITH PASSWORD = %s", (role_password,), timeout=30)
+        session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {role}", timeout=30)
 
     # --- generic statements -------------------------------------------------------------------
     def _prepare(self, cql: str):

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InfaasError
+
 # Numeric types a model input or output may have. Names are numpy's.
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
 MAX_DIMS = 8
 
 
-class TensorError(ValueError):
+class TensorError(InfaasError, ValueError):
     """A tensor that is malformed or does not fit what the model expects."""
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
 
-from infaas import bus, launcher
+from infaas import bus, credentials, launcher
 from infaas.client import InfaasClient
 from infaas.launcher import LaunchError
 from infaas.registration import RegistrationError, register_model
@@ -124,14 +124,14 @@ def deliver(settings, topic: str, value: bytes, **conf) -> KafkaError | None:
 # --- the state directory ----------------------------------------------------------------------------
 def test_secrets_are_private_and_the_mode_is_recorded(secure):
     own, _ = secure
-    secrets = launcher.load_secrets(own)
-    assert set(secrets) == set(launcher.SECRET_NAMES) and len(set(secrets.values())) == 4
-    for path in (launcher.secrets_file(own), launcher.service_dir(own, "kafka") / "server.properties"):
+    secrets = credentials.load_secrets(own)
+    assert set(secrets) == set(credentials.SECRET_NAMES) and len(set(secrets.values())) == 4
+    for path in (credentials.secrets_file(own), launcher.service_dir(own, "kafka") / "server.properties"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert launcher.stack_mode(own) == "secure"
     elsewhere = own.replace(kafka_bootstrap="kafka.example.com:9092")
-    assert launcher.admin_settings(elsewhere) == elsewhere  # local passwords never go to other clusters
-    assert launcher.admin_settings(own).kafka_sasl_username == "admin"
+    assert credentials.admin_settings(elsewhere) == elsewhere  # local passwords never go to other clusters
+    assert credentials.admin_settings(own).kafka_sasl_username == "admin"
     with pytest.raises(LaunchError, match="set up in secure mode .* run `infaas infra up --secure`"):
         launcher.up(own, say=lambda m: None)  # plain mode on secure data: refused, nothing restarted
 
@@ -148,7 +148,7 @@ def test_a_plain_state_directory_is_not_started_secure(base_settings, tmp_path):
     (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")  # formatted, no mode recorded
     with pytest.raises(LaunchError, match="set up in plain mode and is not started in secure mode"):
         launcher.up(plain, say=lambda m: None, secure=True)
-    assert not launcher.secrets_file(plain).exists() and launcher.running_pid(plain, "kafka") is None
+    assert not credentials.secrets_file(plain).exists() and launcher.running_pid(plain, "kafka") is None
 
 
 def test_cli_env_prints_the_services_credentials_and_init_uses_the_admin(secure):
@@ -156,11 +156,11 @@ def test_cli_env_prints_the_services_credentials_and_init_uses_the_admin(secure)
     shown = cli(own, "infra", "env")  # the explicit request: its output is not collected for the leak check
     assert shown.returncode == 0, shown.stderr
     exports = dict(shlex.split(line)[1].split("=", 1) for line in shown.stdout.splitlines())
-    secrets = launcher.load_secrets(own)
+    secrets = credentials.load_secrets(own)
     assert exports["INFAAS_KAFKA_SASL_USERNAME"] == "infaas-service"
     assert exports["INFAAS_KAFKA_SASL_PASSWORD"] == secrets["kafka_service_password"]
     assert exports["INFAAS_CASSANDRA_PASSWORD"] == secrets["cassandra_password"]
-    service = launcher.service_settings(own)
+    service = credentials.service_settings(own)
     assert deliver(service, own.topic("deadletter"), b"service write") is None
     init = cli(own, "init")  # no credentials in the environment: the local admin's are used
     assert init.returncode == 0 and "created topics: none (all existed)" in init.stdout, init.stderr
@@ -181,14 +181,14 @@ def test_unauthenticated_and_wrong_password_clients_are_refused(secure, apps):
     producer.produce(queries, b"wrong password")
     producer.flush(5)
     assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
-    admin = launcher.admin_settings(own)
+    admin = credentials.admin_settings(own)
     arrived = read_all(admin, queries, 2.0, own.query_partitions)
     assert not {b"no credentials", b"wrong password"} & set(arrived)
 
 
 def test_an_app_writes_queries_and_reads_only_its_own_results(secure, apps):
     own, _ = secure
-    admin, mine = launcher.admin_settings(own), apps[APP]
+    admin, mine = credentials.admin_settings(own), apps[APP]
     for app in (APP, RIVAL):  # what the dispatcher would write to each reply topic
         assert deliver(admin, own.results_topic(app), f"result for {app}".encode()) is None
     assert deliver(mine, own.topic("queries"), b"a query") is None
@@ -231,7 +231,7 @@ def private_variant(secure, apps, tmp_path_factory):
     rng = np.random.default_rng(1)
     np.savez(folder / "val.npz", inputs=rng.standard_normal((30, 8)).astype(np.float32),
              labels=rng.integers(0, 3, 30))
-    report = register_model(launcher.admin_settings(own), RIVAL, TASK, "tiny", model, folder / "val.npz",
+    report = register_model(credentials.admin_settings(own), RIVAL, TASK, "tiny", model, folder / "val.npz",
                             public=False, quick=True, name=PRIVATE_MODEL)
     assert report.variants, "no variant was generated"
     return report.variants[0].variant_id
@@ -240,7 +240,7 @@ def private_variant(secure, apps, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline(secure, private_variant):
     own, _ = secure
-    services = launcher.service_settings(own)
+    services = credentials.service_settings(own)
     options = ServeOptions(workers=1, preload=[private_variant], scaler=False, ready_timeout_s=150)
     running = Pipeline(services, options, env=env_of(services))
     running.start()
@@ -272,19 +272,19 @@ def test_cassandra_refuses_connections_without_the_right_credentials(secure):
     own, _ = secure
     attempts = [own.replace(cassandra_username="", cassandra_password=""),  # no credentials
                 own.replace(cassandra_username="cassandra", cassandra_password="cassandra"),  # the default superuser
-                launcher.admin_settings(own).replace(cassandra_password="wrong")]
+                credentials.admin_settings(own).replace(cassandra_password="wrong")]
     for settings in attempts:
         with pytest.raises(StoreError, match="requires authentication|password are incorrect"):
             Store(settings, connect_timeout=5.0).connect()
-    with Store(launcher.admin_settings(own)) as store:
+    with Store(credentials.admin_settings(own)) as store:
         assert store.list_apps()  # the services' role works (the apps were created through it)
 
 
 # --- secrets stay secret (runs after everything above wrote its logs) ------------------------------
 def test_no_password_in_launcher_output_or_logs(secure, apps, pipeline):
     own, output = secure
-    passwords = [*launcher.load_secrets(own).values(), *(s.kafka_sasl_password for s in apps.values())]
-    allowed = {launcher.secrets_file(own), launcher.service_dir(own, "kafka") / "server.properties"}
+    passwords = [*credentials.load_secrets(own).values(), *(s.kafka_sasl_password for s in apps.values())]
+    allowed = {credentials.secrets_file(own), launcher.service_dir(own, "kafka") / "server.properties"}
     text_files = [p for p in own.state_dir.rglob("*") if p.is_file() and p not in allowed
                   and (p.suffix in (".log", ".properties", ".yaml", ".txt", ".json") or "logs" in p.parts)]
     logs = [p for p in text_files if "logs" in p.parts]

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from ..errors import InfaasError
 from ..settings import SettingsError, load_settings
 
 COMMAND_MODULES = ("infra", "serving", "models", "evaluation", "bench")
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
-    except UserFacingError as err:
-        print(f"infaas: {err}", file=sys.stderr)
+    except InfaasError as err:  # the one place that turns a known error into a message and an exit code
+        print(f"infaas: {err}" + (f"\n  hint: {err.hint}" if err.hint else ""), file=sys.stderr)
         return 1
 
 
@@ -66,7 +67,7 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-class UserFacingError(Exception):
+class UserFacingError(InfaasError):
     """An error whose message is the whole story for the user (no traceback)."""
 
 

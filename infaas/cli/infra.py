@@ -41,24 +41,13 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_schemas)
 
 
-def _errors():
-    from ..bus import BusError
-    from ..launcher import LaunchError
-    from ..store import StoreError
-    return LaunchError, StoreError, BusError
-
-
 def cmd_up(args, settings) -> int:
     return _up(settings, secure=args.secure)
 
 
 def _up(settings, secure: bool = False) -> int:
-    from .. import launcher
-    try:
-        report = launcher.up(settings, say=lambda msg: print(f"infaas: {msg}", flush=True), secure=secure)
-    except _errors() as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    from .. import credentials, launcher
+    report = launcher.up(settings, say=lambda msg: print(f"infaas: {msg}", flush=True), secure=secure)
     for name in report.already_running:
         print(f"infaas: {name} already running (pid {launcher.running_pid(settings, name)})")
     if report.fetch_seconds:
@@ -68,7 +57,7 @@ def _up(settings, secure: bool = False) -> int:
     started = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()) or "nothing new"
     print(f"infaas: stack ready in {report.total_seconds:.1f} s (started: {started}); state in {settings.state_dir}")
     if secure:  # where the credentials are, never the credentials themselves
-        print(f"infaas: secure mode: generated passwords in {launcher.secrets_file(settings)} (mode 0600)\n"
+        print(f"infaas: secure mode: generated passwords in {credentials.secrets_file(settings)} (mode 0600)\n"
               'infaas: for the services:  eval "$(infaas infra env)"\n'
               'infaas: for an app:        eval "$(infaas app create NAME --print-credentials)"')
     return 0
@@ -76,12 +65,8 @@ def _up(settings, secure: bool = False) -> int:
 
 def cmd_env(args, settings) -> int:
     """The one place that prints the stack's own passwords, on request, as shell exports."""
-    from .. import launcher
-    try:
-        chosen = (launcher.admin_settings if args.admin else launcher.service_settings)(settings)
-    except launcher.LaunchError as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    from .. import credentials
+    chosen = (credentials.admin_settings if args.admin else credentials.service_settings)(settings)
     if not chosen.kafka_sasl_username:
         print(f"infaas: no secure local stack in {settings.state_dir} (start one with `infaas infra up --secure`)",
               file=sys.stderr)
@@ -140,11 +125,7 @@ def cmd_logs(args, settings) -> int:
 
 def cmd_fetch(args, settings) -> int:
     from .. import launcher
-    try:
-        spent = launcher.fetch_jars(settings, ("kafka", "cassandra"), say=lambda m: print(f"infaas: {m}"))
-    except launcher.LaunchError as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    spent = launcher.fetch_jars(settings, ("kafka", "cassandra"), say=lambda m: print(f"infaas: {m}"))
     for profile in ("kafka", "cassandra"):
         took = f" in {spent[profile]:.1f} s" if profile in spent else " (cached)"
         print(f"infaas: {profile} jars at {launcher.jar_dir(settings, profile)}{took}")
@@ -171,11 +152,7 @@ def cmd_run(args, settings) -> int:
 def cmd_init(args, settings) -> int:
     from .. import launcher
     from ..store import schema_statements
-    try:
-        created = launcher.initialize(settings)
-    except _errors() as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    created = launcher.initialize(settings)
     count = len(schema_statements(settings))
     print(f"infaas: applied {count} CQL statements to keyspace {settings.keyspace}; "
           f"created topics: {', '.join(created) or 'none (all existed)'}")

@@ -110,13 +110,13 @@ def register(sub) -> None:
 
 
 def cmd_app_create(args, settings) -> int:
-    from .. import bus, launcher
+    from .. import bus, credentials
     from ..catalog import check_name
     from ..store import Store, StoreError
     try:
         check_name("app", args.app_id)
-        admin = launcher.admin_settings(settings)  # the local secure stack's admin, if that is where we point
-    except (ValueError, launcher.LaunchError) as err:
+        admin = credentials.admin_settings(settings)  # the local secure stack's admin, if that is where we point
+    except (ValueError, credentials.CredentialsError) as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 2
     secure = bool(admin.kafka_sasl_mechanism)
@@ -158,12 +158,12 @@ def _secure_app(admin, app_id: str, print_credentials: bool) -> None:
 
 
 def cmd_app_list(args, settings) -> int:
-    from .. import launcher
+    from .. import credentials
     from ..store import Store, StoreError
     try:
-        with Store(launcher.admin_settings(settings)) as store:
+        with Store(credentials.admin_settings(settings)) as store:
             apps = sorted(store.list_apps(), key=lambda r: r["app_id"])
-    except (StoreError, launcher.LaunchError) as err:
+    except (StoreError, credentials.CredentialsError) as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 1
     for row in apps:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import Variant
+from ..errors import InfaasError
 
 CPU_OPTIMIZERS = ("ort-fp32", "ort-int8", "tvm")
 GPU_OPTIMIZERS = ("ort-cuda-fp32", "ort-cuda-fp16", "ort-trt-fp16", "trt")
@@ -36,7 +37,7 @@ GPU_NAMES = {"T4": "gpu-t4", "A10G": "gpu-a10g", "P100": "gpu-p100", "V100": "gp
 STATIC_BATCH_RE = re.compile(r"-b(\d+)\.so$")
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(InfaasError, RuntimeError):
     """A variant cannot be loaded or run here; the message says why."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import TaskInfo
+from ..errors import InfaasError
 from ..settings import Settings
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
@@ -24,7 +25,7 @@ METRICS = ("top1", "top5")
 MB = 1 << 20
 
 
-class RegistrationError(ValueError):
+class RegistrationError(InfaasError, ValueError):
     """A registration was refused or failed; the message names what is wrong. Nothing was stored."""
 
 

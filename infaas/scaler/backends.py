@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InfaasError
 from .processes import ServiceProcess
 
 log = logging.getLogger(__name__)
 
 
-class BackendError(RuntimeError):
+class BackendError(InfaasError, RuntimeError):
     """The backend refused or failed a request."""
 
 

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import InfaasError
 
-class ServiceError(RuntimeError):
+
+class ServiceError(InfaasError, RuntimeError):
     """A service process failed to start or died."""
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import fastavro
 
+from ..errors import InfaasError
+
 AVRO_DIR = Path(__file__).with_name("avro")
 HISTORY_DIR = AVRO_DIR / "history"
 MAGIC = b"\xc3\x01"
@@ -38,7 +40,7 @@ CANONICAL_KEYS = ("name", "type", "fields", "symbols", "items", "values", "size"
 DEAD_LETTER_PAYLOAD_BYTES = 512 << 10
 
 
-class CodecError(ValueError):
+class CodecError(InfaasError, ValueError):
     """A message could not be encoded or decoded; `reason` says why in plain words."""
 
     def __init__(self, reason: str):
