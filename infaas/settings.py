@@ -18,8 +18,6 @@ from typing import Any, get_type_hints
 
 from .errors import InfaasError
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
 
 class SettingsError(InfaasError, ValueError):
     """A setting is missing, malformed or inconsistent; the message names it."""
@@ -99,10 +97,6 @@ class Settings:
     @property
     def model_repository_url(self) -> str:
         return self.repository_url or f"file://{self.state_dir / 'repository'}"
-
-    @property
-    def cassandra_native_port(self) -> int:
-        return self.cassandra_port
 
     def topic(self, name: str) -> str:
         """A core topic name under the configured prefix, e.g. `infaas.queries`."""
