@@ -65,9 +65,22 @@ def producer(settings: Settings, **overrides) -> Producer:
     """An idempotent producer tuned for low latency (queries are small and latency-bound): no
     lingering; under load, messages produced while a request is in flight still travel together."""
     conf = _base(settings, **{"enable.idempotence": True, "linger.ms": 0, "acks": "all",
-                              "compression.type": "none", "message.timeout.ms": 60000})
+                              "compression.type": "none", "message.timeout.ms": 60000,
+                              "message.max.bytes": settings.max_message_bytes})
     conf.update(overrides)
     return Producer(conf)
+
+
+def fetch_limits(settings: Settings) -> dict:
+    """Consumer limits that let one message of the largest allowed size through."""
+    most = settings.max_message_bytes
+    return {"fetch.max.bytes": most + (1 << 20), "max.partition.fetch.bytes": most + (1 << 20),
+            "receive.message.max.bytes": max(100_000_000, most + (2 << 20))}
+
+
+def topic_limits(settings: Settings) -> dict[str, str]:
+    """Topic config every infaas topic gets: its messages may be as large as the settings allow."""
+    return {"max.message.bytes": str(settings.max_message_bytes)}
 
 
 def consumer(settings: Settings, group_id: str, **overrides) -> Consumer:
@@ -75,7 +88,7 @@ def consumer(settings: Settings, group_id: str, **overrides) -> Consumer:
     conf = _base(settings, **{"group.id": group_id, "enable.auto.commit": False,
                               "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
                               "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100,
-                              "enable.partition.eof": False})
+                              "enable.partition.eof": False, **fetch_limits(settings)})
     conf.update(overrides)
     return Consumer(conf)
 
@@ -103,8 +116,8 @@ def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], client: Admin
     missing = {name: spec for name, spec in specs.items() if name not in existing_topics(settings, client)}
     if not missing:
         return []
-    new = [NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=spec.config)
-           for name, spec in missing.items()]
+    new = [NewTopic(name, num_partitions=spec.partitions, replication_factor=1,
+                    config={**topic_limits(settings), **spec.config}) for name, spec in missing.items()]
     created = []
     for name, future in client.create_topics(new, operation_timeout=timeout).items():
         try:

@@ -129,6 +129,9 @@ class InfaasClient:
     def send_raw(self, query_id: str, payload: bytes) -> concurrent.futures.Future:
         """Send pre-encoded bytes (e.g. for load generators); the result is matched by query_id."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if len(payload) > self.settings.max_message_bytes:  # Kafka would refuse it: answer here, as the service would
+            future.set_result(self._too_large(query_id, len(payload)))
+            return future
         with self._lock:
             self._pending[query_id] = future
         while True:
@@ -140,6 +143,13 @@ class InfaasClient:
                 self._producer.poll(0.05)
         self._producer.poll(0)
         return future
+
+    def _too_large(self, query_id: str, size: int) -> QueryResult:
+        limits = self.settings
+        error = (f"query of {size / (1 << 20):.1f} MiB is over the Kafka message limit of {limits.max_message_mb} MiB "
+                 f"(setting max_message_mb); inputs may be at most {limits.max_input_mb} MiB (setting max_input_mb)")
+        return QueryResult(query_id, "BAD_INPUT", error, [], None, None, None, None, 0.0, 0.0, 0.0,
+                           received_at=time.time())
 
     def _delivered(self, err, message) -> None:
         if err is None:

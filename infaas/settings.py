@@ -45,6 +45,10 @@ class Settings:
     query_partitions: int = 4
     variant_partitions: int = 4
     result_partitions: int = 2
+    # A query carries its input tensor: the largest accepted input, and the Kafka message limit applied
+    # to every topic, producer and consumer of infaas (it must leave room for the envelope).
+    max_input_mb: int = 16
+    max_message_mb: int = 20
     schema_registry_url: str = ""
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
@@ -97,6 +101,14 @@ class Settings:
     @property
     def model_repository_url(self) -> str:
         return self.repository_url or f"file://{self.state_dir / 'repository'}"
+
+    @property
+    def max_input_bytes(self) -> int:
+        return self.max_input_mb << 20
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb << 20
 
     def topic(self, name: str) -> str:
         """A core topic name under the configured prefix, e.g. `infaas.queries`."""
@@ -184,6 +196,10 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"setting {name!r}: every value must be at least 1, not {getattr(settings, name)}")
     if not settings.variant_batch_sizes:
         raise SettingsError("setting 'variant_batch_sizes' is empty")
+    if not 1 <= settings.max_input_mb < settings.max_message_mb <= 1024:
+        raise SettingsError(f"settings 'max_input_mb' ({settings.max_input_mb}) and 'max_message_mb' "
+                            f"({settings.max_message_mb}): need 1 <= max_input_mb < max_message_mb <= 1024 "
+                            "(a message holds the input and its envelope)")
     if settings.profile_warmup < 0 or settings.tvm_tune_trials < 0 or settings.profile_max_s <= 0:
         raise SettingsError("settings 'profile_warmup' and 'tvm_tune_trials' must be >= 0, 'profile_max_s' > 0")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,47}", settings.keyspace):

@@ -44,7 +44,8 @@ def check_header(tensor: dict[str, Any], max_bytes: int) -> tuple[np.dtype, tupl
     claimed = math.prod(shape) * dtype.itemsize
     bound = math.prod(max(dim, 1) for dim in shape) * dtype.itemsize
     if bound > max_bytes:
-        raise TensorError(f"shape {list(shape)} of {name} claims {bound} bytes, over the limit of {max_bytes}")
+        raise TensorError(f"shape {list(shape)} of {name} claims {bound} bytes, over the limit of {max_bytes} bytes "
+                          f"({max_bytes / (1 << 20):g} MiB)")
     if claimed != len(tensor.get("data") or b""):
         raise TensorError(f"shape {list(shape)} of {name} needs {claimed} bytes of data, the message has "
                           f"{len(tensor.get('data') or b'')}")

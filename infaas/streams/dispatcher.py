@@ -28,7 +28,6 @@ from .views import SystemView
 log = logging.getLogger(__name__)
 
 MAX_QUERY_ROWS = 1024
-MAX_INPUT_BYTES = 16 << 20
 FLOAT32_SLACK = 1e-6
 QUERY_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Error texts and the names they echo are cut to these lengths (valid ids and names are shorter), so an
@@ -129,7 +128,7 @@ class Dispatcher:
             raise Rejected("BAD_INPUT", f"unknown app_id {app!r:.100}: create it first (`infaas app create {app:.100}`)")
         task = self._task_of(record)
         try:
-            inputs = from_tensor(record["inputs"], MAX_INPUT_BYTES)
+            inputs = from_tensor(record["inputs"], self.settings.max_input_bytes)
             info = catalog.tasks.get(task)
             if info is None:
                 raise Rejected("UNKNOWN_MODEL", unknown_task(task))

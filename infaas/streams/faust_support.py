@@ -50,6 +50,9 @@ def faust_app(settings: Settings, service: str, web_port: int | None = None) -> 
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_commit_interval=0.5,
         producer_acks=-1, stream_wait_empty=False,
+        # a query may be as large as the settings allow (the Kafka clients' defaults stop at 1 MB)
+        consumer_max_fetch_size=settings.max_message_bytes + (1 << 20),
+        producer_max_request_size=settings.max_message_bytes + (1 << 20),
     )
     return app
 
