@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -248,17 +249,17 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config_file: str | os.PathLike | None = None,
-                  environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+                  environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build and validate the settings: defaults < config file < environment < overrides."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    path = config_file or environ.get("INFAAS_CONFIG")
+    path = config_file or env.get("INFAAS_CONFIG")
     if path:
         values.update(_from_file(Path(path)))
     elif Path("infaas.toml").is_file():
         values.update(_from_file(Path("infaas.toml")))
     names = {f.name for f in fields(Settings)}
-    for key, raw in environ.items():
+    for key, raw in env.items():
         if key.startswith("INFAAS_") and key != "INFAAS_CONFIG":
             name = key[len("INFAAS_"):].lower()
             if name in names:
