@@ -30,7 +30,7 @@ from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_code
 from ..settings import Settings
 from ..store import BufferedWriter, Store
 from ..tensors import TensorError, check_input, from_tensor, to_tensor
-from .batching import BatchPolicy, pack, wait_budget_ms
+from .batching import ArrivalRate, BatchPolicy, pack, wait_budget_ms
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Replica(threading.Thread):
         self.settings = worker.settings
         self.codec = worker.codec
         self.policy = BatchPolicy(hosted.variant.batch_size, worker.max_batch_delay_ms)
+        self.arrivals = ArrivalRate()
         self.stopping = threading.Event()
         self.lag = 0
         self.backlog_rows = max(4 * hosted.variant.batch_size, 32)
@@ -152,8 +153,9 @@ class Replica(threading.Thread):
                 # Whatever is already queued joins this round (no waiting): one flush and one commit
                 # then cover several model runs, which is what keeps small batch sizes fast.
                 backlog = max(self.backlog_rows - len(items), 0)
-                items += [self._decode(m) for m in self.consumer.consume(backlog, 0) if not m.error()]
-                self._serve(items)
+                queued = [self._decode(m) for m in self.consumer.consume(backlog, 0) if not m.error()]
+                self.arrivals.note(now_ms(), len(queued))
+                self._serve(items + queued)
         except Exception:
             log.exception("replica %s crashed", self.name)
         finally:
@@ -171,16 +173,20 @@ class Replica(threading.Thread):
     def _gather(self, first: tuple) -> list[tuple]:
         """Wait for more queries while the earliest deadline allows, up to the batch size."""
         items = [first]
+        self.arrivals.note(now_ms())
         deadlines = [r["deadline_at"] for _, r in items if r and r["deadline_at"] is not None]
         run_ms = self.hosted.variant.latency_at(self.policy.batch_size)
         while len(items) < self.policy.batch_size:
-            budget = wait_budget_ms(self.policy, now_ms(), min(deadlines, default=None), run_ms)
+            now = now_ms()
+            budget = wait_budget_ms(self.policy, now, min(deadlines, default=None), run_ms, len(items),
+                                    self.arrivals.per_ms(now))
             if budget <= 0:
                 break
             more = [self._decode(m) for m in self.consumer.consume(self.policy.batch_size - len(items),
                                                                    budget / 1000.0) if not m.error()]
             if not more:
                 break
+            self.arrivals.note(now_ms(), len(more))
             items += more
             deadlines += [r["deadline_at"] for _, r in more if r and r["deadline_at"] is not None]
         return items

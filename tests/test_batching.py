@@ -1,0 +1,61 @@
+"""The replicas' batching rule: wait for more queries only while the deadline allows and more are
+expected in time; pack queries into runs of the batch size."""
+
+from __future__ import annotations
+
+import pytest
+
+from infaas.consumers.batching import ArrivalRate, BatchPolicy, pack, wait_budget_ms
+
+B8 = BatchPolicy(batch_size=8, max_delay_ms=5.0, margin_ms=1.0)
+
+
+def test_without_a_rate_the_wait_is_bounded_by_the_delay_and_the_deadline():
+    assert wait_budget_ms(B8, now_ms=0, earliest_deadline_ms=None, run_latency_ms=2) == 5.0
+    assert wait_budget_ms(B8, now_ms=0, earliest_deadline_ms=6, run_latency_ms=2) == pytest.approx(3.0)
+    assert wait_budget_ms(B8, now_ms=0, earliest_deadline_ms=2, run_latency_ms=2) == 0.0
+
+
+def test_a_lone_query_at_low_load_runs_at_once():
+    # 10 queries per second: the next one is due in 100 ms, far beyond the 5 ms the query may wait.
+    assert wait_budget_ms(B8, 0, None, 2, in_hand=1, arrivals_per_ms=0.01) == 0.0
+    assert wait_budget_ms(B8, 0, None, 2, in_hand=1, arrivals_per_ms=0.0) == 0.0
+
+
+def test_under_load_the_wait_is_what_filling_the_batch_takes():
+    # 2 queries per ms: 7 missing fill in 3.5 ms, within the 5 ms allowed.
+    assert wait_budget_ms(B8, 0, None, 2, in_hand=1, arrivals_per_ms=2.0) == pytest.approx(3.5)
+    # 0.5 per ms: the next is due in 2 ms, the batch would take 14 ms: wait the 5 ms allowed.
+    assert wait_budget_ms(B8, 0, None, 2, in_hand=1, arrivals_per_ms=0.5) == 5.0
+    # a full batch never waits
+    assert wait_budget_ms(B8, 0, None, 2, in_hand=8, arrivals_per_ms=2.0) == 0.0
+
+
+def test_the_deadline_still_bounds_the_wait_under_load():
+    assert wait_budget_ms(B8, 0, earliest_deadline_ms=4, run_latency_ms=2, in_hand=1,
+                          arrivals_per_ms=0.5) == 0.0  # 1 ms of slack, next query due in 2 ms
+    assert wait_budget_ms(B8, 0, earliest_deadline_ms=5, run_latency_ms=2, in_hand=1,
+                          arrivals_per_ms=2.0) == pytest.approx(2.0)
+
+
+def test_arrival_rate_over_its_window():
+    rate = ArrivalRate(window_ms=1000)
+    assert rate.per_ms(0) == 0.0
+    for t in range(0, 1000, 10):  # 100 arrivals in one second
+        rate.note(t)
+    assert rate.per_ms(999) == pytest.approx(0.1)
+    assert rate.per_ms(2500) == 0.0  # all older than the window
+
+
+def test_arrival_rate_when_the_window_holds_more_than_it_keeps():
+    rate = ArrivalRate(window_ms=1000, most=100)
+    for t in range(0, 200):  # 5 per ms for 200 ms... kept: the last 100 over their own span
+        for _ in range(5):
+            rate.note(float(t))
+    assert rate.per_ms(199) == pytest.approx(100 / 20, rel=0.1)
+
+
+def test_pack_never_splits_a_query():
+    assert pack([1, 1, 1], 2) == [[0, 1], [2]]
+    assert pack([3, 1], 2) == [[0], [1]]
+    assert pack([], 8) == []
