@@ -96,4 +96,23 @@ def cmd_trace(args, settings) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_report, add_pipeline, add_trace]
+def add_soak(actions) -> None:
+    p = actions.add_parser("soak", help="`serve` under a steady moderate load for a long time; every service's RSS "
+                                        "at the end vs after the warm-up (writes JSON)")
+    p.add_argument("--duration", type=float, default=1800.0, help="seconds of load (default 30 minutes)")
+    p.add_argument("--qps", type=float, default=20.0, help="mean queries per second (Poisson arrivals)")
+    p.add_argument("--baseline", type=float, default=300.0, help="seconds of warm-up before the reference RSS")
+    p.add_argument("--out", help="JSON file (default bench-results/soak-<time>.json)")
+    p.set_defaults(handler=cmd_soak)
+
+
+def cmd_soak(args, settings) -> int:
+    from pathlib import Path
+
+    from ..soak import run_soak
+    report = run_soak(settings, args.duration, args.qps, args.baseline, out=Path(args.out) if args.out else None,
+                      say=lambda msg: print(f"infaas: {msg}", flush=True))
+    return 0 if report["all_within"] and report["load"]["lost"] == 0 else 1
+
+
+SUBCOMMANDS = [add_report, add_pipeline, add_trace, add_soak]
