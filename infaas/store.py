@@ -295,6 +295,16 @@ class Store:
         return self.select("SELECT * FROM {ks}.load_windows WHERE scope = ? AND key = ? AND window_s = ? "
                            "AND day = ? LIMIT ?", scope, key, window_s, day, limit)
 
+    def put_analytics_window(self, row: dict[str, Any]):
+        row = {**row, "day": day_of(row["window_start"])}
+        return self.insert_async("analytics_windows", row, ttl=self.settings.load_window_ttl_s)
+
+    def analytics_windows(self, scope: str, key: str, window_s: int, day: dt.date | None = None,
+                          limit: int = 100) -> list[dict]:
+        day = day or day_of(now_ms())
+        return self.select("SELECT * FROM {ks}.analytics_windows WHERE scope = ? AND key = ? AND window_s = ? "
+                           "AND day = ? LIMIT ?", scope, key, window_s, day, limit)
+
     def load_window_ttl(self, scope: str, key: str, window_s: int, window_start: int) -> int | None:
         rows = self.select("SELECT TTL(qps) AS ttl FROM {ks}.load_windows WHERE scope = ? AND key = ? "
                            "AND window_s = ? AND day = ? AND window_start = ?",
