@@ -23,6 +23,7 @@ class Arrival:
     latency_ms: float | None = None
     min_accuracy: float | None = None
     label: str = ""  # requirement class, for reports
+    variant: str | None = None  # variant-specific (the task is then not sent)
 
 
 @dataclass
@@ -98,8 +99,11 @@ class LoadRun:
             pool = self.inputs[arrival.task]
             sample = pool[self._rng.integers(len(pool))][None, ...]
             sent_at = time.monotonic()
-            future = self.client.submit(sample, task=arrival.task, latency_ms=arrival.latency_ms,
-                                        min_accuracy=arrival.min_accuracy)
+            if arrival.variant:
+                future = self.client.submit(sample, variant=arrival.variant, latency_ms=arrival.latency_ms)
+            else:
+                future = self.client.submit(sample, task=arrival.task, latency_ms=arrival.latency_ms,
+                                            min_accuracy=arrival.min_accuracy)
             future.add_done_callback(lambda f, a=arrival, s=sent_at: self._record(f, a, s))
             pending.append(future)
             stats.sent += 1

@@ -35,7 +35,12 @@ from .settings import Settings
 from .store import Store
 
 
-def arrivals_of(workload, task: str) -> list[Arrival]:
+def arrivals_of(workload, task: str, variant: str | None = None) -> list[Arrival]:
+    """The workload's queries: model-less with their requirements, or (a baseline's) all to `variant`
+    with their SLO, as the simulator sends them."""
+    if variant is not None:
+        return [Arrival(float(at) / 1000.0, task, float(slo), None, label=variant, variant=variant)
+                for at, slo in zip(workload.arrival_ms, workload.deadline_ms, strict=True)]
     return [Arrival(float(at) / 1000.0, task, float(slo), float(acc) if acc > 0 else None, label=f"{acc:.3f}")
             for at, slo, acc in zip(workload.arrival_ms, workload.deadline_ms, workload.accuracy_demand, strict=True)]
 
@@ -113,6 +118,7 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
     run_settings = settings.replace(topic_prefix=f"{settings.topic_prefix}-replay-{uuid.uuid4().hex[:6]}")
     bus.ensure_core_topics(run_settings)
     scaler_args = ["--min-workers", str(config.min_workers), "--max-workers", str(config.max_workers)]
+    fixed_variant = None
     if policy != "infaas":
         from .sim.traces import task_demands
         plan = plan_baseline(policy, variants, task_demands(workload), config)
@@ -120,6 +126,7 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
         plan_path.write_text(json.dumps({"policy": plan.policy, "variants": dict(plan.variants),
                                          "replicas": dict(plan.replicas), "notes": dict(plan.notes)}))
         scaler_args += ["--plan", str(plan_path)]
+        fixed_variant = plan.variants[task]
     env = {**os.environ, **run_settings.as_env()}
     # The baselines provision their own workers before the first query (as in the simulator);
     # infaas starts from the initial pool and scales.
@@ -135,7 +142,7 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
         observer.wait_for_replicas(timeout_s=90)  # provisioned before the first query, as simulated
     try:
         with InfaasClient(run_settings, app_id="demo", timeout_s=120) as client:
-            run = LoadRun(client, arrivals_of(workload, task), {task: inputs},
+            run = LoadRun(client, arrivals_of(workload, task, fixed_variant), {task: inputs},
                           {v.variant_id: v for v in variants}, timeout_s=120)
             say(f"live {scenario} / {policy}: replaying {len(workload)} queries over {workload.duration_ms / 1000:.0f} s")
             stats = run.run()
