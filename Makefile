@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,tvm
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install jars clean
+.PHONY: demo test test-unit typecheck lint install jars clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,17 +20,23 @@ install: $(STAMP)
 jars: install
 	$(BIN)/infaas infra fetch
 
-# Starts the local stack if it is not up, runs the tests, and stops it again if it started it.
-test: jars
-	$(BIN)/ruff check infaas tests
-	$(BIN)/infaas infra run -- $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+# Lint, types, the unit layer first (no JVM, no network: a broken policy fails in seconds), then the
+# integration and fault layers on the local stack (started if it is not up, and stopped again if so).
+test: jars lint typecheck test-unit
+	$(BIN)/infaas infra run -- $(BIN)/python -m pytest -q -ra tests/integration tests/faults $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -q -ra tests/unit $(PYTEST_ARGS)
+
+typecheck: install
+	$(BIN)/mypy infaas/policies infaas/schemas infaas/sim
 
 # Stack up, demo zoo registered, the pipeline serving a trace with mixed requirements.
 demo: jars
 	$(BIN)/infaas demo
 
 lint: install
-	$(BIN)/ruff check infaas tests
+	$(BIN)/ruff check infaas tests examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -18,8 +18,7 @@ import pytest
 from infaas import launcher
 from infaas.client import InfaasClient
 from infaas.serve import Pipeline, ServeOptions
-
-from ..conftest import settings_env
+from tests.conftest import settings_env
 
 TASK = "digits-classification"
 RATE_QPS = 40.0

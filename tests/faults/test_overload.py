@@ -15,8 +15,7 @@ from infaas.client import InfaasClient
 from infaas.registration import heavy
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
-
-from ..conftest import settings_env
+from tests.conftest import settings_env
 
 SLO_MS = 200.0
 REPORT = Path("bench-results") / "overload.json"

@@ -14,8 +14,7 @@ from infaas.registration import heavy
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store
-
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 
 def test_batch_work_pauses_under_online_load(settings, tmp_path_factory, tmp_path):

@@ -12,8 +12,7 @@ from onnx import TensorProto, helper
 from infaas.client import InfaasClient
 from infaas.registration import register_model
 from infaas.serve import Pipeline, ServeOptions
-
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 TASK = "large-input-channels"
 SAMPLE = (1, 1024, 1024)  # one float32 row is 4 MiB

@@ -14,8 +14,7 @@ from infaas.repository import Repository
 from infaas.schemas.codec import Codec
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store
-
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 CODEC = Codec()
 TASK = "digits-classification"

@@ -16,8 +16,7 @@ from infaas.policies.snapshot import (
     Snapshot,
     WorkerLive,
 )
-
-from .test_policies_scaling import variant
+from tests.unit.test_policies_scaling import variant
 
 CONFIG = PolicyConfig()
 CPU = variant("resnet:ort:cpu-2t:b1", intercept=100.0)  # 100 ms, 10 q/s per replica

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 
 def children_of(pid: int) -> list[int]:

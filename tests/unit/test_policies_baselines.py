@@ -7,8 +7,7 @@ import pytest
 from infaas.policies import initial_actions, plan_baseline
 from infaas.policies.baselines import TaskDemand, fixed_variant
 from infaas.policies.snapshot import PolicyConfig
-
-from .test_policies_scaling import variant
+from tests.unit.test_policies_scaling import variant
 
 CONFIG = PolicyConfig()
 CHEAP = variant("small:ort:cpu-2t:b1", intercept=50.0, accuracy=0.70)  # 20 q/s, $0.085/h

@@ -264,7 +264,7 @@ def test_the_entry_point_knows_three_policies():
 
 
 def test_action_kinds_are_the_avro_scaling_kinds():
-    schema = json.loads((Path(__file__).parents[1] / "infaas/schemas/avro/ScalingEvent.avsc").read_text())
+    schema = json.loads((Path(__file__).parents[2] / "infaas/schemas/avro/ScalingEvent.avsc").read_text())
     symbols = next(f["type"]["symbols"] for f in schema["fields"] if f["name"] == "kind")
     assert set(KINDS) == set(symbols) - {"TRIGGER"}
     with pytest.raises(ValueError):

@@ -24,7 +24,7 @@ from infaas.registration.variants import thread_counts
 from infaas.registration.zoo import APP, TASK, ZOO, build_zoo
 from infaas.repository import Repository
 from tests.conftest import settings_env
-from tests.test_executors import tiny_model
+from tests.unit.test_executors import tiny_model
 
 OPTIMIZERS = ("ort-fp32", "ort-int8", "tvm")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from infaas.policies import Request, select
 from infaas.policies.snapshot import Snapshot, WorkerLive
-
-from .test_policies_scaling import variant
+from tests.unit.test_policies_scaling import variant
 
 FAST_GPU = variant("resnet:trt:gpu-a100:b1", hardware="gpu-a100", intercept=5.0, load_ms=500.0)
 CPU = variant("resnet:ort:cpu-2t:b1", intercept=100.0, load_ms=1000.0)

@@ -11,8 +11,7 @@ import pytest
 
 from infaas import bus
 from infaas.schemas.codec import Codec, DecodeError
-
-from .test_codec import sample_query, sample_result
+from tests.unit.test_codec import sample_query, sample_result
 
 CODEC = Codec()
 

@@ -16,8 +16,7 @@ from infaas.sim.traces import (
     task_demands,
     trace_files,
 )
-
-from .test_policies_scaling import CPU_B1, GPU_B8, variant
+from tests.unit.test_policies_scaling import CPU_B1, GPU_B8, variant
 
 PROTEUS = str(proteus_dir())
 

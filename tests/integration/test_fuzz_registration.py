@@ -28,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from infaas.registration import RegistrationError, register_model
 from infaas.registration.validate import ModelCheck, check_model, load_validation
 from infaas.settings import load_settings
-from tests.test_executors import tiny_model
-from tests.test_registration import snapshot
+from tests.integration.test_registration import snapshot
+from tests.unit.test_executors import tiny_model
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=200,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,7 +12,7 @@ import pytest
 from infaas import launcher
 from infaas.schemas.codec import AVRO_DIR, canonical_form
 from infaas.settings import load_settings
-from tests.test_codec import CODEC, sample_query
+from tests.unit.test_codec import CODEC, sample_query
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from infaas.consumers.executors import open_executor
 from infaas.repository import Repository
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store
-
-from .conftest import ZOO_TASK, settings_env
+from tests.conftest import ZOO_TASK, settings_env
 
 
 @pytest.fixture(scope="module")

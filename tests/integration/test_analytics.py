@@ -16,11 +16,10 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from infaas import bus
 from infaas.schemas.codec import Codec
 from infaas.store import Store
-from tests.test_executors import variant
+from tests.conftest import settings_env
+from tests.unit.test_executors import variant
 
-from .conftest import settings_env
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "analytics" / "app.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "analytics" / "app.py"
 CODEC = Codec()
 WINDOW_S = 2
 APP = "analytics-demo"

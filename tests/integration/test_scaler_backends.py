@@ -20,8 +20,7 @@ from infaas.scaler.backends import (
     pod_deletion_cost_body,
 )
 from infaas.schemas.codec import default_codec
-
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 
 def test_local_backend_starts_and_stops_real_worker_processes(settings, tmp_path):

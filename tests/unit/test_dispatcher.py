@@ -18,8 +18,7 @@ from infaas.streams import views
 from infaas.streams.dispatcher import Dispatcher
 from infaas.streams.views import Catalog, SystemView
 from infaas.tensors import to_tensor
-
-from .test_selection import CATALOG, LARGE, SMALL, WORKERS
+from tests.unit.test_selection import CATALOG, LARGE, SMALL, WORKERS
 
 CODEC = Codec()
 

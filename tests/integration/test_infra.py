@@ -9,8 +9,7 @@ import pytest
 
 from infaas import launcher
 from infaas.launcher import LaunchError
-
-from .conftest import free_port
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from infaas.registration import heavy
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store, now_ms
-
-from .conftest import settings_env
+from tests.conftest import settings_env
 
 TASK = "slow-task"
 

@@ -27,9 +27,8 @@ from infaas.registration import RegistrationError, register_model
 from infaas.registration.validate import check_model, load_validation
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store, StoreError
-
-from .conftest import free_port
-from .test_executors import tiny_model
+from tests.conftest import free_port
+from tests.unit.test_executors import tiny_model
 
 APP, RIVAL = "acme", "acme-rival"
 TASK, PRIVATE_MODEL = "secret-task", "rival-secret"

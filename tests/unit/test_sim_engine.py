@@ -10,8 +10,7 @@ from infaas.policies.snapshot import PolicyConfig
 from infaas.sim import engine
 from infaas.sim.engine import SimOptions, Simulator
 from infaas.sim.traces import Trace, build_workload, flat_trace
-
-from .test_policies_scaling import CPU_B1, variant
+from tests.unit.test_policies_scaling import CPU_B1, variant
 
 B2 = variant("resnet:ort:cpu-2t:b2", batch=2, slope=20.0, intercept=80.0)  # 100 ms alone, 120 ms for two
 CPU_HOURLY = 0.085  # one CPU worker
