@@ -26,7 +26,7 @@ import numpy as np
 from . import bus
 from .catalog import Variant
 from .client import InfaasClient
-from .paths import proteus_dir
+from .paths import PROFILES_CSV, proteus_dir
 from .policies.selection import Request, select
 from .policies.snapshot import ACTIVE, Snapshot, VariantLive
 from .schemas.codec import default_codec
@@ -34,7 +34,6 @@ from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .tensors import to_tensor
 
-PROFILES = proteus_dir() / "aggregate_profiled.csv"
 TASK = "digits-classification"
 
 
@@ -48,7 +47,7 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 def one_task_catalogue(size: int, seed: int = 0) -> list[Variant]:
     """`size` variants in one task, drawn from the synthetic catalogue built on the Proteus profiles."""
     from .sim.catalogue import synthetic_catalogue
-    pool = synthetic_catalogue(PROFILES)
+    pool = synthetic_catalogue(proteus_dir() / PROFILES_CSV)
     rng = random.Random(seed)
     chosen = rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
     return [dataclasses.replace(v, task="bench", variant_id=f"{v.variant_id}#{i}") for i, v in enumerate(chosen)]
