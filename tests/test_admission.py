@@ -1,0 +1,57 @@
+"""Admission follows the drain rate the replicas were observed at, not only the profile (pure rules)."""
+
+import pytest
+
+from infaas.policies.selection import (
+    NO_FEASIBLE_VARIANT,
+    OK,
+    Request,
+    estimated_queue,
+    observed_batch_ms,
+    queue_wait_ms,
+    select,
+    slowdown,
+)
+from infaas.policies.snapshot import ACTIVE, Snapshot, VariantLive, WorkerLive
+
+from .test_selection import LARGE, variant
+
+# LARGE: a batch of 8 in 13 ms by its profile (1 ms a row + 5 ms).
+PROFILED_BATCH_MS = LARGE.latency_at(8)
+
+
+def test_a_batch_time_is_scaled_from_the_measured_mean_batch_along_the_profile():
+    assert observed_batch_ms(LARGE, exec_ms=6.0, avg_batch=1.0) == pytest.approx(PROFILED_BATCH_MS)  # as profiled
+    assert observed_batch_ms(LARGE, exec_ms=18.0, avg_batch=1.0) == pytest.approx(3 * PROFILED_BATCH_MS)
+    assert observed_batch_ms(LARGE, exec_ms=26.0, avg_batch=8.0) == pytest.approx(26.0)
+    assert observed_batch_ms(LARGE, exec_ms=0.0, avg_batch=0.0) == 0.0  # nothing ran: nothing measured
+
+
+def test_slowdown_is_the_observed_over_the_profiled_and_never_below_one():
+    assert slowdown(LARGE, 0.0) == 1.0
+    assert slowdown(LARGE, 3 * PROFILED_BATCH_MS) == pytest.approx(3.0)
+    assert slowdown(LARGE, PROFILED_BATCH_MS / 2) == 1.0  # a fast interval promises no more than the profile
+
+
+def test_a_queue_drains_at_the_observed_speed():
+    # At the profile: 26 ms drain 16 queries; three times slower, 26 ms drain 16/3.
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=26) == 34
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=26,
+                           batch_ms=3 * PROFILED_BATCH_MS) == 45
+    assert queue_wait_ms(LARGE, 16, 1, batch_ms=3 * PROFILED_BATCH_MS) == pytest.approx(
+        3 * queue_wait_ms(LARGE, 16, 1))
+
+
+def test_a_slowed_variant_is_not_admitted_past_what_it_drains_within_the_slo():
+    # 40 queued: 5 batches = 65 ms by the profile, within a 100 ms SLO; at 3x the measured speed 195 ms.
+    only = variant("only:ort-fp32:cpu-1t:b8", 0.98, 1.0, 5.0)
+    workers = {"w1": WorkerLive("w1", "cpu", variants={only.variant_id: 1})}
+    request = Request("demo", task="digits", latency_ms=100.0)
+
+    def decide(batch_ms: float):
+        live = {only.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=40, batch_ms=batch_ms)}
+        return select(Snapshot(variants={only.variant_id: only}, live=live, workers=workers, at_ms=1), request)
+
+    assert decide(0.0).status == OK and decide(PROFILED_BATCH_MS).status == OK
+    slowed = decide(3 * PROFILED_BATCH_MS)
+    assert slowed.status == NO_FEASIBLE_VARIANT  # shed at once by the dispatcher, not late by the worker
