@@ -48,10 +48,14 @@ def test_a_slowed_variant_is_not_admitted_past_what_it_drains_within_the_slo():
     workers = {"w1": WorkerLive("w1", "cpu", variants={only.variant_id: 1})}
     request = Request("demo", task="digits", latency_ms=100.0)
 
-    def decide(batch_ms: float):
-        live = {only.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=40, batch_ms=batch_ms)}
+    def decide(batch_ms: float, queue_len: int = 40):
+        live = {only.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=queue_len,
+                                             batch_ms=batch_ms)}
         return select(Snapshot(variants={only.variant_id: only}, live=live, workers=workers, at_ms=1), request)
 
     assert decide(0.0).status == OK and decide(PROFILED_BATCH_MS).status == OK
     slowed = decide(3 * PROFILED_BATCH_MS)
     assert slowed.status == NO_FEASIBLE_VARIANT  # shed at once by the dispatcher, not late by the worker
+    # Its queue drained, it is admitted again however slow it was measured: it keeps running, and so
+    # keeps being measured (a slow measure never shuts it out for good).
+    assert decide(10 * PROFILED_BATCH_MS, queue_len=0).status == OK

@@ -110,7 +110,7 @@ class LiveIndex:
     """The dynamic part, per snapshot: which candidates are inactive, and the loaded ones' state
     (plain Python tuples: the loaded are few, and a loop over them beats numpy's per-call cost)."""
     inactive: np.ndarray  # bool, aligned with the CandidateIndex
-    loaded: tuple[tuple[int, str, float, Variant, float], ...]  # (position, status, queue wait ms, variant, slowdown)
+    loaded: tuple[tuple[int, str, float, Variant], ...]  # (position, status, queue wait ms, variant)
     ready_hardware: np.ndarray  # bool, aligned: a ready worker of the variant's hardware exists
     _loadable: dict = field(default_factory=dict, compare=False, repr=False)  # batch -> masks
 
@@ -127,8 +127,7 @@ class LiveIndex:
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
         loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas, live.batch_ms),
-                        index.variants[i], slowdown(index.variants[i], live.batch_ms))
-                       for i, live in enumerate(lives) if live.status != INACTIVE)
+                        index.variants[i]) for i, live in enumerate(lives) if live.status != INACTIVE)
         ready = {w.hardware for w in snapshot.workers.values() if w.ready}
         return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
                    np.array([v.hardware in ready for v in index.variants], dtype=bool))
@@ -166,7 +165,11 @@ def slowdown(variant: Variant, batch_ms: float) -> float:
     """How many times slower than profiled the variant's replicas run now (>= 1), from `batch_ms`, a
     full batch's execution time as they measured it (0: not measured). Co-located load slows them;
     a profile measured on an idle machine then promises a drain they do not deliver. Never < 1:
-    a fast interval is not taken as a promise of more than the profile."""
+    a fast interval is not taken as a promise of more than the profile.
+
+    It scales the drain of the queue ahead only, not the query's own run: a variant with an empty
+    queue is always admitted, so its replicas keep running and their speed keeps being measured (a
+    slow measure would otherwise shut the variant out for good, nothing running to correct it)."""
     profiled = variant.latency_at(variant.batch_size)
     return max(batch_ms / profiled, 1.0) if profiled > 0 else 1.0
 
@@ -281,10 +284,10 @@ def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cos
                  status: str) -> tuple[Variant, float] | None:
     """Among loaded variants in `status` meeting every requirement: the cheapest, then the fastest."""
     best = None
-    for position, state, wait, variant, slower in live.loaded:
+    for position, state, wait, variant in live.loaded:
         if state != status or position >= accurate or variant.batch_size < batch or variant.cost_per_1k > max_cost:
             continue
-        estimate = variant.latency_at(batch) * slower + wait
+        estimate = variant.latency_at(batch) + wait
         if estimate <= slo and (best is None or (variant.cost_per_1k, estimate) < best[:2]):
             best = (variant.cost_per_1k, estimate, variant)
     return (best[2], best[1]) if best else None
@@ -323,8 +326,7 @@ def _select_exact(snapshot: Snapshot, request: Request) -> Decision:
         return Decision(NO_FEASIBLE_VARIANT, reason=f"variant {variant.variant_id} takes batches of at most "
                         f"{variant.batch_size}, the query has {request.batch} rows")
     live = snapshot.live_of(variant.variant_id)
-    estimate = (variant.latency_at(request.batch) * slowdown(variant, live.batch_ms)
-                + queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms))
+    estimate = variant.latency_at(request.batch) + queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms)
     if live.status == INACTIVE:
         worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
         return Decision(OK, variant.variant_id, "variant named by the query (inactive: loading it)",
