@@ -13,6 +13,7 @@ Each prints its numbers; all of them go to a JSON file. Runs use a topic prefix 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -205,7 +206,10 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
             pipeline.stop()
     finally:
         bus.delete_prefixed_topics(bench)
-    out = out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    return write_report(report, out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json", say)
+
+
+def write_report(report: dict, out: Path, say: Callable[[str], None]) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     say(f"written to {out}")
@@ -393,19 +397,12 @@ def bench_overload(settings: Settings, seconds: float = 10.0, out: Path | None =
                 InfaasClient(bench, app_id="demo", timeout_s=180) as client:
             for condition in ("idle", "busy"):
                 say(f"{condition}: 1x then 3x, {seconds:g} s each ...")
-                if condition == "busy":
-                    with BusyLoop():
-                        report[condition] = overload_pair(bench, running.services, client, variant, seconds)
-                else:
+                with BusyLoop() if condition == "busy" else contextlib.nullcontext():
                     report[condition] = overload_pair(bench, running.services, client, variant, seconds)
                 say(overload_summary(report[condition]))
     finally:
         bus.delete_prefixed_topics(bench)
-    out = out or Path("bench-results") / f"overload-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    say(f"written to {out}")
-    return report
+    return write_report(report, out or Path("bench-results") / f"overload-{time.strftime('%Y%m%d-%H%M%S')}.json", say)
 
 
 def overload_summary(pair: dict) -> str:

@@ -1,4 +1,8 @@
-"""Admission follows the drain rate the replicas were observed at, not only the profile (pure rules)."""
+"""Admission follows the drain rate the replicas were observed at, not only the profile: the pure
+rules, and the dispatcher's view taking the speed from the workers' reports."""
+
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +17,10 @@ from infaas.policies.selection import (
     slowdown,
 )
 from infaas.policies.snapshot import ACTIVE, Snapshot, VariantLive, WorkerLive
+from infaas.streams import views
+from infaas.streams.views import Catalog, SystemView
 
+from .test_dispatcher import CODEC, worker_report
 from .test_selection import LARGE, variant
 
 # LARGE: a batch of 8 in 13 ms by its profile (1 ms a row + 5 ms).
@@ -59,3 +66,27 @@ def test_a_slowed_variant_is_not_admitted_past_what_it_drains_within_the_slo():
     # Its queue drained, it is admitted again however slow it was measured: it keeps running, and so
     # keeps being measured (a slow measure never shuts it out for good).
     assert decide(10 * PROFILED_BATCH_MS, queue_len=0).status == OK
+
+
+def test_the_dispatchers_view_drains_each_variant_at_the_speed_its_workers_report(base_settings, monkeypatch):
+    clock = {"ms": int(time.time() * 1000)}
+    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: clock["ms"] / 1000, monotonic=time.monotonic))
+    view = SystemView(base_settings)
+    view.catalog = Catalog(apps=frozenset({"demo"}), variants={LARGE.variant_id: LARGE},
+                           models={LARGE.model: (LARGE.task, LARGE.app_id, LARGE.public)})
+    now = clock["ms"]
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
+             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
+             "demand_slo_ms": 0.0, "updated_at": now}
+    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    report = worker_report(now, queue_len=16)
+    report["variants"][0].update(exec_ms=18.0, avg_batch=1.0)  # three times the profile's 6 ms at batch 1
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", report))
+    clock["ms"] = now + 26  # two full batches by the profile, two thirds of one at the measured speed
+    view._rebuild()
+    live = view.snapshot.live_of(LARGE.variant_id)
+    assert live.batch_ms == pytest.approx(3 * PROFILED_BATCH_MS)
+    assert live.queue_len == 11  # 16 - 26 ms * 8 / 39 ms, not the profile's 16 - 16 = 0
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now + 26, queue_len=0)))
+    view._rebuild()  # an interval that ran nothing keeps the last measure
+    assert view.snapshot.live_of(LARGE.variant_id).batch_ms == pytest.approx(3 * PROFILED_BATCH_MS)
