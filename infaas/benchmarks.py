@@ -1,4 +1,5 @@
-"""`infaas bench pipeline`: the serving pipeline's speed, measured on this machine.
+"""`infaas bench pipeline`: the serving pipeline's speed, measured on this machine
+(and `infaas bench overload`: goodput and shedding beyond capacity, at the end of this file).
 
 1. Selection: decision latency (p50/p99) with 100, 1,000 and 4,032 variants in one task.
 2. Dispatcher: sustained queries/s of one dispatcher process (queries pre-loaded in Kafka).
@@ -12,6 +13,7 @@ Each prints its numbers; all of them go to a JSON file. Runs use a topic prefix 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,7 +28,7 @@ import numpy as np
 from . import bus
 from .catalog import Variant
 from .client import InfaasClient
-from .paths import proteus_dir
+from .paths import PROFILES_CSV, proteus_dir
 from .policies.selection import Request, select
 from .policies.snapshot import ACTIVE, Snapshot, VariantLive
 from .schemas.codec import default_codec
@@ -34,7 +36,6 @@ from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .tensors import to_tensor
 
-PROFILES = proteus_dir() / "aggregate_profiled.csv"
 TASK = "digits-classification"
 
 
@@ -48,7 +49,7 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 def one_task_catalogue(size: int, seed: int = 0) -> list[Variant]:
     """`size` variants in one task, drawn from the synthetic catalogue built on the Proteus profiles."""
     from .sim.catalogue import synthetic_catalogue
-    pool = synthetic_catalogue(PROFILES)
+    pool = synthetic_catalogue(proteus_dir() / PROFILES_CSV)
     rng = random.Random(seed)
     chosen = rng.sample(pool, size) if size <= len(pool) else [rng.choice(pool) for _ in range(size)]
     return [dataclasses.replace(v, task="bench", variant_id=f"{v.variant_id}#{i}") for i, v in enumerate(chosen)]
@@ -205,7 +206,10 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
             pipeline.stop()
     finally:
         bus.delete_prefixed_topics(bench)
-    out = out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    return write_report(report, out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json", say)
+
+
+def write_report(report: dict, out: Path, say: Callable[[str], None]) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     say(f"written to {out}")
@@ -263,3 +267,149 @@ def _machine() -> dict:
     import platform
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+# --- `infaas bench overload` ---------------------------------------------------------------------------
+# A compute-bound model at batch 1 on one replica, offered 1x and 3x its profiled capacity, with the
+# machine otherwise idle and with one extra process busy-looping on a core (as on a shared machine,
+# where the profile, measured alone, promises more than the replica then serves).
+OVERLOAD_TASK = "heavy-task"
+OVERLOAD_SLO_MS = 200.0
+SHED = ("DEADLINE_EXCEEDED", "NO_FEASIBLE_VARIANT")
+
+
+def register_overload_model(settings: Settings, directory: Path) -> Variant:
+    """The heavy reference model as one variant: ORT fp32, one thread, batch 1."""
+    from .registration import heavy
+    from .registration.register import register_model
+    model, validation = heavy.build(directory, layers=12, width=2048)
+    narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
+    return register_model(narrow, "demo", OVERLOAD_TASK, "deep-mlp", model, validation, public=True, quick=True,
+                          name="heavy-mlp").variants[0]
+
+
+def offer(client: InfaasClient, x: np.ndarray, rate: float, seconds: float) -> list:
+    """Open-loop load at `rate` queries/s for `seconds`; (sent at, result) of every query, all answered."""
+    sent, began = [], time.monotonic()
+    while time.monotonic() - began < seconds:
+        sent.append((time.time(), client.submit(x, task=OVERLOAD_TASK, latency_ms=OVERLOAD_SLO_MS)))
+        time.sleep(max(began + len(sent) / rate - time.monotonic(), 0))
+    client.flush()
+    return [(at, future.result(180)) for at, future in sent]
+
+
+def served_rate(results: list) -> float:
+    """Goodput: answers within the SLO (OK) per second, from the first query sent to the last answer."""
+    ok = [r for _, r in results if r.ok]
+    return len(ok) / max(max(r.received_at for _, r in results) - results[0][0], 1e-9)
+
+
+def wait_for_empty_queue(settings: Settings, variant_id: str, after_s: float, timeout_s: float = 60.0) -> None:
+    """Until a worker report made after `after_s` (epoch seconds) shows no query queued for the variant:
+    the next phase then starts on an idle replica and a dispatcher that knows it."""
+    codec = default_codec()
+    consumer = bus.consumer(settings, f"bench-overload-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": "latest"})
+    consumer.subscribe([settings.topic("metrics")])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            _, report = codec.decode(message.value())
+            queued = sum(m["queue_len"] for m in report["variants"] if m["variant_id"] == variant_id)
+            if report["reported_at"] / 1000 > after_s and queued == 0:
+                return
+        raise TimeoutError(f"{variant_id}: no report of an empty queue within {timeout_s:g} s")
+    finally:
+        consumer.close()
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (VmRSS: now; VmHWM: its peak), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def overload_phase(client: InfaasClient, x: np.ndarray, rate: float, seconds: float) -> dict:
+    """Offer `rate` queries/s: goodput, what each query's status was, and how fast shed ones were told."""
+    results = offer(client, x, rate, seconds)
+    statuses: dict[str, int] = {}
+    for _, r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    shed = [(r.received_at - at) * 1000 for at, r in results if r.status in SHED]
+    return {"offered_qps": len(results) / seconds, "sent": len(results), "statuses": statuses,
+            "goodput_qps": served_rate(results), "finished_at": max(r.received_at for _, r in results),
+            "shed_latency_p50_ms": float(np.percentile(shed, 50)) if shed else None,
+            "shed_latency_p99_ms": float(np.percentile(shed, 99)) if shed else None}
+
+
+def overload_pair(settings: Settings, services: dict, client: InfaasClient, variant: Variant, seconds: float) -> dict:
+    """1x then 3x of the profiled capacity on the running services; goodput ratio and their memory."""
+    capacity = 1000.0 / variant.latency_at(1)
+    x = heavy_query()
+    client.query(x, variant=variant.variant_id, timeout_s=180)  # loaded and warm before 1x is measured
+    one = overload_phase(client, x, capacity, seconds)
+    wait_for_empty_queue(settings, variant.variant_id, one["finished_at"])
+    rss_before = {name: rss_mb(s.pid) for name, s in services.items()}
+    three = overload_phase(client, x, 3 * capacity, seconds)
+    return {"profiled_capacity_qps": capacity, "1x": one, "3x": three,
+            "goodput_3x_vs_1x": three["goodput_qps"] / one["goodput_qps"] if one["goodput_qps"] else 0.0,
+            "rss_mb_before_3x": rss_before, "rss_mb_after_3x": {name: rss_mb(s.pid) for name, s in services.items()},
+            "peak_rss_mb": {name: rss_mb(s.pid, "VmHWM") for name, s in services.items()}}
+
+
+def heavy_query() -> np.ndarray:
+    from .registration import heavy
+    return np.zeros((1, heavy.INPUT), np.float32)
+
+
+class BusyLoop:
+    """One extra process spinning on a core for the duration of a `with` block."""
+
+    def __enter__(self) -> BusyLoop:
+        import subprocess
+        import sys
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def bench_overload(settings: Settings, seconds: float = 10.0, out: Path | None = None,
+                   say: Callable[[str], None] = print) -> dict:
+    """`infaas bench overload`: 1x and 3x, idle and beside a busy loop, on one worker (no scaler)."""
+    import tempfile
+    bench = settings.replace(topic_prefix=f"{settings.topic_prefix}-bench-{uuid.uuid4().hex[:6]}")
+    bus.ensure_core_topics(bench)
+    report: dict = {"machine": _machine(), "seconds_per_phase": seconds, "slo_ms": OVERLOAD_SLO_MS}
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            variant = register_overload_model(settings, Path(directory))
+        say(f"{variant.variant_id}: profiled {variant.latency_at(1):.1f} ms a query, "
+            f"{1000 / variant.latency_at(1):.0f} queries/s")
+        options = ServeOptions(workers=1, preload=[variant.variant_id], scaler=False)
+        with Pipeline(bench, options, env={**os.environ, **bench.as_env()}) as running, \
+                InfaasClient(bench, app_id="demo", timeout_s=180) as client:
+            for condition in ("idle", "busy"):
+                say(f"{condition}: 1x then 3x, {seconds:g} s each ...")
+                with BusyLoop() if condition == "busy" else contextlib.nullcontext():
+                    report[condition] = overload_pair(bench, running.services, client, variant, seconds)
+                say(overload_summary(report[condition]))
+    finally:
+        bus.delete_prefixed_topics(bench)
+    return write_report(report, out or Path("bench-results") / f"overload-{time.strftime('%Y%m%d-%H%M%S')}.json", say)
+
+
+def overload_summary(pair: dict) -> str:
+    one, three = pair["1x"], pair["3x"]
+    p99 = three["shed_latency_p99_ms"]
+    growth = {name: pair["rss_mb_after_3x"][name] - pair["rss_mb_before_3x"][name] for name in pair["rss_mb_after_3x"]}
+    return (f"  goodput 1x {one['goodput_qps']:.1f} q/s, 3x {three['goodput_qps']:.1f} q/s "
+            f"(3x/1x {pair['goodput_3x_vs_1x']:.2f}); 3x statuses {three['statuses']}; shed p99 "
+            + (f"{p99:.0f} ms (SLO {OVERLOAD_SLO_MS:g} ms)" if p99 is not None else "-")
+            + "; RSS MB after 3x " + ", ".join(f"{n} {v:.0f} ({growth[n]:+.0f})" for n, v in pair["rss_mb_after_3x"].items()))

@@ -1,8 +1,9 @@
 """Where the shared evaluation data lives: the public Proteus profiles and traces.
 
 They are read in place, never copied into the project (their licence allows use for comparison
-only). The default is `../shared/data/proteus` beside the project checkout; `INFAAS_PROTEUS_DIR`
-points elsewhere.
+only). `INFAAS_PROTEUS_DIR` says where they are; unset, `../shared/data/proteus` beside the project
+checkout. A clone with neither has no Proteus data: `proteus_data()` is then None, and whatever
+needs the data says so (the tests run on a synthetic stand-in, tests/synthetic_proteus.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,19 @@ import os
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+PROFILES_CSV = "aggregate_profiled.csv"
 
 
 def proteus_dir() -> Path:
+    """Where the Proteus data is looked for (it may not be there: see `proteus_data`)."""
     configured = os.environ.get("INFAAS_PROTEUS_DIR")
     return Path(configured) if configured else PROJECT.parent / "shared" / "data" / "proteus"
+
+
+def proteus_data() -> Path | None:
+    """The Proteus data directory if it holds the profiles, else None."""
+    root = proteus_dir()
+    return root if (root / PROFILES_CSV).is_file() else None
 
 
 def proteus(*parts: str) -> Path:

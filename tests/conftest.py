@@ -15,6 +15,7 @@ from infaas import launcher
 from infaas.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ("tests.synthetic_proteus",)  # Proteus data: a synthetic stand-in, and the real one if present
 
 
 def free_port() -> int:

@@ -115,4 +115,25 @@ def cmd_soak(args, settings) -> int:
     return 0 if report["all_within"] and report["load"]["lost"] == 0 else 1
 
 
-SUBCOMMANDS = [add_report, add_pipeline, add_trace, add_soak]
+def add_overload(actions) -> None:
+    p = actions.add_parser("overload", help="goodput at 1x and 3x capacity, idle and beside a busy process; shed "
+                                            "answers' latency; services' memory (writes JSON)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds per phase (four phases; 300 for the 5-minute memory check)")
+    p.add_argument("--out", help="JSON file (default bench-results/overload-<time>.json)")
+    p.set_defaults(handler=cmd_overload)
+
+
+def cmd_overload(args, settings) -> int:
+    from pathlib import Path
+
+    from ..benchmarks import bench_overload
+    if args.duration <= 0:
+        print("infaas: --duration must be positive")
+        return 2
+    bench_overload(settings, args.duration, Path(args.out) if args.out else None,
+                   say=lambda msg: print(f"infaas: {msg}", flush=True))
+    return 0
+
+
+SUBCOMMANDS = [add_report, add_pipeline, add_trace, add_overload, add_soak]

@@ -126,7 +126,7 @@ class LiveIndex:
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
-        loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas),
+        loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas, live.batch_ms),
                         index.variants[i]) for i, live in enumerate(lives) if live.status != INACTIVE)
         ready = {w.hardware for w in snapshot.workers.values() if w.ready}
         return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
@@ -161,21 +161,47 @@ def _unknown(request: Request) -> Decision:
     return Decision(UNKNOWN_MODEL, reason=f"no {what} is registered for app {request.app_id!r}")
 
 
-def queue_wait_ms(variant: Variant, queue_len: int, replicas: int) -> float:
-    """Time to drain the batches queued ahead: full batches per replica, each at latency(batch)."""
+def slowdown(variant: Variant, batch_ms: float) -> float:
+    """How many times slower than profiled the variant's replicas run now (>= 1), from `batch_ms`, a
+    full batch's execution time as they measured it (0: not measured). Co-located load slows them;
+    a profile measured on an idle machine then promises a drain they do not deliver. Never < 1:
+    a fast interval is not taken as a promise of more than the profile.
+
+    It scales the drain of the queue ahead only, not the query's own run: a variant with an empty
+    queue is always admitted, so its replicas keep running and their speed keeps being measured (a
+    slow measure would otherwise shut the variant out for good, nothing running to correct it)."""
+    profiled = variant.latency_at(variant.batch_size)
+    return max(batch_ms / profiled, 1.0) if profiled > 0 else 1.0
+
+
+def observed_batch_ms(variant: Variant, exec_ms: float, avg_batch: float) -> float:
+    """A full batch's execution time from a measured mean (`exec_ms` per batch of `avg_batch` rows on
+    average), scaled along the profile's latency curve; 0 when nothing was measured."""
+    if exec_ms <= 0 or avg_batch <= 0:
+        return 0.0
+    at_measured = variant.latency_at(min(avg_batch, variant.batch_size))
+    return exec_ms * variant.latency_at(variant.batch_size) / at_measured if at_measured > 0 else exec_ms
+
+
+def queue_wait_ms(variant: Variant, queue_len: int, replicas: int, batch_ms: float = 0.0) -> float:
+    """Time to drain the batches queued ahead: full batches per replica, each at latency(batch),
+    at the speed the replicas were observed to run (`slowdown`)."""
     if queue_len <= 0:
         return 0.0
     batches_ahead = queue_len / (max(replicas, 1) * variant.batch_size)
-    return batches_ahead * variant.latency_at(variant.batch_size)
+    return batches_ahead * variant.latency_at(variant.batch_size) * slowdown(variant, batch_ms)
 
 
-def estimated_queue(variant: Variant, replicas: int, reported: int, routed_since: int, elapsed_ms: float) -> int:
+def estimated_queue(variant: Variant, replicas: int, reported: int, routed_since: int, elapsed_ms: float,
+                    batch_ms: float = 0.0) -> int:
     """The queue now, from one reported `elapsed_ms` ago: what was routed since joins it, and the
-    replicas drain it meanwhile at full batches (the units of `queue_wait_ms`).
+    replicas drain it meanwhile at full batches (the units of `queue_wait_ms`), at the observed speed.
 
     Reports come once a second; a dispatcher deciding on the last one alone sends everything for a
-    second and then nothing for a second (the queue it saw was long), leaving the replicas idle."""
-    latency = variant.latency_at(variant.batch_size)
+    second and then nothing for a second (the queue it saw was long), leaving the replicas idle. And
+    one draining at the profile's rate while co-located load slows the replicas routes far more than
+    they serve, and the excess is shed late at the worker."""
+    latency = variant.latency_at(variant.batch_size) * slowdown(variant, batch_ms)
     drained = elapsed_ms * max(replicas, 1) * variant.batch_size / latency if latency > 0 else math.inf
     return math.ceil(max(reported + routed_since - max(drained, 0.0), 0.0))
 
@@ -300,7 +326,7 @@ def _select_exact(snapshot: Snapshot, request: Request) -> Decision:
         return Decision(NO_FEASIBLE_VARIANT, reason=f"variant {variant.variant_id} takes batches of at most "
                         f"{variant.batch_size}, the query has {request.batch} rows")
     live = snapshot.live_of(variant.variant_id)
-    estimate = variant.latency_at(request.batch) + queue_wait_ms(variant, live.queue_len, live.replicas)
+    estimate = variant.latency_at(request.batch) + queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms)
     if live.status == INACTIVE:
         worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
         return Decision(OK, variant.variant_id, "variant named by the query (inactive: loading it)",

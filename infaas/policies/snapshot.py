@@ -37,6 +37,7 @@ class VariantLive:
     demand_slo_ms: float = 0.0  # tightest latency SLO among them (0: unknown)
     avg_rows: float = 1.0  # rows per query (INFaaS's "actual batch"): demand in rows/s is qps * avg_rows
     moving_to: str = ""  # an upgrade/downgrade target being loaded; this variant retires once it serves
+    batch_ms: float = 0.0  # a full batch's execution time as its replicas measured it (0: not measured)
 
     @property
     def loaded(self) -> bool:

@@ -28,9 +28,7 @@ from pathlib import Path
 from ..catalog import Variant, variant_id
 from ..hardware import cost_per_1k, hardware
 from ..imported import load_proteus_profiles
-from ..paths import proteus_dir
-
-DEFAULT_PROFILES = proteus_dir() / "aggregate_profiled.csv"
+from ..paths import PROFILES_CSV, proteus_dir
 
 CPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-int8", 0.55, 0.99), ("tvm", 0.8, 1.0))
 GPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-fp16", 0.7, 0.999), ("tensorrt", 0.5, 0.998))
@@ -64,7 +62,7 @@ def load_catalogue(spec: str, settings=None, hardware_catalog: str | None = None
         return [v for v in variants if servable(v)]
     if spec.startswith("synthetic"):
         _, _, path = spec.partition(":")
-        return synthetic_catalogue(path or DEFAULT_PROFILES, hardware_catalog)
+        return synthetic_catalogue(path or proteus_dir() / PROFILES_CSV, hardware_catalog)
     if not Path(spec).exists():
         raise ValueError(f"profiles {spec!r}: no such file (give a Proteus CSV, `store` or `synthetic[:CSV]`)")
     return load_imported(spec, hardware_catalog)

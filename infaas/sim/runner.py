@@ -13,12 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import Variant
-from ..paths import proteus_dir
 from ..policies.snapshot import PolicyConfig
 from .engine import SimOptions, Simulator
 from .traces import Trace, Workload, build_workload, flat_trace, read_trace, scale_trace, trace_files
-
-TRACES_DIR = proteus_dir() / "traces"
 
 
 def load_traces(specs: Sequence[str], time_scale: float, rate_scale: float, rng: np.random.Generator) -> list[Trace]:

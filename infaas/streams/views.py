@@ -5,7 +5,8 @@ compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed a
 
 A variant's queue in the snapshot is an estimate for now, not the last report's figure: the queries
 this process routed since the report are added and the replicas' drain since then subtracted
-(`estimated_queue`), re-estimated every 0.1 s while any queue is left.
+(`estimated_queue`), re-estimated every 0.1 s while any queue is left. The drain goes at the speed
+the replicas measured (`exec_ms` in their workers' reports), which co-located load slows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from .. import bus
 from ..catalog import TaskInfo, Variant
-from ..policies.selection import estimated_queue
+from ..policies.selection import estimated_queue, observed_batch_ms
 from ..policies.snapshot import INACTIVE, RETIRING, Snapshot, VariantLive, WorkerLive
 from ..schemas.codec import DecodeError, default_codec
 from ..settings import Settings
@@ -98,6 +99,8 @@ class SystemView:
         self._last_report = 0.0  # monotonic time of the last worker report
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
         self._queues: dict[str, tuple[int, dict[str, int]]] = {}  # worker id -> (reported at, variant -> queue)
+        # worker id -> variant -> (exec_ms, avg_batch) of the latest report interval that ran batches
+        self._speeds: dict[str, dict[str, tuple[float, float]]] = {}
         self._routed: dict[str, deque[int]] = {}  # variant -> when this process routed queries to it (ms)
         self._queued = False  # some variant's estimated queue was not empty at the last rebuild
         self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
@@ -190,6 +193,10 @@ class SystemView:
             self._workers[record["worker_id"]] = (int(time.time() * 1000), worker_from_report(record))
             self._queues[record["worker_id"]] = (record["reported_at"],
                                                  {m["variant_id"]: m["queue_len"] for m in record["variants"]})
+            speeds = self._speeds.setdefault(record["worker_id"], {})
+            for m in record["variants"]:
+                if m["exec_ms"] > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
+                    speeds[m["variant_id"]] = (m["exec_ms"], m["avg_batch"])
             self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
@@ -256,9 +263,22 @@ class SystemView:
             if state is None or variant is None or not state.loaded:
                 continue
             reported = sum(q for _, q in seen) if seen else state.queue_len
-            queue = estimated_queue(variant, state.replicas, reported, len(routed or ()), now - as_of)
+            batch_ms = self._observed_batch_ms(variant, workers)
+            queue = estimated_queue(variant, state.replicas, reported, len(routed or ()), now - as_of, batch_ms)
             queued = queued or queue > 0
-            if queue != state.queue_len:
-                live[variant_id] = dataclasses.replace(state, queue_len=queue)
+            if queue != state.queue_len or batch_ms != state.batch_ms:
+                live[variant_id] = dataclasses.replace(state, queue_len=queue, batch_ms=batch_ms)
         self._queued = queued
         return live
+
+    def _observed_batch_ms(self, variant: Variant, workers: dict) -> float:
+        """A full batch's execution time as the variant's live replicas measured it, averaged over its
+        workers by replicas (0: none measured yet)."""
+        total = weight = 0.0
+        for worker_id, worker in workers.items():
+            speed = self._speeds.get(worker_id, {}).get(variant.variant_id)
+            replicas = worker.variants.get(variant.variant_id, 0)
+            if speed is not None and replicas > 0:
+                total += replicas * observed_batch_ms(variant, *speed)
+                weight += replicas
+        return total / weight if weight else 0.0

@@ -7,10 +7,7 @@ import json
 import pytest
 
 from infaas.cli import main
-from infaas.paths import proteus_dir
 from infaas.sim.report import REQUIRED_KEYS, live_agrees, load_live, ratios, render_markdown
-
-PROTEUS = str(proteus_dir())
 
 
 def summary(policy: str, cost: float, violations: float, goodput: float, **extra) -> dict:
@@ -49,18 +46,20 @@ def test_live_results_need_the_summary_keys(tmp_path):
     assert set(REQUIRED_KEYS) <= set(summary("infaas", 1, 0, 1))
 
 
-def test_simulate_cli_prints_one_json_summary(capsys):
-    code = main(["simulate", "--trace", f"{PROTEUS}/traces/zipf_exponential_bursty_300/resnet.txt",
-                 "--profiles", f"{PROTEUS}/aggregate_profiled.csv", "--policy", "replica-only",
-                 "--rate-scale", "0.2", "--json"])
+def test_simulate_cli_prints_one_json_summary(capsys, proteus_data_set):
+    trace = proteus_data_set.trace("zipf_exponential_bursty_300", "resnet")
+    code = main(["simulate", "--trace", str(trace), "--profiles", str(proteus_data_set.profiles),
+                 "--policy", "replica-only", "--rate-scale", "0.2", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(REQUIRED_KEYS) <= set(result) and "timeline" not in result
-    assert result["policy"] == "replica-only" and 1000 < result["queries"] < 2500
+    expected = 0.2 * len(trace.read_text().splitlines())  # each query kept with probability 0.2
+    assert result["policy"] == "replica-only" and 0.7 * expected < result["queries"] < 1.3 * expected
 
 
-def test_bench_report_writes_markdown_plots_and_summaries(tmp_path):
+def test_bench_report_writes_markdown_plots_and_summaries(tmp_path, proteus_data_set):
     code = main(["bench", "report", "--scenarios", "bursty", "--time-scale", "0.5", "--rate-scale", "0.1",
+                 "--profiles", str(proteus_data_set.profiles), "--traces-dir", str(proteus_data_set.root / "traces"),
                  "--warmup-s", "5", "--speed-runs", "0", "--results", str(tmp_path / "results"),
                  "--out", str(tmp_path / "docs/evaluation.md"), "--img", str(tmp_path / "docs/img")])
     assert code == 0

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infaas.paths import proteus_dir
-from infaas.sim.catalogue import servable, synthetic_catalogue
+from infaas.sim.catalogue import (
+    CPU_BATCHES,
+    CPU_OPTIMIZERS,
+    DERIVED_GPUS,
+    GPU_BATCHES,
+    GPU_OPTIMIZERS,
+    servable,
+    synthetic_catalogue,
+)
 from infaas.sim.traces import (
     Trace,
     build_workload,
@@ -17,8 +24,6 @@ from infaas.sim.traces import (
     trace_files,
 )
 from tests.unit.test_policies_scaling import CPU_B1, GPU_B8, variant
-
-PROTEUS = str(proteus_dir())
 
 
 def test_reads_query_traces_and_rate_csvs(tmp_path):
@@ -69,9 +74,14 @@ def test_accuracy_demands_scale_with_the_best_variant_that_meets_the_slo():
     assert demand.max_accuracy == pytest.approx(0.99 * 0.75)
 
 
-def test_synthetic_catalogue_is_about_4000_labelled_variants():
-    variants = synthetic_catalogue(f"{PROTEUS}/aggregate_profiled.csv")
-    assert 4000 <= len(variants) <= 4500
+def test_synthetic_catalogue_is_about_4000_labelled_variants(proteus_data_set):
+    variants = synthetic_catalogue(proteus_data_set.profiles)
+    if proteus_data_set.kind == "real":
+        assert 4000 <= len(variants) <= 4500
+    else:  # every model of the stand-in is measured on CPU, P100 and A100: all its derived variants
+        per_model = (len(CPU_OPTIMIZERS) * 2 * len(CPU_BATCHES)  # 2: whole worker and one vCPU
+                     + len(GPU_OPTIMIZERS) * len(GPU_BATCHES) * (2 + len(DERIVED_GPUS)))
+        assert len(variants) == per_model * len({v.model for v in variants})
     assert {v.source for v in variants} == {"imported", "synthetic"}
     assert all(servable(v) for v in variants)
     assert {v.optimizer for v in variants} >= {"ort", "ort-int8", "tvm", "tensorrt", "ort-fp16"}

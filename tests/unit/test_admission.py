@@ -1,0 +1,91 @@
+"""Admission follows the drain rate the replicas were observed at, not only the profile: the pure
+rules, and the dispatcher's view taking the speed from the workers' reports."""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from infaas.policies.selection import (
+    NO_FEASIBLE_VARIANT,
+    OK,
+    Request,
+    estimated_queue,
+    observed_batch_ms,
+    queue_wait_ms,
+    select,
+    slowdown,
+)
+from infaas.policies.snapshot import ACTIVE, Snapshot, VariantLive, WorkerLive
+from infaas.streams import views
+from infaas.streams.views import Catalog, SystemView
+from tests.unit.test_dispatcher import CODEC, worker_report
+from tests.unit.test_selection import LARGE, variant
+
+# LARGE: a batch of 8 in 13 ms by its profile (1 ms a row + 5 ms).
+PROFILED_BATCH_MS = LARGE.latency_at(8)
+
+
+def test_a_batch_time_is_scaled_from_the_measured_mean_batch_along_the_profile():
+    assert observed_batch_ms(LARGE, exec_ms=6.0, avg_batch=1.0) == pytest.approx(PROFILED_BATCH_MS)  # as profiled
+    assert observed_batch_ms(LARGE, exec_ms=18.0, avg_batch=1.0) == pytest.approx(3 * PROFILED_BATCH_MS)
+    assert observed_batch_ms(LARGE, exec_ms=26.0, avg_batch=8.0) == pytest.approx(26.0)
+    assert observed_batch_ms(LARGE, exec_ms=0.0, avg_batch=0.0) == 0.0  # nothing ran: nothing measured
+
+
+def test_slowdown_is_the_observed_over_the_profiled_and_never_below_one():
+    assert slowdown(LARGE, 0.0) == 1.0
+    assert slowdown(LARGE, 3 * PROFILED_BATCH_MS) == pytest.approx(3.0)
+    assert slowdown(LARGE, PROFILED_BATCH_MS / 2) == 1.0  # a fast interval promises no more than the profile
+
+
+def test_a_queue_drains_at_the_observed_speed():
+    # At the profile: 26 ms drain 16 queries; three times slower, 26 ms drain 16/3.
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=26) == 34
+    assert estimated_queue(LARGE, 1, reported=40, routed_since=10, elapsed_ms=26,
+                           batch_ms=3 * PROFILED_BATCH_MS) == 45
+    assert queue_wait_ms(LARGE, 16, 1, batch_ms=3 * PROFILED_BATCH_MS) == pytest.approx(
+        3 * queue_wait_ms(LARGE, 16, 1))
+
+
+def test_a_slowed_variant_is_not_admitted_past_what_it_drains_within_the_slo():
+    # 40 queued: 5 batches = 65 ms by the profile, within a 100 ms SLO; at 3x the measured speed 195 ms.
+    only = variant("only:ort-fp32:cpu-1t:b8", 0.98, 1.0, 5.0)
+    workers = {"w1": WorkerLive("w1", "cpu", variants={only.variant_id: 1})}
+    request = Request("demo", task="digits", latency_ms=100.0)
+
+    def decide(batch_ms: float, queue_len: int = 40):
+        live = {only.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=queue_len,
+                                             batch_ms=batch_ms)}
+        return select(Snapshot(variants={only.variant_id: only}, live=live, workers=workers, at_ms=1), request)
+
+    assert decide(0.0).status == OK and decide(PROFILED_BATCH_MS).status == OK
+    slowed = decide(3 * PROFILED_BATCH_MS)
+    assert slowed.status == NO_FEASIBLE_VARIANT  # shed at once by the dispatcher, not late by the worker
+    # Its queue drained, it is admitted again however slow it was measured: it keeps running, and so
+    # keeps being measured (a slow measure never shuts it out for good).
+    assert decide(10 * PROFILED_BATCH_MS, queue_len=0).status == OK
+
+
+def test_the_dispatchers_view_drains_each_variant_at_the_speed_its_workers_report(base_settings, monkeypatch):
+    clock = {"ms": int(time.time() * 1000)}
+    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: clock["ms"] / 1000, monotonic=time.monotonic))
+    view = SystemView(base_settings)
+    view.catalog = Catalog(apps=frozenset({"demo"}), variants={LARGE.variant_id: LARGE},
+                           models={LARGE.model: (LARGE.task, LARGE.app_id, LARGE.public)})
+    now = clock["ms"]
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
+             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
+             "demand_slo_ms": 0.0, "updated_at": now}
+    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    report = worker_report(now, queue_len=16)
+    report["variants"][0].update(exec_ms=18.0, avg_batch=1.0)  # three times the profile's 6 ms at batch 1
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", report))
+    clock["ms"] = now + 26  # two full batches by the profile, two thirds of one at the measured speed
+    view._rebuild()
+    live = view.snapshot.live_of(LARGE.variant_id)
+    assert live.batch_ms == pytest.approx(3 * PROFILED_BATCH_MS)
+    assert live.queue_len == 11  # 16 - 26 ms * 8 / 39 ms, not the profile's 16 - 16 = 0
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now + 26, queue_len=0)))
+    view._rebuild()  # an interval that ran nothing keeps the last measure
+    assert view.snapshot.live_of(LARGE.variant_id).batch_ms == pytest.approx(3 * PROFILED_BATCH_MS)
