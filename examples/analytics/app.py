@@ -74,7 +74,7 @@ def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: f
 
     from infaas.store import BufferedWriter, Store
     from infaas.streams.faust_support import faust_app
-    from infaas.streams.views import Catalog
+    from infaas.views import Catalog
 
     app = faust_app(settings, "analytics")
     codec = default_codec()

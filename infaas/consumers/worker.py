@@ -473,7 +473,7 @@ class Worker:
     def catalog(self, max_age_s: float = 5.0):
         """The catalogue (variants, tasks), refreshed from Cassandra when older than `max_age_s`;
         while Cassandra is away the last one serves, so loading a known variant still works."""
-        from ..streams.views import Catalog
+        from ..views import Catalog
         if self._catalog is None or time.monotonic() - self._catalog_at > max_age_s:
             try:
                 self._catalog = Catalog.load(self.store)

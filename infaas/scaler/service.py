@@ -29,7 +29,7 @@ from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, WorkerLive
 from ..schemas.codec import default_codec
 from ..settings import Settings
 from ..store import BufferedWriter, Store
-from ..streams.views import SystemView
+from ..views import SystemView
 
 log = logging.getLogger(__name__)
 

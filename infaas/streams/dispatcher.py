@@ -23,7 +23,7 @@ from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
 from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, EncodeError, default_codec
 from ..settings import Settings
 from ..tensors import TensorError, check_input, from_tensor
-from .views import SystemView
+from ..views import SystemView
 
 log = logging.getLogger(__name__)
 

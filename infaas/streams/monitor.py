@@ -182,8 +182,8 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
 
     from .. import bus
     from ..store import BufferedWriter, Store
+    from ..views import Catalog
     from .faust_support import faust_app
-    from .views import Catalog
 
     app = faust_app(settings, "monitor", web_port)
     codec = default_codec()

@@ -15,8 +15,8 @@ from infaas.policies.snapshot import Snapshot, WorkerLive
 from infaas.schemas.codec import PRIMITIVES, DecodeError, default_codec
 from infaas.settings import Settings
 from infaas.streams.dispatcher import Dispatcher, Outgoing
-from infaas.streams.views import Catalog, SystemView
 from infaas.tensors import TensorError, from_tensor, to_tensor
+from infaas.views import Catalog, SystemView
 
 CODEC = default_codec()
 STATUSES = tuple(CODEC.schema("Result").resolved["fields"][2]["type"]["symbols"])

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from infaas import views
 from infaas.policies.selection import (
     NO_FEASIBLE_VARIANT,
     OK,
@@ -17,8 +18,7 @@ from infaas.policies.selection import (
     slowdown,
 )
 from infaas.policies.snapshot import ACTIVE, Snapshot, VariantLive, WorkerLive
-from infaas.streams import views
-from infaas.streams.views import Catalog, SystemView
+from infaas.views import Catalog, SystemView
 from tests.unit.test_dispatcher import CODEC, worker_report
 from tests.unit.test_selection import LARGE, variant
 

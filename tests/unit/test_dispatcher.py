@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from infaas import views
 from infaas.catalog import TaskInfo
 from infaas.policies.snapshot import Snapshot
 from infaas.schemas.codec import Codec
-from infaas.streams import views
 from infaas.streams.dispatcher import Dispatcher
-from infaas.streams.views import Catalog, SystemView
 from infaas.tensors import to_tensor
+from infaas.views import Catalog, SystemView
 from tests.unit.test_selection import CATALOG, LARGE, SMALL, WORKERS
 
 CODEC = Codec()

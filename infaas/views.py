@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-from .. import bus
-from ..catalog import TaskInfo, Variant
-from ..policies.selection import estimated_queue, observed_batch_ms
-from ..policies.snapshot import INACTIVE, RETIRING, Snapshot, VariantLive, WorkerLive
-from ..schemas.codec import DecodeError, default_codec
-from ..settings import Settings
-from ..store import Store, StoreError
+from . import bus
+from .catalog import TaskInfo, Variant
+from .policies.selection import estimated_queue, observed_batch_ms
+from .policies.snapshot import INACTIVE, RETIRING, Snapshot, VariantLive, WorkerLive
+from .schemas.codec import DecodeError, default_codec
+from .settings import Settings
+from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
