@@ -177,11 +177,12 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
                    say: Callable[[str], None] = print) -> dict:
     from rich.console import Console
 
-    from .demo import ensure_zoo, validation_inputs
+    from .demo import ensure_zoo
+    from .loadgen import validation_inputs
     bench = settings.replace(topic_prefix=f"{settings.topic_prefix}-bench-{uuid.uuid4().hex[:6]}")
     bus.ensure_core_topics(bench)
     variants = {v.variant_id: v for v in ensure_zoo(settings, Console(), quick=True)}
-    inputs = validation_inputs(settings)
+    inputs = validation_inputs(settings, TASK)
     report: dict = {"machine": _machine()}
     try:
         say("1/4 selection decision latency ...")

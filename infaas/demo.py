@@ -25,7 +25,7 @@ from rich.table import Table
 from . import launcher
 from .catalog import Variant
 from .client import InfaasClient
-from .loadgen import Arrival, LoadRun, RunStats
+from .loadgen import Arrival, LoadRun, RunStats, validation_inputs
 from .paths import proteus_dir
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
@@ -83,15 +83,6 @@ def ensure_zoo(settings: Settings, console: Console, quick: bool) -> list[Varian
         variants = store.variants_for_task(TASK)
     console.print(f"[green]zoo registered[/]: {len(variants)} variants in {time.monotonic() - started:.0f} s")
     return variants
-
-
-def validation_inputs(settings: Settings, task: str = TASK) -> np.ndarray:
-    """Real inputs for a task: the validation set of one of its registered models."""
-    from .repository import Repository
-    with Store(settings) as store:
-        model = store.models_for_task(task)[0]
-    data = np.load(Repository.from_settings(settings).fetch(model.validation_artifact), allow_pickle=False)
-    return data["inputs"]
 
 
 class Dashboard:
@@ -171,7 +162,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
     variants = {v.variant_id: v for v in ensure_zoo(settings, console, quick)}
     classes = requirement_classes(list(variants.values()))
     arrivals = arrivals_from_trace(trace or DEFAULT_TRACE, duration_s, mean_qps, classes)
-    inputs = validation_inputs(settings)
+    inputs = validation_inputs(settings, TASK)
     pipeline = Pipeline(settings, ServeOptions(workers=workers, scaler=True,
                                                scaler_args=["--max-workers", str(workers + 1)]))
     console.print("starting the pipeline (dispatcher, monitor, scaler, workers) ...")

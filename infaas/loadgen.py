@@ -14,6 +14,17 @@ import numpy as np
 
 from .catalog import Variant
 from .client import InfaasClient, QueryResult
+from .settings import Settings
+from .store import Store
+
+
+def validation_inputs(settings: Settings, task: str) -> np.ndarray:
+    """Real inputs for a task: the validation set of one of its registered models."""
+    from .repository import Repository
+    with Store(settings) as store:
+        model = store.models_for_task(task)[0]
+    data = np.load(Repository.from_settings(settings).fetch(model.validation_artifact), allow_pickle=False)
+    return data["inputs"]
 
 
 @dataclass(frozen=True, slots=True)

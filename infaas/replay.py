@@ -25,9 +25,8 @@ import numpy as np
 from . import bus
 from .catalog import Variant
 from .client import InfaasClient
-from .demo import validation_inputs
 from .hardware import hardware
-from .loadgen import Arrival, LoadRun
+from .loadgen import Arrival, LoadRun, validation_inputs
 from .policies.baselines import plan_baseline
 from .policies.snapshot import PolicyConfig
 from .serve import Pipeline, ServeOptions

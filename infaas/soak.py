@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .client import InfaasClient
-from .loadgen import Arrival, LoadRun
+from .loadgen import Arrival, LoadRun, validation_inputs
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .store import Store
@@ -128,7 +128,7 @@ def run_soak(settings: Settings, duration_s: float = 1800.0, qps: float = 20.0, 
         build_zoo(settings, quick=True)
         with Store(settings) as store:
             variants = {v.variant_id: v for v in store.variants_for_task(TASK)}
-    inputs = _sample_inputs(settings)
+    inputs = validation_inputs(settings, TASK)
     arrivals = steady_arrivals(duration_s, qps)
     samples: list[tuple[float, dict[str, float]]] = []
     with Pipeline(settings, ServeOptions(workers=1, scaler=True)) as pipeline:
@@ -165,11 +165,3 @@ def run_soak(settings: Settings, duration_s: float = 1800.0, qps: float = 20.0, 
                 f"at the end ({100 * (row['ratio'] - 1):+.1f}%): {'ok' if row['within'] else 'GREW'}")
     say(f"wrote {out}")
     return report
-
-
-def _sample_inputs(settings: Settings) -> np.ndarray:
-    from .repository import Repository
-    with Store(settings) as store:
-        model = store.models_for_task(TASK)[0]
-    data = np.load(Repository.from_settings(settings).fetch(model.validation_artifact), allow_pickle=False)
-    return data["inputs"]
