@@ -115,6 +115,12 @@ def in_span(windows: dict, expected: dict, first_ms: int, end_ms: int) -> dict:
             if k[:2] in keys and k[3] >= first_ms and k[3] + k[2] * 1000 <= end_ms}
 
 
+def differences(found: dict, expected: dict) -> dict:
+    """window -> (found, expected) where they differ (None: missing)."""
+    return {k: (found.get(k), expected.get(k)) for k in sorted(set(found) | set(expected))
+            if found.get(k) != expected.get(k)}
+
+
 def published_windows(load: TopicLog) -> dict:
     """The latest LoadWindow per window on infaas.load (a re-published window supersedes)."""
     return {(w["scope"], w["key"], w["window_s"], w["window_start"]): w["served"] for _, _, w in list(load.records)}
@@ -181,7 +187,8 @@ def test_monitor_killed_mid_window_resumes_its_windows(settings, services, varia
         expected = expected_windows([r for _, _, r in metrics.records], first_ms, end_ms)
         assert sum(v for k, v in expected.items() if k[0] == "VARIANT" and k[2] == 10) > 0, "no load in the windows"
         wait_until(lambda: in_span(published_windows(load), expected, first_ms, end_ms) == expected, 60,
-                   "infaas.load holds the reported counts")
+                   lambda: f"infaas.load holds the reported counts (differing windows: "
+                           f"{differences(in_span(published_windows(load), expected, first_ms, end_ms), expected)})")
         first_after = min((at for at, _, _ in load.records if at > fault_at), default=None)
         wait_until(lambda: in_span(cassandra_windows(settings, expected), expected, first_ms, end_ms) == expected, 60,
                    "Cassandra holds the reported counts")
