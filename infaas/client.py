@@ -15,6 +15,8 @@ import concurrent.futures
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +84,35 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class RecentIds:
+    """Ids seen within the last `window_s` seconds: the duplicate filter's memory, bounded in time.
+
+    A duplicate result comes from a query served again after a worker crashed, which happens within
+    seconds to minutes of the first answer; ids older than the window are forgotten, so a long-lived
+    client does not grow without bound."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # id -> when, oldest first
+
+    def add(self, key: str) -> None:
+        now = self.clock()
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while self._seen and next(iter(self._seen.values())) < now - self.window_s:
+            self._seen.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and seen >= self.clock() - self.window_s
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class InfaasClient:
     def __init__(self, settings: Settings | None = None, app_id: str = "demo", reply_topic: str | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, duplicate_window_s: float = 300.0):
         self.settings = settings or load_settings()
         self.app_id = check_name("app", app_id)
         self.reply_topic = reply_topic or self.settings.results_topic(app_id)
@@ -93,7 +121,7 @@ class InfaasClient:
         self.duplicates_dropped = 0
         self.undecodable = 0
         self._pending: dict[str, concurrent.futures.Future] = {}
-        self._answered: set[str] = set()
+        self._answered = RecentIds(duplicate_window_s)  # answered query ids, to count duplicates
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ensure_reply_topic()

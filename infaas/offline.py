@@ -81,16 +81,16 @@ def write_array(settings: Settings, url: str, arrays: dict[str, np.ndarray]) -> 
 # --- submission and status ------------------------------------------------------------------------
 def submit(settings: Settings, app_id: str, input_url: str, output_url: str, task: str | None = None,
            model: str | None = None, min_accuracy: float | None = None, max_cost: float | None = None,
-           chunk_size: int | None = None) -> dict:
-    if (task is None) == (model is None):
-        raise OfflineError("give exactly one of a task or a model")
+           chunk_size: int | None = None, variant: str | None = None) -> dict:
+    if sum(x is not None for x in (task, model, variant)) != 1:
+        raise OfflineError("give exactly one of a task, a model or a variant")
     _split(output_url)
     chunk_size = chunk_size or settings.offline_chunk_size
     with Store(settings) as store:
         if store.get_app(app_id) is None:
             raise OfflineError(f"unknown app {app_id!r}")
         variants = store.all_variants()
-        variant = choose_variant(variants, app_id, task, model, min_accuracy, max_cost)
+        variant = choose_variant(variants, app_id, task, model, min_accuracy, max_cost, variant)
         info = store.get_task(variant.task)
         inputs = read_array(settings, input_url)
         try:
@@ -114,8 +114,13 @@ def submit(settings: Settings, app_id: str, input_url: str, output_url: str, tas
 
 
 def choose_variant(variants: list[Variant], app_id: str, task: str | None, model: str | None,
-                   min_accuracy: float | None, max_cost: float | None) -> Variant:
+                   min_accuracy: float | None, max_cost: float | None, variant_id: str | None = None) -> Variant:
     snapshot = Snapshot(variants={v.variant_id: v for v in variants})
+    if variant_id is not None:  # the caller's choice (e.g. to compare variants), if the app may use it
+        chosen = snapshot.variants.get(variant_id)
+        if chosen is None or not chosen.visible_to(app_id):
+            raise OfflineError(f"UNKNOWN_MODEL: no variant {variant_id!r} is registered for app {app_id!r}")
+        return chosen
     decision = select_offline(snapshot, Request(app_id, task=task, model=model, min_accuracy=min_accuracy,
                                                 max_cost=max_cost))
     if not decision.ok:
@@ -201,6 +206,9 @@ class OfflineRunner(threading.Thread):
         start = chunk["chunk"] * job["chunk_size"]
         rows = np.ascontiguousarray(inputs[start:start + chunk["rows"]])
         parts = [executor.run(rows[i:i + variant.batch_size]) for i in range(0, len(rows), variant.batch_size)]
+        if len(executor.output_names) != len(parts[0]):  # never an empty (or partial) output marked done
+            raise RuntimeError(f"{variant.variant_id} names {len(executor.output_names)} outputs but returned "
+                               f"{len(parts[0])}")
         outputs = {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(executor.output_names)}
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)
@@ -214,7 +222,10 @@ class OfflineRunner(threading.Thread):
         from .consumers.executors import open_executor
         if variant_id not in self._executors:
             variant = self._variant(variant_id)
-            self._executors[variant_id] = (open_executor(variant, self.repository.fetch(variant.artifact)), variant)
+            model = self.store.get_model(variant.model, variant.model_version)
+            executor = open_executor(variant, self.repository.fetch(variant.artifact),
+                                     model.output_names if model else ())
+            self._executors[variant_id] = (executor, variant)
         return self._executors[variant_id]
 
     def _maybe_finish(self, job: dict) -> None:

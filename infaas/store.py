@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import dict_factory
 
@@ -365,18 +366,28 @@ def _first_error(err: NoHostAvailable) -> str:
     return str(err)
 
 
+# Cassandra away or too busy to answer: the same write succeeds later. (RequestExecutionException
+# covers Unavailable, read/write timeouts and failures; InvalidRequest and the like are not among them.)
+TRANSIENT_ERRORS = (StoreError, NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException,
+                    OSError)
+
+
 class BufferedWriter:
     """Store writes off the caller's thread: queued, retried while Cassandra is away, never blocking.
 
     The queue is bounded; when Cassandra stays down long enough to fill it, the oldest rows are
-    dropped (and counted) — these are metrics and states that newer rows supersede.
+    dropped (and counted) — these are metrics and states that newer rows supersede. A row that
+    Cassandra refuses (an invalid request: retrying cannot help) is dropped at once, counted in
+    `rejected` and logged, so that it does not block the rows behind it.
     """
 
     def __init__(self, store: Store, capacity: int = 50_000, retry_s: float = 2.0):
         import collections
         self.store = store
         self.retry_s = retry_s
-        self.dropped = 0
+        self.dropped = 0  # oldest rows pushed out of a full queue
+        self.rejected = 0  # rows refused for good (invalid)
+        self.retries = 0  # transient failures, each followed by a wait of retry_s
         self.written = 0
         self._queue: collections.deque = collections.deque(maxlen=capacity)
         self._wake = threading.Event()
@@ -404,14 +415,20 @@ class BufferedWriter:
                     result = getattr(self.store, method)(row)
                     if hasattr(result, "result"):
                         result.result()
-                except Exception as err:  # Cassandra away: keep the row, try again later
+                except TRANSIENT_ERRORS as err:  # Cassandra away: keep the row, try again later
+                    self.retries += 1
                     log.warning("store write %s failed (%d queued), retrying in %.0f s: %s", method,
                                 len(self._queue), self.retry_s, err)
                     self.store.close()
                     self._stop.wait(self.retry_s)
                     break
+                except Exception as err:  # refused for good: drop it, the rows behind it go on
+                    self.rejected += 1
+                    log.error("store write %s refused, row dropped (%d so far): %s: %s; row %s", method,
+                              self.rejected, type(err).__name__, err, repr(row)[:300])
+                else:
+                    self.written += 1
                 self._queue.popleft()
-                self.written += 1
 
     def close(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

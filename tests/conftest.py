@@ -56,7 +56,9 @@ def settings(stack, tmp_path_factory):
     with Store(test_settings) as store:
         store.session.execute(f"DROP KEYSPACE IF EXISTS {test_settings.keyspace}", timeout=60)
     client = bus.admin(test_settings)
-    ours = [t for t in bus.existing_topics(test_settings, client) if t.startswith(test_settings.topic_prefix + ".")]
+    # `<prefix>.*` and the Faust apps' own topics (`<prefix>-monitor-load-1s-changelog`...)
+    ours = [t for t in bus.existing_topics(test_settings, client)
+            if t.startswith((test_settings.topic_prefix + ".", test_settings.topic_prefix + "-"))]
     if ours:
         for future in client.delete_topics(ours, operation_timeout=30).values():
             future.result()

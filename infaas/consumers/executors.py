@@ -154,7 +154,8 @@ def backend_key(optimizer: str, hardware: str) -> str:
 
 
 # --- dispatch -------------------------------------------------------------------------------------
-def open_executor(variant: Variant, artifact_path: Path | str) -> Executor:
+def open_executor(variant: Variant, artifact_path: Path | str, output_names: tuple[str, ...] = ()) -> Executor:
+    """`output_names`: the model's (its catalogue entry), for artifacts that do not carry them (TVM)."""
     path = Path(artifact_path)
     if not path.is_file():
         raise ExecutorError(f"{variant.variant_id}: artifact {path} does not exist")
@@ -174,7 +175,7 @@ def open_executor(variant: Variant, artifact_path: Path | str) -> Executor:
         return OrtExecutor(path, threads=variant.threads,
                            providers=[("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider"])
     if optimizer == "tvm" and not on_gpu:
-        return TvmExecutor(path, threads=variant.threads)
+        return TvmExecutor(path, threads=variant.threads, output_names=output_names)
     if optimizer == "trt" and on_gpu:
         return TrtExecutor(path)
     raise ExecutorError(f"{variant.variant_id}: no executor for optimizer {optimizer!r} on {variant.hardware!r}")
@@ -240,11 +241,14 @@ def _tvm_threads(tvm, threads: int) -> None:
 
 
 class TvmExecutor(Executor):
-    """A compiled Relax module. The VM keeps per-call state, so runs are serialised (thread_safe False)."""
+    """A compiled Relax module. The VM keeps per-call state, so runs are serialised (thread_safe False).
+
+    The module keeps the ONNX input's name but not the outputs': they are given (the model's, from
+    the catalogue), else numbered `output_0`, `output_1`... once the number of outputs is known."""
 
     thread_safe = False
 
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, output_names: tuple[str, ...] = ()):
         self.tvm, relax = import_tvm()
         self.threads = max(int(threads), 1)
         try:
@@ -257,6 +261,7 @@ class TvmExecutor(Executor):
         self.static_batch = int(static.group(1)) if static else None
         self.max_batch = self.static_batch
         self.input_name = str(self.vm._get_function_param_name("main", 0))  # the ONNX input's name
+        self.output_names = tuple(output_names)
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -269,6 +274,8 @@ class TvmExecutor(Executor):
             _tvm_threads(self.tvm, self.threads)
             out = self.main(self.tvm.runtime.tensor(np.ascontiguousarray(batch)))
         outputs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out]
+        if len(self.output_names) != len(outputs):
+            self.output_names = tuple(f"output_{k}" for k in range(len(outputs)))
         return [o.numpy()[:rows] for o in outputs]
 
     def close(self) -> None:

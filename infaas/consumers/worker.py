@@ -141,6 +141,8 @@ class Replica(threading.Thread):
                                                               "client.id": f"{worker.worker_id}-{index}"})
         self.consumer.subscribe([topic])
         self.producer = bus.producer(self.settings)
+        self.failed_deliveries = 0  # results Kafka did not accept, over the replica's life
+        self._batch_failures: list[str] = []  # delivery errors of the batch being served
 
     def run(self) -> None:
         try:
@@ -213,15 +215,43 @@ class Replica(threading.Thread):
             for topic, result in late + results:
                 self._produce(topic, result)  # sent now: results of early runs do not wait for later ones
                 answered.append((topic, result))
-        if self.producer.flush(30) == 0:
-            self.consumer.commit(asynchronous=True)  # only after the results are acknowledged
-        else:
-            log.error("results not acknowledged within 30 s; offsets not committed (they will be served again)")
+        self._commit_if_delivered(items)
         statuses = [result["status"] for _, result in answered]
         self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
                                    missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
                                    exec_ms=exec_ms)
         self._update_lag()
+
+    def _commit_if_delivered(self, items: list[tuple]) -> None:
+        """Commit the batch's offsets only once Kafka acknowledged every result of it. Otherwise
+        rewind to the batch's first queries, so that they are served again (at-least-once: a
+        result must not be lost with its query committed)."""
+        unacknowledged = self.producer.flush(30)
+        failures, self._batch_failures = self._batch_failures, []
+        if unacknowledged == 0 and not failures:
+            self.consumer.commit(asynchronous=True)
+            return
+        self.failed_deliveries += len(failures) + unacknowledged
+        log.error("replica %s: %d result(s) refused (%s), %d unacknowledged after 30 s; the batch's %d queries "
+                  "will be served again", self.name, len(failures), "; ".join(sorted(set(failures))) or "-",
+                  unacknowledged, len(items))
+        self._rewind(items)
+        self.stopping.wait(1.0)  # whatever refused the results (broker, topic) gets a moment
+
+    def _rewind(self, items: list[tuple]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for message, _ in items:
+            key = (message.topic(), message.partition())
+            first[key] = min(first.get(key, message.offset()), message.offset())
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as err:  # revoked meanwhile: its next owner starts from the committed offset
+                log.warning("cannot rewind %s[%d] to %d: %s", topic, partition, offset, err)
+
+    def _delivered(self, err, message) -> None:
+        if err is not None:
+            self._batch_failures.append(f"{message.topic()}: {err.str()}")
 
     def _admit(self, routed: dict):
         return admit(routed, self.hosted, self.settings)
@@ -271,7 +301,8 @@ class Replica(threading.Thread):
         payload = self.codec.encode("Result", result)
         while True:
             try:
-                self.producer.produce(topic, key=result["query_id"].encode(), value=payload)
+                self.producer.produce(topic, key=result["query_id"].encode(), value=payload,
+                                      on_delivery=self._delivered)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -146,10 +146,21 @@ class KubernetesBackend:
         return []
 
     def stop_worker(self, worker_id: str, hardware: str | None = None) -> bool:
-        hardware = hardware or next(iter(self.deployments))
+        """Remove that pod: the Deployment of its hardware shrinks by one (the scaler names only the pod)."""
+        hardware = hardware or self.hardware_of(worker_id)
         self.core.patch_namespaced_pod(worker_id, self.namespace, pod_deletion_cost_body(-1000))
         self._scale(hardware, max(self.replicas(hardware) - 1, 0))
         return True
+
+    def hardware_of(self, pod: str) -> str:
+        """The hardware whose Deployment owns `pod`: Deployment pods are named
+        `<deployment>-<pod-template-hash>-<suffix>`, so exactly two parts follow the Deployment's name
+        (which tells `workers-gpu` from `workers-gpu-big`)."""
+        for hardware, deployment in self.deployments.items():
+            rest = pod.removeprefix(deployment + "-")
+            if rest != pod and len(rest.split("-")) == 2:
+                return hardware
+        raise BackendError(f"pod {pod!r} belongs to none of the Deployments {sorted(self.deployments.values())}")
 
     def close(self) -> None:
         pass

@@ -1,10 +1,25 @@
 """The load monitor: a Faust stream over `infaas.metrics` (workers' reports, every second).
 
-It aggregates load into tumbling windows (1 s and 10 s) per variant and per worker, writes them to
-Cassandra (with a TTL) and to `infaas.load` for streaming analytics, keeps each variant's state
-(active / overloaded / interfered, by the INFaaS thresholds) in the compacted `infaas.state`
-topic, and emits scaling triggers on `infaas.scaling` when a variant becomes overloaded or
-interfered. Cassandra writes are fire-and-forget: the monitor never waits on the store.
+It aggregates load into tumbling windows (1 s and 10 s) per variant and per worker, writes the
+closed ones to Cassandra (with a TTL) and to `infaas.load` for streaming analytics, keeps each
+variant's state (active / overloaded / interfered, by the INFaaS thresholds) in the compacted
+`infaas.state` topic, and emits scaling triggers on `infaas.scaling` when a variant becomes
+overloaded or interfered. Cassandra writes are fire-and-forget: the monitor never waits on the store.
+
+The windows are Faust windowed tables, so they outlive the process: every update goes to the
+table's changelog topic, and a restarted monitor recovers its open windows from it, then goes on
+from the last committed report. Faust flushes the changelog before it commits the offsets of the
+reports it processed (at-least-once), so no report is lost; a report processed again after a crash
+is recognised by its id (worker id and report time), recorded in each window it counted in, and
+not counted twice. Windows follow the reports' own clock: one closes, and is published, once a
+report from past its end (plus a grace period for late reports) has been processed, so a monitor
+replaying its backlog after a restart publishes a window only with all of it. A late report after
+that re-publishes its window with the new totals: on `infaas.load` the latest record per window
+(scope, key, window_s, window_start) is the one that counts, as in Cassandra (an upsert).
+
+This module is also a template for your own analytics: `make_app` shows a Faust agent over the
+workers' reports that fills windowed tables (`app.Table(...).tumbling(...)`) by the reports' own
+clock (`relative_to`) and publishes the windows it closes.
 """
 
 from __future__ import annotations
@@ -24,30 +39,56 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 
 WINDOWS_S = (1, 10)
+GRACE_MS = 1000  # a window closes this long after its end: late reports (one interval) still count
+KEEP_WINDOWS_S = 120  # closed windows stay in the tables this long (late reports, then expiry)
 REPORT_EXPIRY_MS = 3000  # a worker silent this long no longer counts as hosting its variants
 
 
-@dataclass
-class Window:
-    served: int = 0
-    errors: int = 0
-    missed: int = 0
-    latency_sum: float = 0.0  # latency x served, for a served-weighted mean
-    p99: float = 0.0
-    max_queue: int = 0
-    util_sum: float = 0.0
-    reports: int = 0
+# --- windows: pure bookkeeping on plain dicts (what the tables hold) ---------------------------------
+def report_id(report: dict) -> str:
+    """Unique per report: a worker reports at most once per millisecond."""
+    return f"{report['worker_id']}@{report['reported_at']}"
 
-    def add(self, served: int, errors: int, missed: int, avg_latency: float, p99: float, queue: int,
-            util: float) -> None:
-        self.served += served
-        self.errors += errors
-        self.missed += missed
-        self.latency_sum += avg_latency * served
-        self.p99 = max(self.p99, p99)
-        self.max_queue = max(self.max_queue, queue)
-        self.util_sum += util
-        self.reports += 1
+
+def report_loads(report: dict) -> list[tuple[tuple[str, str], dict]]:
+    """What one report adds to the window of its worker and to that of each of its variants."""
+    variants = report["variants"]
+    served = sum(m["served"] for m in variants)
+    worker = {"served": served, "errors": sum(m["errors"] for m in variants),
+              "missed": sum(m["deadline_missed"] for m in variants),
+              "latency_sum": sum(m["avg_latency_ms"] * m["served"] for m in variants),
+              "p99": max((m["p99_ms"] for m in variants), default=0.0),
+              "queue": sum(m["queue_len"] for m in variants),
+              "util": report["gpu_util"] if report["gpu_util"] is not None else report["cpu_util"]}
+    loads = [(("WORKER", report["worker_id"]), worker)]
+    for m in variants:
+        loads.append((("VARIANT", m["variant_id"]), {
+            "served": m["served"], "errors": m["errors"], "missed": m["deadline_missed"],
+            "latency_sum": m["avg_latency_ms"] * m["served"], "p99": m["p99_ms"], "queue": m["queue_len"],
+            "util": 0.0}))
+    return loads
+
+
+def count_into(window: dict | None, rid: str, load: dict) -> dict | None:
+    """The window with one report's load added, or None when that report is already counted."""
+    window = window or {"served": 0, "errors": 0, "missed": 0, "latency_sum": 0.0, "p99": 0.0, "max_queue": 0,
+                        "util_sum": 0.0, "reports": [], "published": False}
+    if rid in window["reports"]:
+        return None
+    return {"served": window["served"] + load["served"], "errors": window["errors"] + load["errors"],
+            "missed": window["missed"] + load["missed"], "latency_sum": window["latency_sum"] + load["latency_sum"],
+            "p99": max(window["p99"], load["p99"]), "max_queue": max(window["max_queue"], load["queue"]),
+            "util_sum": window["util_sum"] + load["util"], "reports": [*window["reports"], rid],
+            "published": False}  # (again) to publish: with a late report, the new totals supersede
+
+
+def load_window(scope: str, key: str, window_s: int, start_ms: int, w: dict) -> dict:
+    """The LoadWindow record of a window."""
+    reports = len(w["reports"])
+    return {"scope": scope, "key": key, "window_s": window_s, "window_start": start_ms, "served": w["served"],
+            "errors": w["errors"], "deadline_missed": w["missed"], "qps": (w["served"] + w["missed"]) / window_s,
+            "avg_latency_ms": w["latency_sum"] / w["served"] if w["served"] else 0.0, "p99_ms": w["p99"],
+            "max_queue_len": w["max_queue"], "avg_util": w["util_sum"] / reports if reports else 0.0}
 
 
 @dataclass
@@ -93,46 +134,18 @@ class Observed:
             self.demand_slo_ms = min(self.demand_slo_ms or m["demand_slo_ms"], m["demand_slo_ms"])
 
 
-class LoadAggregator:
-    """Windows and states from worker reports; pure bookkeeping, driven by `add` and `tick`."""
+class VariantStates:
+    """Variant states from the workers' latest reports (in memory: rebuilt from the next reports)."""
 
     def __init__(self, config: PolicyConfig):
         self.config = config
-        self.windows: dict[tuple[str, str, int, int], Window] = defaultdict(Window)
         self.latest: dict[str, dict] = {}  # worker id -> latest report
         self.states: dict[str, dict] = {}  # variant id -> last published VariantState
 
     def add(self, report: dict) -> None:
-        self.latest[report["worker_id"]] = report
-        at = report["reported_at"]
-        util = report["gpu_util"] if report["gpu_util"] is not None else report["cpu_util"]
-        for window_s in WINDOWS_S:
-            start = at // (window_s * 1000) * window_s * 1000
-            served = sum(m["served"] for m in report["variants"])
-            errors = sum(m["errors"] for m in report["variants"])
-            missed = sum(m["deadline_missed"] for m in report["variants"])
-            latency = (sum(m["avg_latency_ms"] * m["served"] for m in report["variants"]) / served) if served else 0.0
-            p99 = max((m["p99_ms"] for m in report["variants"]), default=0.0)
-            queue = sum(m["queue_len"] for m in report["variants"])
-            self.windows[("WORKER", report["worker_id"], window_s, start)].add(
-                served, errors, missed, latency, p99, queue, util)
-            for m in report["variants"]:
-                self.windows[("VARIANT", m["variant_id"], window_s, start)].add(
-                    m["served"], m["errors"], m["deadline_missed"], m["avg_latency_ms"], m["p99_ms"],
-                    m["queue_len"], 0.0)
-
-    def closed_windows(self, now_ms: int) -> list[dict]:
-        """Windows that ended at least one report interval ago (late reports had their chance)."""
-        closed = []
-        for key in [k for k in self.windows if k[3] + k[2] * 1000 + 1000 <= now_ms]:
-            scope, name, window_s, start = key
-            w = self.windows.pop(key)
-            closed.append({"scope": scope, "key": name, "window_s": window_s, "window_start": start,
-                           "served": w.served, "errors": w.errors, "deadline_missed": w.missed,
-                           "qps": (w.served + w.missed) / window_s,
-                           "avg_latency_ms": w.latency_sum / w.served if w.served else 0.0, "p99_ms": w.p99,
-                           "max_queue_len": w.max_queue, "avg_util": w.util_sum / w.reports if w.reports else 0.0})
-        return closed
+        previous = self.latest.get(report["worker_id"])
+        if previous is None or previous["reported_at"] <= report["reported_at"]:
+            self.latest[report["worker_id"]] = report
 
     def observe(self, now_ms: int) -> dict[str, Observed]:
         observed: dict[str, Observed] = defaultdict(Observed)
@@ -177,6 +190,8 @@ class LoadAggregator:
 # --- the Faust service ----------------------------------------------------------------------------
 def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = None):
     import asyncio
+    import functools
+    from datetime import timedelta
 
     import faust
 
@@ -187,11 +202,34 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
 
     app = faust_app(settings, "monitor", web_port)
     codec = default_codec()
-    aggregator = LoadAggregator(config)
     metrics = app.topic(settings.topic("metrics"), value_serializer="raw", key_serializer="raw")
     producer = bus.producer(settings)
     writer = BufferedWriter(Store(settings))
     catalog = {"variants": {}}
+    states = VariantStates(config)
+    closed_until = {"ms": 0}  # the reports' clock, less the grace: windows ending by then are closed
+
+    @functools.lru_cache(maxsize=4)  # the same report's time is asked for each window it counts in
+    def reported_at_s(payload: bytes) -> float:
+        return codec.decode_as("WorkerReport", payload)["reported_at"] / 1000.0
+
+    def report_time(event) -> float:
+        """Windows follow the report's own clock (seconds), not the Kafka timestamp."""
+        return reported_at_s(event.value)
+
+    # One windowed table per window size, keyed by (scope, key): its value is a window's totals (see
+    # count_into), as JSON. One partition, like the metrics topic.
+    windows = {
+        window_s: app.Table(f"load-{window_s}s", default=None, partitions=1)
+        .tumbling(window_s, expires=timedelta(seconds=KEEP_WINDOWS_S))
+        .relative_to(report_time)
+        for window_s in WINDOWS_S}
+    # The tables' changelog topics: this app may not declare topics (faust_support), so they are made
+    # here; compacted, and deleted once past the windows' expiry.
+    bus.ensure_topics(settings, {
+        table.table.changelog_topic.get_topic_name(): bus.TopicSpec(1, {
+            "cleanup.policy": "compact,delete", "retention.ms": str(2 * KEEP_WINDOWS_S * 1000)})
+        for table in windows.values()})
 
     def refresh_catalog() -> None:
         try:
@@ -208,19 +246,41 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
     async def monitor(stream: faust.Stream) -> None:
         async for payload in stream:
             try:
-                aggregator.add(codec.decode_as("WorkerReport", payload))
+                report = codec.decode_as("WorkerReport", payload)
             except DecodeError as err:
                 log.warning("ignoring undecodable worker report: %s", err.reason)
+                continue
+            states.add(report)
+            rid = report_id(report)
+            for key, load in report_loads(report):
+                for table in windows.values():
+                    updated = count_into(table[key].value() if key in table else None, rid, load)
+                    if updated is not None:  # None: counted before a restart
+                        table[key] = updated
+            closing = (report["reported_at"] - GRACE_MS) // 1000 * 1000  # a 1 s step: scan once per second
+            if closing > closed_until["ms"]:
+                closed_until["ms"] = closing
+                publish_closed(closing)
+
+    def publish_closed(closing_ms: int) -> None:
+        """Publish the windows that ended by `closing_ms` and are not published yet, and mark them (in
+        the table, so that a restarted monitor does not publish them again)."""
+        for window_s, table in windows.items():
+            for (key, window_range), window in list(table.table.items()):
+                start_ms = int(round(window_range[0] * 1000))
+                if window is None or window["published"] or start_ms + window_s * 1000 > closing_ms:
+                    continue
+                record = load_window(*key, window_s, start_ms, window)
+                producer.produce(settings.topic("load"), key=key[1].encode(), value=codec.encode("LoadWindow", record))
+                writer.submit("put_load_window", record)
+                table.table[(key, window_range)] = {**window, "published": True}
+        producer.poll(0)
 
     @app.timer(interval=1.0)
-    async def publish() -> None:
+    async def publish_states() -> None:
         now = int(time.time() * 1000)
-        for window in aggregator.closed_windows(now):
-            producer.produce(settings.topic("load"), key=window["key"].encode(),
-                             value=codec.encode("LoadWindow", window))
-            writer.submit("put_load_window", window)
-        states, triggers = aggregator.states_changed(catalog["variants"], now)
-        for state in states:
+        changed, triggers = states.states_changed(catalog["variants"], now)
+        for state in changed:
             producer.produce(settings.topic("state"), key=state["variant_id"].encode(),
                              value=codec.encode("VariantState", state))
             writer.submit("put_variant_state", state)

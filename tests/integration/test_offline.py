@@ -60,6 +60,36 @@ def test_batch_output_equals_online_answers(settings, workers, rows, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["ort-fp32", "ort-int8", "tvm"])
+def test_offline_output_equals_online_answers_on_every_variant_kind(settings, workers, zoo, rows, tmp_path, optimizer):
+    """The job runs on the variant asked for; every output of the model is written, under the model's
+    output names, and equals what online queries on the same variant return (batch by batch: int8
+    variants quantize activations per batch)."""
+    _, variants = zoo
+    kind = [v for v in variants.values() if v.optimizer == optimizer and v.threads == 1]
+    assert kind, f"the zoo registered no {optimizer} variant"
+    variant = min(kind, key=lambda v: (v.batch_size != 8, v.batch_size, v.variant_id))
+    with Store(settings) as store:
+        model = store.get_model(variant.model, variant.model_version)
+    inputs, url = rows
+    out = tmp_path / f"{optimizer}.npz"
+    job = offline.submit(settings, "demo", url, f"file://{out}", variant=variant.variant_id, chunk_size=64)
+    assert job["variant_id"] == variant.variant_id
+    status = offline.wait_for(settings, job["job_id"], timeout_s=180)
+    assert status["status"] == "DONE", status
+    produced = np.load(out)
+    assert list(produced.keys()) == list(model.output_names)
+    batch = variant.batch_size
+    with InfaasClient(settings, app_id="demo", timeout_s=120) as client:
+        for start in (0, 64, 64 + batch):  # batches inside the first chunk and at the start of the second
+            online = client.query(inputs[start:start + batch], variant=variant.variant_id)
+            assert online.ok, online.error
+            assert len(online.outputs) == len(model.output_names)
+            for name, answer in zip(model.output_names, online.outputs, strict=True):
+                np.testing.assert_allclose(produced[name][start:start + batch], answer, rtol=1e-5, atol=1e-5)
+        assert all(len(produced[name]) == len(inputs) for name in model.output_names)
+
+
 def test_bad_jobs_are_refused(settings, rows, tmp_path):
     _, url = rows
     with pytest.raises(offline.OfflineError, match="NO_FEASIBLE_VARIANT"):

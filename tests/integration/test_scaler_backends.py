@@ -105,3 +105,33 @@ def test_kubernetes_backend_builds_the_scale_and_deletion_cost_requests():
     assert pod_deletion_cost_body(5)["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] == "5"
     with pytest.raises(BackendError):
         deployment_scale_body(-1)
+
+
+class ScalesPerDeployment(RecordingApi):
+    """Like RecordingApi, with a replica count per Deployment."""
+
+    def __init__(self, replicas: dict[str, int]):
+        super().__init__(0)
+        self.by_name = replicas
+
+    def read_namespaced_deployment_scale(self, name, namespace):
+        self.replicas = self.by_name[name]
+        return super().read_namespaced_deployment_scale(name, namespace)
+
+    def patch_namespaced_deployment_scale(self, name, namespace, body):
+        super().patch_namespaced_deployment_scale(name, namespace, body)
+        self.by_name[name] = body["spec"]["replicas"]
+
+
+def test_kubernetes_backend_stops_a_pod_by_shrinking_its_own_hardwares_deployment():
+    """The scaler names only the pod: a GPU pod shrinks the GPU Deployment, not the first one (CPU)."""
+    deployments = {"cpu": "infaas-worker", "gpu": "infaas-worker-gpu"}  # one name prefixes the other
+    api = ScalesPerDeployment({"infaas-worker": 3, "infaas-worker-gpu": 2})
+    backend = KubernetesBackend(deployments, namespace="serving", api=api, core=api)
+    assert backend.stop_worker("infaas-worker-gpu-7f9c5d8b4-x2kq9")
+    assert api.by_name == {"infaas-worker": 3, "infaas-worker-gpu": 1}
+    assert backend.stop_worker("infaas-worker-6d4cf56db6-8zq7w")
+    assert api.by_name == {"infaas-worker": 2, "infaas-worker-gpu": 1}
+    with pytest.raises(BackendError, match="belongs to none"):
+        backend.stop_worker("someone-else-7f9c5d8b4-x2kq9")
+    assert api.by_name == {"infaas-worker": 2, "infaas-worker-gpu": 1}

@@ -1,8 +1,11 @@
 """Every table of the metadata store, written and read back through the real Cassandra."""
 
+import time
 
 from infaas.catalog import ModelInfo, ProfilePoint, TaskInfo, Variant
-from infaas.store import now_ms
+from infaas.store import BufferedWriter, Store, now_ms
+
+from .conftest import free_port
 
 
 def make_variant(task="t-store", vid="m:ort-fp32:cpu-1t:b4", **changes) -> Variant:
@@ -85,3 +88,46 @@ def test_offline_jobs_and_chunks(store):
     store.put_chunk({"job_id": "j1", "chunk": 0, "status": "DONE", "worker_id": "w1"})
     assert store.get_job("j1")["status"] == "QUEUED"
     assert [c["chunk"] for c in store.chunks("j1")] == [0]
+
+
+def _window(key: str, start: int | None) -> dict:
+    return {"scope": "VARIANT", "key": key, "window_s": 1, "window_start": start, "served": 3, "errors": 0,
+            "deadline_missed": 0, "qps": 3.0, "avg_latency_ms": 2.0, "p99_ms": 4.0, "max_queue_len": 0,
+            "avg_util": 0.0}
+
+
+def _wait_until(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_buffered_writer_drops_a_row_cassandra_refuses_and_writes_the_rows_behind_it(settings):
+    """A permanent error (a null clustering key: InvalidRequest) is dropped and counted; it must not be
+    retried forever ahead of the good rows."""
+    start = now_ms() // 1000 * 1000
+    writer = BufferedWriter(Store(settings), retry_s=0.2)
+    try:
+        writer.submit("put_load_window", _window("refused-then-good", None))
+        for i in range(3):
+            writer.submit("put_load_window", _window("refused-then-good", start + i * 1000))
+        _wait_until(lambda: writer.pending == 0)
+        assert (writer.rejected, writer.written, writer.retries) == (1, 3, 0)
+    finally:
+        writer.close()
+    with Store(settings) as store:
+        rows = store.load_windows("VARIANT", "refused-then-good", 1)
+    assert sorted(r["window_start"] for r in rows) == [start, start + 1000, start + 2000]
+
+
+def test_buffered_writer_keeps_rows_while_cassandra_is_away(settings):
+    """A transient error (nothing listens on the port) keeps the row queued and retries it."""
+    away = settings.replace(cassandra_port=free_port())
+    writer = BufferedWriter(Store(away, connect_timeout=1.0), retry_s=0.1)
+    try:
+        writer.submit("put_load_window", _window("away", now_ms()))
+        _wait_until(lambda: writer.retries >= 2)
+        assert (writer.pending, writer.rejected, writer.written) == (1, 0, 0)
+    finally:
+        writer.close(timeout=0)

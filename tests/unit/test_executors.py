@@ -104,3 +104,17 @@ def test_available_backends_say_why_not():
 def test_gpu_variant_is_refused_without_a_gpu(artifacts):
     with pytest.raises(ExecutorError, match="lacks CUDAExecutionProvider"):
         open_executor(variant("ort-cuda-fp32", hardware="gpu-t4"), artifacts["onnx"])
+
+
+@pytest.mark.parametrize("optimizer", ["ort-fp32", "ort-int8", "tvm"])
+def test_every_cpu_executor_names_its_outputs(artifacts, optimizer):
+    """Offline jobs write each output under its name: an executor with no names wrote nothing. TVM
+    modules keep no output names: they are given (the model's), else numbered."""
+    x = np.zeros((2, 16), np.float32)
+    with open_executor(variant(optimizer), artifacts[optimizer], output_names=("probabilities",)) as executor:
+        assert executor.output_names == ("probabilities",)
+        assert len(executor.run(x)) == 1
+    if optimizer == "tvm":
+        with open_executor(variant(optimizer), artifacts[optimizer]) as executor:
+            assert len(executor.run(x)) == len(executor.output_names) == 1
+            assert executor.output_names == ("output_0",)
