@@ -25,10 +25,9 @@ from infaas.scaler.processes import ServiceProcess
 from infaas.schemas.codec import default_codec
 from infaas.store import Store
 from infaas.streams.monitor import GRACE_MS, WINDOWS_S
-
-from ..conftest import settings_env
-from ..small_model import register_small_variant
-from .test_faults import REPORT, SteadyLoad
+from tests.conftest import settings_env
+from tests.faults.test_faults import REPORT, SteadyLoad
+from tests.small_model import register_small_variant
 
 CODEC = default_codec()
 RATE_QPS = 40.0

@@ -4,8 +4,7 @@ import time
 
 from infaas.catalog import ModelInfo, ProfilePoint, TaskInfo, Variant
 from infaas.store import BufferedWriter, Store, now_ms
-
-from .conftest import free_port
+from tests.conftest import free_port
 
 
 def make_variant(task="t-store", vid="m:ort-fp32:cpu-1t:b4", **changes) -> Variant:

@@ -14,8 +14,7 @@ from infaas import bus
 from infaas.consumers.worker import Worker, uncommitted_queries
 from infaas.schemas.codec import default_codec
 from infaas.tensors import to_tensor
-
-from .small_model import register_small_variant
+from tests.small_model import register_small_variant
 
 CODEC = default_codec()
 
