@@ -45,6 +45,8 @@ class Settings:
     query_partitions: int = 4
     variant_partitions: int = 4
     result_partitions: int = 2
+    topic_replication_factor: int = 1  # Kafka's, for the topics we create (production: 3)
+    min_insync_replicas: int = 1  # with acks=all, writes need this many replicas (production: 2)
     schema_registry_url: str = ""
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
@@ -176,7 +178,11 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"setting {name!r}: {port} is not a TCP port (1-65535)")
     if len(set(ports.values())) != len(ports):
         raise SettingsError(f"the local stack's ports must differ: {ports}")
+    if settings.min_insync_replicas > settings.topic_replication_factor:
+        raise SettingsError(f"setting 'min_insync_replicas' ({settings.min_insync_replicas}) is more than "
+                            f"'topic_replication_factor' ({settings.topic_replication_factor}): no write could succeed")
     for name in ("query_partitions", "variant_partitions", "result_partitions", "replication_factor",
+                 "topic_replication_factor", "min_insync_replicas",
                  "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
