@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .scaler.processes import ServiceError, ServiceProcess, supervised_by
+from .scaler.processes import ServiceError, ServiceProcess, pid_alive, supervised_by
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,21 @@ class Pipeline:
         # Workers last: what the dispatcher already routed is still served while it stops.
         # The scaler stops the workers it owns itself.
         order = sorted(services, key=lambda n: ("worker" in n, n))
-        return {name: services[name].stop() for name in order}
+        codes = {name: services[name].stop() for name in order}
+        self._stop_stray_workers()
+        return codes
+
+    def _stop_stray_workers(self, timeout_s: float = 15.0) -> None:
+        """Workers whose scaler was killed outlive it (a restarted or standby scaler adopts them);
+        once every scaler is stopped, they are stopped here."""
+        strays = list(self.worker_pids())
+        for pid in strays:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while any(pid_alive(pid) for pid in strays) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in strays:
+            _signal(pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """Escalation (a second stop signal): SIGKILL every service now, and the workers the
@@ -241,7 +256,11 @@ class Pipeline:
             if service.alive:
                 service.proc.kill()
         for pid in self.worker_pids():
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError:  # already gone
+        pass
