@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infaas.scaler.processes import pid_alive, supervised_by
+from infaas.scaler.processes import ServiceError, pid_alive, supervised_by
+from infaas.serve import CRASH_LOOP, FIRST_BACKOFF_S, MAX_BACKOFF_S, Pipeline, ServeOptions, backoff_s
 
 from .conftest import settings_env
 
@@ -140,3 +141,29 @@ def test_services_stop_by_themselves_when_serve_is_killed(settings):
         wait_until(lambda: not any(alive(pid) for pid in services), 60, "orphaned services stopped")
     finally:
         cleanup(serve, services)
+
+
+def test_restart_back_off_doubles_up_to_a_limit():
+    delays = [backoff_s(n) for n in range(1, 10)]
+    assert delays[:4] == [FIRST_BACKOFF_S * 2 ** i for i in range(4)]
+    assert max(delays) == MAX_BACKOFF_S
+
+
+@pytest.mark.timeout(120)
+def test_a_crashed_service_is_restarted_and_a_crash_loop_gives_up_clearly(settings, tmp_path):
+    pipeline = Pipeline(settings, ServeOptions(), env=settings_env(settings))
+    pipeline.log_dir = tmp_path
+    pipeline._service("flaky", ["--help"])  # a real process that ends at once, every time
+    deadline = time.monotonic() + 90
+    while not pipeline.failed:
+        assert time.monotonic() < deadline, "no crash loop detected"
+        pipeline.supervise()
+        time.sleep(0.05)
+    watch = pipeline.supervision["flaky"]
+    assert watch.restarts == CRASH_LOOP - 1
+    gaps = [b - a for a, b in zip(watch.crashes, list(watch.crashes)[1:], strict=False)]
+    assert all(gap >= backoff_s(i + 1) for i, gap in enumerate(gaps)), gaps  # each restart waited its back-off
+    assert f"flaky crashed {CRASH_LOOP} times" in pipeline.failed and "exit code 0" in pipeline.failed
+    with pytest.raises(ServiceError, match="giving up"):
+        pipeline.check()
+    pipeline.stop()
