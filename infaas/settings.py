@@ -178,14 +178,14 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"setting {name!r}: {port} is not a TCP port (1-65535)")
     if len(set(ports.values())) != len(ports):
         raise SettingsError(f"the local stack's ports must differ: {ports}")
-    if settings.min_insync_replicas > settings.topic_replication_factor:
-        raise SettingsError(f"setting 'min_insync_replicas' ({settings.min_insync_replicas}) is more than "
-                            f"'topic_replication_factor' ({settings.topic_replication_factor}): no write could succeed")
     for name in ("query_partitions", "variant_partitions", "result_partitions", "replication_factor",
                  "topic_replication_factor", "min_insync_replicas",
                  "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
+    if settings.min_insync_replicas > settings.topic_replication_factor:
+        raise SettingsError(f"setting 'min_insync_replicas' ({settings.min_insync_replicas}) is more than "
+                            f"'topic_replication_factor' ({settings.topic_replication_factor}): no write could succeed")
     for name in ("max_model_mb", "max_validation_mb", "max_model_nodes", "profile_runs", "registration_workers"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
