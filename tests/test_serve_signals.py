@@ -69,9 +69,20 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def start_serve(settings, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "infaas", "serve", "--workers", "1", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=settings_env(settings), text=True)
+def start_serve(settings, stderr: Path, *args: str) -> subprocess.Popen:
+    with stderr.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "infaas", "serve", "--workers", "1", *args],
+                                stdout=subprocess.PIPE, stderr=log, env=settings_env(settings), text=True)
+
+
+def wait_exit(serve: subprocess.Popen, timeout_s: float, stderr: Path) -> int:
+    """Its exit status; if it hangs, its threads' tracebacks (SIGUSR1) in the failure."""
+    try:
+        return serve.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        serve.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "most recent call first" in stderr.read_text(errors="replace"), 10, "a traceback dump")
+        raise AssertionError(f"serve still running {timeout_s:.0f} s later:\n{stderr.read_text()[-8000:]}") from None
 
 
 def services_connecting(serve: subprocess.Popen, count: int, kafka_port: int) -> list[int]:
@@ -96,23 +107,23 @@ def cleanup(serve: subprocess.Popen, services: list[int]) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_sigterm_stops_every_service_serve_started(settings):
-    serve = start_serve(settings, "--no-scaler")
+def test_sigterm_stops_every_service_serve_started(settings, tmp_path):
+    serve = start_serve(settings, tmp_path / "serve.err", "--no-scaler")
     services: list[int] = []
     try:
         # SIGTERM may come at any point after the services are started; here while they connect.
         services = services_connecting(serve, 3, settings.kafka_port)  # dispatcher, monitor, one worker
         assert sorted(services) == sorted(children_of(serve.pid)), "with --no-scaler serve owns the worker"
         serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0  # stopped as on Ctrl-C
+        assert wait_exit(serve, 60, tmp_path / "serve.err") == 0  # stopped as on Ctrl-C
         wait_until(lambda: not any(alive(pid) for pid in services), 30, "services stopped")
     finally:
         cleanup(serve, services)
 
 
 @pytest.mark.timeout(200)
-def test_second_signal_kills_the_services_instead_of_abandoning_them(settings):
-    serve = start_serve(settings)  # with the scaler: the worker is the scaler's child
+def test_second_signal_kills_the_services_instead_of_abandoning_them(settings, tmp_path):
+    serve = start_serve(settings, tmp_path / "serve.err")  # with the scaler: the worker is the scaler's child
     services: list[int] = []
     try:
         for line in serve.stdout:  # ready: the scaler has started its worker
@@ -123,7 +134,7 @@ def test_second_signal_kills_the_services_instead_of_abandoning_them(settings):
         serve.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping" in serve.stdout.readline(), 30, "serve stopping")
         serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
+        wait_exit(serve, 30, tmp_path / "serve.err")
         # Killed, not stopped gracefully (that takes seconds per service): all gone at once.
         wait_until(lambda: not any(alive(pid) for pid in services), 5, "every service killed")
     finally:
@@ -131,8 +142,8 @@ def test_second_signal_kills_the_services_instead_of_abandoning_them(settings):
 
 
 @pytest.mark.timeout(200)
-def test_services_stop_by_themselves_when_serve_is_killed(settings):
-    serve = start_serve(settings)
+def test_services_stop_by_themselves_when_serve_is_killed(settings, tmp_path):
+    serve = start_serve(settings, tmp_path / "serve.err")
     services: list[int] = []
     try:
         services = services_connecting(serve, 4, settings.kafka_port)

@@ -238,7 +238,9 @@ class _StopSignals:
     it is stopping escalates: every service is killed at once, none is left running on its own."""
 
     def __init__(self, pipeline):
+        import faulthandler
         import signal
+        faulthandler.register(signal.SIGUSR1)  # a stuck serve tells where it is (its threads' tracebacks)
         self.pipeline = pipeline
         self.escalated = False
         for signum in (signal.SIGINT, signal.SIGTERM):

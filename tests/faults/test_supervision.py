@@ -113,6 +113,25 @@ def test_only_worker_killed(settings, pipeline, variant, report):
     assert all(s.restarts == 0 for s in pipeline.supervision.values()), "serve restarted nothing: not its worker"
 
 
+def test_silent_worker_is_replaced(settings, pipeline, variant, report):
+    """A worker that stops reporting (frozen: SIGSTOP) is gone for the scaler, which replaces it."""
+    [victim] = pipeline.worker_pids()
+    scaler = pipeline.services["scaler"]
+    replacing = f"replacing {pipeline.worker_pids()[victim]}, gone"
+
+    def inject() -> float:
+        os.kill(victim, signal.SIGSTOP)
+        return wait_for(lambda: log_count(scaler, f"{replacing} (it stopped reporting)") > 0, 60,
+                        "the scaler found the worker gone")
+    try:
+        accounting = run_fault(settings, variant.variant_id, "worker stops reporting (SIGSTOP)", inject, report)
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    assert accounting["process_back_s"] <= 10.0, "replicas placed again within 10 s"
+    wait_for(lambda: victim not in pipeline.worker_pids(), 30, "the frozen worker ended")
+    assert len(pipeline.worker_pids()) == 1 and log_count(scaler, replacing) == 1, "one failure, one replacement"
+
+
 def test_one_of_two_dispatchers_killed(settings, pipeline, variant, report):
     run_fault(settings, variant.variant_id, "one of two dispatchers SIGKILL",
               lambda: pipeline.restart("dispatcher-2"), report)
