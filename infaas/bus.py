@@ -116,8 +116,10 @@ def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], client: Admin
     missing = {name: spec for name, spec in specs.items() if name not in existing_topics(settings, client)}
     if not missing:
         return []
-    new = [NewTopic(name, num_partitions=spec.partitions, replication_factor=1,
-                    config={**topic_limits(settings), **spec.config}) for name, spec in missing.items()]
+    new = [NewTopic(name, num_partitions=spec.partitions, replication_factor=settings.topic_replication_factor,
+                    config={**topic_limits(settings), "min.insync.replicas": str(settings.min_insync_replicas),
+                            **spec.config})
+           for name, spec in missing.items()]
     created = []
     for name, future in client.create_topics(new, operation_timeout=timeout).items():
         try:

@@ -50,6 +50,8 @@ class Settings:
     # to every topic, producer and consumer of infaas (it must leave room for the envelope).
     max_input_mb: int = 16
     max_message_mb: int = 20
+    topic_replication_factor: int = 1  # Kafka's, for the topics we create (production: 3)
+    min_insync_replicas: int = 1  # with acks=all, writes need this many replicas (production: 2)
     schema_registry_url: str = ""
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
@@ -186,9 +188,13 @@ def _check(settings: Settings) -> None:
     if len(set(ports.values())) != len(ports):
         raise SettingsError(f"the local stack's ports must differ: {ports}")
     for name in ("query_partitions", "variant_partitions", "result_partitions", "replication_factor",
+                 "topic_replication_factor", "min_insync_replicas",
                  "kafka_heap_mb", "cassandra_heap_mb", "offline_chunk_size", "load_window_ttl_s"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")
+    if settings.min_insync_replicas > settings.topic_replication_factor:
+        raise SettingsError(f"setting 'min_insync_replicas' ({settings.min_insync_replicas}) is more than "
+                            f"'topic_replication_factor' ({settings.topic_replication_factor}): no write could succeed")
     for name in ("max_model_mb", "max_validation_mb", "max_model_nodes", "profile_runs", "registration_workers"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1, not {getattr(settings, name)}")

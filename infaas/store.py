@@ -358,6 +358,23 @@ class Store:
                 return True
         return False
 
+    # --- leases (one active scaler) -----------------------------------------------------------
+    def take_lease(self, name: str, holder: str, ttl_s: int) -> bool:
+        """Become the holder of a free lease. A lightweight transaction; the row's TTL (the
+        server's clock, not ours) frees the lease of a holder that stopped renewing it."""
+        rows = self.select("INSERT INTO {ks}.leases (name, holder) VALUES (?, ?) IF NOT EXISTS USING TTL ?",
+                           name, holder, int(ttl_s))
+        return bool(rows and rows[0].get("[applied]"))
+
+    def renew_lease(self, name: str, holder: str, ttl_s: int) -> bool:
+        """Extend a lease `holder` still holds; False once it expired or someone else took it."""
+        rows = self.select("UPDATE {ks}.leases USING TTL ? SET holder = ? WHERE name = ? IF holder = ?",
+                           int(ttl_s), holder, name, holder)
+        return bool(rows and rows[0].get("[applied]"))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.select("DELETE FROM {ks}.leases WHERE name = ? IF holder = ?", name, holder)
+
 
 def _first_error(err: NoHostAvailable) -> str:
     errors = getattr(err, "errors", {}) or {}

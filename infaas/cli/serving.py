@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from ..scaler.processes import watch_supervisor
+
 
 def register(sub) -> None:
     app = sub.add_parser("app", help="applications (tenants)")
@@ -45,7 +47,9 @@ def register(sub) -> None:
     p.add_argument("--memory-mb", type=float, default=2048.0)
     p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
     p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
-    p.add_argument("--no-scaler", action="store_true")
+    p.add_argument("--no-scaler", action="store_true",
+                   help="no scaler: a fixed pool of workers, which serve then owns and restarts itself")
+    p.add_argument("--dispatchers", type=int, default=1, help="dispatchers sharing the queries topic's partitions")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("scaler", help="run the scaler (replicas, variants, workers)")
@@ -58,6 +62,15 @@ def register(sub) -> None:
     p.add_argument("--min-workers", type=int, default=1)
     p.add_argument("--max-workers", type=int, default=4)
     p.add_argument("--unload-idle-s", type=float, default=60.0)
+    p.add_argument("--initial-workers", type=int, default=0,
+                   help="workers to have at the start (local backend): started unless already reporting")
+    p.add_argument("--worker-hardware", default="cpu", help="hardware of the initial workers")
+    p.add_argument("--preload", default="", help="comma-separated variant ids the initial workers load at start")
+    p.add_argument("--worker-memory-mb", type=float, default=2048.0)
+    p.add_argument("--worker-max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                   help="one more `infaas worker` argument for the workers it starts (repeat; --worker-arg=--x)")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds the initial workers may take")
     p.set_defaults(handler=cmd_scaler)
 
     p = sub.add_parser("events", help="scaling events: what the system did and why")
@@ -173,11 +186,13 @@ def cmd_app_list(args, settings) -> int:
 
 def cmd_dispatcher(args, settings) -> int:
     from ..streams import dispatcher
+    watch_supervisor()
     return dispatcher.run(settings, args.web_port)
 
 
 def cmd_monitor(args, settings) -> int:
     from ..streams import monitor
+    watch_supervisor()
     return monitor.run(settings, web_port=args.web_port)
 
 
@@ -185,6 +200,7 @@ def cmd_worker(args, settings) -> int:
     from ..consumers import worker
     preload = [v for v in args.variants.split(",") if v]
     threshold = None if args.no_offline else args.offline_cpu_threshold
+    watch_supervisor()
     return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms,
                       threshold)
 
@@ -194,23 +210,56 @@ def cmd_serve(args, settings) -> int:
     from ..serve import Pipeline, ServeOptions
     options = ServeOptions(workers=args.workers, hardware=args.hardware,
                            preload=[v for v in args.preload.split(",") if v], worker_memory_mb=args.memory_mb,
-                           max_batch_delay_ms=args.max_batch_delay_ms, scaler=not args.no_scaler, policy=args.policy)
+                           max_batch_delay_ms=args.max_batch_delay_ms, scaler=not args.no_scaler, policy=args.policy,
+                           dispatchers=args.dispatchers)
     pipeline = Pipeline(settings, options, echo=lambda line: print(line, flush=True))
+    signals = _StopSignals(pipeline)
     try:
         took = pipeline.start()
-        print(f"infaas serving: {', '.join(pipeline.services)} ready in {took:.1f} s "
-              f"(logs in {pipeline.log_dir}); Ctrl-C to stop", flush=True)
+        owner = "the scaler's" if options.scaler else "serve's"
+        print(f"infaas serving: {', '.join(pipeline.services)} ready in {took:.1f} s, {options.workers} worker(s) "
+              f"owned by {owner} backend (logs in {pipeline.log_dir}); Ctrl-C to stop", flush=True)
         while True:
-            time.sleep(1.0)
+            time.sleep(0.5)
             pipeline.check()
     except ServiceError as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("infaas: stopping ...", flush=True)
+        print("infaas: stopping ... (again to kill the services at once)", flush=True)
         return 0
     finally:
+        signals.stopping()
         pipeline.stop()
+
+
+class _StopSignals:
+    """The first SIGINT/SIGTERM stops `serve` gracefully (KeyboardInterrupt); one that comes while
+    it is stopping escalates: every service is killed at once, none is left running on its own."""
+
+    def __init__(self, pipeline):
+        import faulthandler
+        import signal
+        faulthandler.register(signal.SIGUSR1)  # a stuck serve tells where it is (its threads' tracebacks)
+        self.pipeline = pipeline
+        self.escalated = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._first)
+
+    def _first(self, signum, _frame) -> None:
+        self.stopping()  # from now on, another signal escalates
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def stopping(self) -> None:
+        import signal
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._again)
+
+    def _again(self, signum, _frame) -> None:
+        if not self.escalated:
+            self.escalated = True
+            print(f"infaas: signal {signum} while stopping: killing the services", file=sys.stderr, flush=True)
+            self.pipeline.kill()
 
 
 def cmd_scaler(args, settings) -> int:
@@ -223,7 +272,13 @@ def cmd_scaler(args, settings) -> int:
         return 2
     config = PolicyConfig(min_workers=args.min_workers, max_workers=args.max_workers,
                           unload_idle_s=args.unload_idle_s, hardware_catalog=settings.hardware_catalog)
-    return service.run(settings, args.policy, args.backend, args.plan, args.interval, config, options)
+    workers = service.WorkerSpec(args.initial_workers, args.worker_hardware,
+                                 [v for v in args.preload.split(",") if v],
+                                 ["--memory-mb", str(args.worker_memory_mb),
+                                  "--max-batch-delay-ms", str(args.worker_max_batch_delay_ms), *args.worker_arg],
+                                 args.ready_timeout)
+    watch_supervisor()
+    return service.run(settings, args.policy, args.backend, args.plan, args.interval, config, options, workers)
 
 
 def cmd_events(args, settings) -> int:

@@ -123,18 +123,36 @@ def result_for(variant: Variant, query: dict, status: str, error: str | None, ro
             "fastest_latency_ms": None, "completed_at": int(done)}
 
 
+FAULT_DIR_ENV = "INFAAS_FAULT_DIR"  # tests only, see `injected_fault`
+
+
+def injected_fault(fault_dir: str | None, variant_id: str) -> None:
+    """A test-only fault point, off unless `INFAAS_FAULT_DIR` is set: a file
+    `crash-replica-<variant id>` there makes one replica of that variant fail (the first that
+    removes the file) with a batch in hand, as a bug in a replica thread would."""
+    if not fault_dir:
+        return
+    try:
+        os.remove(os.path.join(fault_dir, f"crash-replica-{variant_id.replace('/', '_')}"))
+    except OSError:
+        return
+    raise RuntimeError("injected fault (INFAAS_FAULT_DIR)")
+
+
 class Replica(threading.Thread):
-    """One consumer-group member serving one variant."""
+    """One consumer-group member serving one variant. The worker replaces one that dies."""
 
     def __init__(self, worker: Worker, hosted: Hosted, index: int):
         super().__init__(name=f"replica-{hosted.variant.variant_id}-{index}", daemon=True)
-        self.worker, self.hosted = worker, hosted
+        self.worker, self.hosted, self.index = worker, hosted, index
         self.settings = worker.settings
         self.codec = worker.codec
         self.policy = BatchPolicy(hosted.variant.batch_size, worker.max_batch_delay_ms)
         self.arrivals = ArrivalRate()
         self.slowdown = 1.0  # measured / profiled run time (co-located load slows a replica down)
         self.stopping = threading.Event()
+        self.failure: str | None = None  # why the thread died, if it did
+        self.fault_dir = os.environ.get(FAULT_DIR_ENV)
         self.lag = 0
         self.backlog_rows = max(4 * hosted.variant.batch_size, 32)
         topic = self.settings.variant_topic(hosted.variant.variant_id)
@@ -158,8 +176,10 @@ class Replica(threading.Thread):
                 backlog = max(self.backlog_rows - len(items), 0)
                 queued = [self._decode(m) for m in self.consumer.consume(backlog, 0) if not m.error()]
                 self.arrivals.note(now_ms(), len(queued))
+                injected_fault(self.fault_dir, self.hosted.variant.variant_id)
                 self._serve(items + queued)
-        except Exception:
+        except Exception as err:
+            self.failure = f"{type(err).__name__}: {err}"
             log.exception("replica %s crashed", self.name)
         finally:
             self.consumer.close()  # leave the group now, so partitions move at once
@@ -607,8 +627,29 @@ class Worker:
             self._failed_loads[variant_id] = replicas
 
     # --- reporting ----------------------------------------------------------------------------
+    def supervise_replicas(self) -> int:
+        """Replace the replica threads that died (not those asked to stop): the dead one leaves
+        what is reported and counted, a new group member takes its place. Returns how many."""
+        replaced = 0
+        with self._lock:
+            for variant_id, hosted in self.hosted.items():
+                for dead in [r for r in hosted.replicas if not r.is_alive() and not r.stopping.is_set()]:
+                    hosted.replicas.remove(dead)
+                    self._note(f"replica {dead.name} of {variant_id} died ({dead.failure or 'no error'}); "
+                               "replacing it")
+                    log.error("replica %s of %s died (%s); replacing it", dead.name, variant_id, dead.failure)
+                    replica = Replica(self, hosted, dead.index)
+                    replica.start()
+                    hosted.replicas.append(replica)
+                    replaced += 1
+        return replaced
+
     def _report_loop(self) -> None:
         while not self._stop.wait(self.report_interval_s):
+            try:
+                self.supervise_replicas()
+            except Exception:  # e.g. Kafka refused the new consumer: next time
+                log.exception("replacing a dead replica failed")
             self._report()
             if self._failed_loads and time.monotonic() - self._last_retry > LOAD_RETRY_S:
                 self._last_retry = time.monotonic()

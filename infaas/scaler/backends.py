@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InfaasError
-from .processes import ServiceProcess
+from .processes import ServiceProcess, supervised_env
 
 log = logging.getLogger(__name__)
 
@@ -24,36 +24,59 @@ class BackendError(InfaasError, RuntimeError):
 
 
 class LocalBackend:
-    """Worker processes on this machine (`infaas worker`), one per requested worker."""
+    """Worker processes on this machine (`infaas worker`), one per requested worker.
+
+    It owns the workers it starts: `exited()` tells the scaler which of them ended without being
+    asked to (crashed), so that it starts one replacement (`replaces_crashed`). A cloud backend's
+    group or Deployment replaces crashed instances itself, so the scaler does not."""
+
+    replaces_crashed = True
 
     def __init__(self, log_dir: Path, env: dict[str, str] | None = None, worker_args: list[str] | None = None,
                  echo: Callable[[str], None] | None = None):
         self.log_dir = log_dir
-        self.env = env or dict(os.environ)
+        self.env = supervised_env(env)  # under `serve`, workers watch serve (they outlive a scaler restart)
         self.worker_args = worker_args or []
         self.echo = echo
         self.workers: dict[str, ServiceProcess] = {}
         self._counter = 0
 
-    def start_workers(self, hardware: str, count: int) -> list[str]:
+    def start_workers(self, hardware: str, count: int, preload: list[str] = ()) -> list[str]:
         started = []
         for _ in range(count):
             self._counter += 1
-            worker_id = f"scaled-{hardware}-{os.getpid()}-{self._counter}"
-            process = ServiceProcess(worker_id, ["worker", "--hardware", hardware, "--worker-id", worker_id,
-                                                 *self.worker_args], self.log_dir, self.env, self.echo)
+            worker_id = f"{hardware}-worker-{os.getpid()}-{self._counter}"
+            args = ["worker", "--hardware", hardware, "--worker-id", worker_id, *self.worker_args]
+            if preload:
+                args += ["--variants", ",".join(preload)]
+            process = ServiceProcess(worker_id, args, self.log_dir, self.env, self.echo)
             self.workers[worker_id] = process.start()
             started.append(worker_id)
         return started
 
+    def wait_ready(self, worker_ids: list[str], timeout_s: float) -> None:
+        for worker_id in worker_ids:
+            self.workers[worker_id].wait_ready(timeout_s)
+
+    def exited(self) -> dict[str, str]:
+        """Workers of ours that ended without a stop request: worker id -> exit cause. Each is
+        told once (it is then no longer ours)."""
+        gone = {wid: p.exit_cause for wid, p in self.workers.items() if not p.alive}
+        for worker_id in gone:
+            del self.workers[worker_id]
+        return gone
+
     def stop_worker(self, worker_id: str) -> bool:
         process = self.workers.pop(worker_id, None)
         if process is None:
-            return False  # not one of ours (e.g. started by `serve`): the scaler sends it STOP instead
+            return False  # not one of ours (e.g. started by an earlier scaler): the scaler sends it STOP instead
         process.stop()
         return True
 
     def close(self) -> None:
+        for process in self.workers.values():  # all drain at once, not one after the other
+            if process.alive:
+                process.proc.terminate()
         for worker_id in list(self.workers):
             self.stop_worker(worker_id)
 

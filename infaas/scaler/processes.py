@@ -1,6 +1,11 @@
 """Service processes on this machine (`infaas <service> ...` children): started in their own
 session, ready when they print their readiness line, stopped with SIGTERM then SIGKILL.
-Used by `infaas serve` and by the scaler's local backend to start and stop workers."""
+Used by `infaas serve` and by the scaler's local backend to start and stop workers.
+
+Every service started here gets its supervisor's pid in `INFAAS_SUPERVISOR_PID` (inherited: the
+workers a scaler starts under `serve` watch `serve`, not the scaler, so a restarted scaler finds
+them still serving). A service whose supervisor is gone stops by itself (`watch_supervisor`):
+killing `serve` with SIGKILL leaves nothing running."""
 
 from __future__ import annotations
 
@@ -15,9 +20,80 @@ from pathlib import Path
 
 from ..errors import InfaasError
 
+SUPERVISOR_ENV = "INFAAS_SUPERVISOR_PID"  # process wiring, not a setting
+SUPERVISOR_POLL_S = 0.5
+SELF_STOP_GRACE_S = 30.0  # after SIGTERM to itself, a service still running this long exits hard
+
+
 
 class ServiceError(InfaasError, RuntimeError):
     """A service process failed to start or died."""
+
+
+def supervised_env(env: dict[str, str] | None) -> dict[str, str]:
+    """`env` with this process as the supervisor, unless one is named already (kept: see above)."""
+    env = dict(env or os.environ)
+    env.setdefault(SUPERVISOR_ENV, str(os.getpid()))
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:  # no /proc (not Linux): signal 0 tells whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state != "Z"  # a zombie has exited; only its exit status waits to be read
+
+
+def watch_supervisor(environ: dict[str, str] | None = None) -> threading.Thread | None:
+    """In a service: once the supervisor named in the environment is gone, stop as on SIGTERM
+    (the service's own graceful stop), and exit hard if that does not end it in time."""
+    raw = (environ if environ is not None else os.environ).get(SUPERVISOR_ENV, "")
+    if not raw.isdigit() or int(raw) == os.getpid():
+        return None
+    supervisor = int(raw)
+
+    def watch() -> None:
+        while pid_alive(supervisor):
+            time.sleep(SUPERVISOR_POLL_S)
+        print(f"infaas: supervisor {supervisor} is gone; stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(SELF_STOP_GRACE_S)
+        os._exit(1)
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def exit_cause(returncode: int | None) -> str:
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def supervised_by(supervisor: int) -> dict[int, list[str]]:
+    """The live processes (pid -> command line) whose supervisor is `supervisor`, wherever they
+    were started from (e.g. the workers a scaler started). Linux only; for tests and diagnostics."""
+    found = {}
+    marker = f"{SUPERVISOR_ENV}={supervisor}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0") and pid_alive(int(proc.name)):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended while we looked, or not ours
+            continue
+    return found
 
 
 class ServiceProcess:
@@ -35,7 +111,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**(self.env or os.environ), "PYTHONUNBUFFERED": "1"}
+        env = {**supervised_env(self.env), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "infaas", *self.args], stdout=subprocess.PIPE,
                                      stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
@@ -66,6 +142,10 @@ class ServiceProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def exit_cause(self) -> str:
+        return exit_cause(self.proc.poll() if self.proc else None)
 
     @property
     def pid(self) -> int | None:

@@ -6,17 +6,27 @@ actions not yet visible in reports (replicas being loaded or removed, workers st
 `policies.decide`, and executes each action: replicas and variants through `WorkerCommand`s on
 `infaas.control`, workers through a backend (local processes, EC2 Auto Scaling, Kubernetes).
 Every action, with its reason, goes to `infaas.scaling` and to Cassandra (`scaling_events`).
+
+Active/standby: only the holder of the `scaler` lease (a Cassandra lightweight transaction with a
+TTL) acts; any other scaler watches the same streams and takes over once the lease expires, within
+`LEASE_TTL_S` + one interval of the leader's death. Recovery: a worker that stopped reporting (or,
+with the local backend, whose process ended) is gone. Its replicas are placed again at once on a
+worker with room, else on a replacement worker; a backend that owns processes (local) starts that
+replacement, a cloud group or Deployment replaces its instances itself. Recovery does not wait
+for the policy's worker back-off or its scale-down hysteresis.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import bus
 from ..policies import actions as kinds
@@ -35,10 +45,59 @@ log = logging.getLogger(__name__)
 
 DEMAND_HISTORY = 120  # ticks of demand kept per variant
 STALE_AFTER_S = 3.0  # no decisions on observations older than this
+FRESH_FOR_S = 3.0  # after reports resume (Kafka back), judge silent workers only once all had time to report
+LEASE_NAME = "scaler"
+LEASE_TTL_S = 5  # a dead leader's lease is free this long after its last renewal
+LEASE_MARGIN_S = 2.0  # a leader that cannot renew stops acting this long before its lease may expire
+INITIAL_WORKERS_WAIT_S = 3.0  # how long a new leader waits for reports before starting initial workers
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass
+class WorkerSpec:
+    """The workers to have at the start (local backend): started unless already reporting, e.g.
+    when a restarted or standby scaler takes over the workers of the previous leader."""
+    count: int = 0
+    hardware: str = "cpu"
+    preload: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)  # more `infaas worker` arguments
+    ready_timeout_s: float = 120.0
+
+
+class Lease:
+    """The scaler lease: taken when free, renewed every interval while held."""
+
+    def __init__(self, store: Store, name: str = LEASE_NAME, ttl_s: int = LEASE_TTL_S):
+        self.store, self.name, self.ttl_s = store, name, ttl_s
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.held = False
+        self._valid_until = 0.0
+
+    def hold(self) -> bool:
+        """Whether we hold the lease now (taking or renewing it)."""
+        asked = time.monotonic()
+        try:
+            self.held = (self.held and self.store.renew_lease(self.name, self.holder, self.ttl_s)) or \
+                self.store.take_lease(self.name, self.holder, self.ttl_s)
+        except Exception as err:  # Cassandra away: hold on only while the lease surely has not expired
+            self.held = self.held and time.monotonic() < self._valid_until
+            log.warning("scaler lease not renewed (%s); %s", err, "still held" if self.held else "not held")
+            return self.held
+        if self.held:
+            self._valid_until = asked + self.ttl_s - LEASE_MARGIN_S
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.store.release_lease(self.name, self.holder)
+            except Exception as err:  # it expires by itself
+                log.warning("scaler lease not released: %s", err)
+        self.held = False
+        self.store.close()
 
 
 @dataclass
@@ -52,9 +111,17 @@ class Expectation:
 
 class Scaler:
     def __init__(self, settings: Settings, config: PolicyConfig, policy: str, backend,
-                 plan: BaselinePlan | None = None, interval_s: float = 1.0):
+                 plan: BaselinePlan | None = None, interval_s: float = 1.0, workers: WorkerSpec | None = None,
+                 lease: Lease | None = None):
         self.settings, self.config, self.policy, self.backend, self.plan = settings, config, policy, backend, plan
         self.interval_s = interval_s
+        self.initial_workers = workers or WorkerSpec()
+        self.lease = lease  # None: always active (a single scaler, or tests)
+        self.leading = False
+        self.known: dict[str, WorkerLive] = {}  # workers seen reporting, to notice the ones that go silent
+        self.gone: dict[str, int] = {}  # worker id -> when it was found gone (kept out of the snapshot)
+        self.recovering: list[tuple[str, str]] = []  # (variant, hardware) replicas of gone workers
+        self._fresh_since = 0.0  # monotonic: since when reports have been arriving
         self.view = SystemView(settings, honor_retirements=False, estimate_queues=False)
         self.codec = default_codec()
         self.producer = bus.producer(settings)
@@ -74,22 +141,59 @@ class Scaler:
     # --- the loop -----------------------------------------------------------------------------
     def start(self) -> Scaler:
         self.view.start()
+        self.lead()
+        return self
+
+    def lead(self) -> bool:
+        """Whether this scaler is the active one now; on becoming it, take over (initial workers,
+        the plan's initial actions)."""
+        held = self.lease is None or self.lease.hold()
+        if held and not self.leading:
+            self.leading = True
+            log.info("scaler active (lease %s)", self.lease.holder if self.lease else "not used")
+            self._take_over()
+        elif self.leading and not held:
+            self.leading = False
+            log.warning("scaler lease lost: standing by")
+        return self.leading
+
+    def _take_over(self) -> None:
+        self._ensure_initial_workers()
         if self.plan is not None:
             self._wait_for_workers(10.0)
             for action in initial_actions(self.plan, self.view.catalog.variants, self.config):
                 self.execute(action, self.snapshot())
-        return self
+
+    def _ensure_initial_workers(self) -> None:
+        spec = self.initial_workers
+        if spec.count <= 0 or not hasattr(self.backend, "wait_ready"):
+            return  # a cloud group or Deployment has its own minimum
+        deadline = time.monotonic() + INITIAL_WORKERS_WAIT_S  # workers that already run report within a second
+        while time.monotonic() < deadline and self._reporting(spec.hardware) < spec.count:
+            time.sleep(0.2)
+        missing = spec.count - self._reporting(spec.hardware)
+        if missing <= 0:
+            return
+        started = self.backend.start_workers(spec.hardware, missing, spec.preload)
+        log.info("started %d initial %s worker(s): %s", missing, spec.hardware, ", ".join(started))
+        self.backend.wait_ready(started, spec.ready_timeout_s)
+
+    def _reporting(self, hardware: str) -> int:
+        return sum(1 for w in self.view.snapshot.workers.values() if w.hardware == hardware)
 
     def run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.tick()
+                if self.lead():
+                    self.tick()
             except Exception:  # a bad tick must not end scaling
                 log.exception("scaler tick failed")
 
     def stop(self) -> None:
         self._stop.set()
         self.view.stop()
+        if self.lease is not None:
+            self.lease.release()
         self.producer.flush(5)
         self.writer.close()
 
@@ -98,7 +202,10 @@ class Scaler:
             # Reports stopped (Kafka away): what we see is old, and acting on it (e.g. "no demand:
             # remove replicas") would be wrong. Never having had a report is different: a fresh
             # deployment may have no worker yet, and the policy must be able to add one.
+            self._fresh_since = 0.0
             return []
+        self._fresh_since = self._fresh_since or time.monotonic()
+        self._recover()
         snapshot = track(self.previous, self.snapshot(), self.config)
         self._place_unplaced(snapshot)
         actions = [] if self.policy == STATIC else decide(snapshot, self.config, self.policy,
@@ -108,6 +215,37 @@ class Scaler:
         self._retire(snapshot)
         self.previous = snapshot
         return actions
+
+    # --- recovery -----------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Find the workers that are gone without being asked to stop, and replace them."""
+        exited = self.backend.exited() if hasattr(self.backend, "exited") else {}
+        reporting = self.view.snapshot.workers
+        settled = time.monotonic() - self._fresh_since >= FRESH_FOR_S
+        for worker_id, worker in list(self.known.items()):
+            if worker_id in self.stopping:
+                del self.known[worker_id]  # retired by us: not a failure
+            elif worker_id in exited or (settled and worker_id not in reporting):
+                del self.known[worker_id]
+                self._replace(worker, exited.get(worker_id, "it stopped reporting"))
+        now = now_ms()
+        for worker_id, since in list(self.gone.items()):
+            if worker_id in reporting and now - since > 60_000:
+                del self.gone[worker_id]  # it came back (a long pause, not a crash): a worker again
+        self.known.update({wid: w for wid, w in reporting.items() if wid not in self.gone and wid not in exited})
+
+    def _replace(self, worker: WorkerLive, cause: str) -> None:
+        self.gone[worker.worker_id] = now_ms()
+        self.expected = [e for e in self.expected if e.worker_id != worker.worker_id]
+        replicas = [(vid, worker.hardware) for vid, n in worker.variants.items() for _ in range(n)]
+        self.recovering += replicas
+        reason = f"replacing {worker.worker_id}, gone ({cause}) with {len(replicas)} replica(s)"
+        log.warning(reason)
+        if getattr(self.backend, "replaces_crashed", False):
+            action = Action(kinds.ADD_WORKER, reason, hardware=worker.hardware, from_count=0, to_count=1)
+            self.execute(action, self.view.snapshot)
+        # The replicas waiting for a worker must not make the policy add another one as well.
+        self.last_worker_action_ms = now_ms()
 
     def _wait_for_workers(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -120,7 +258,7 @@ class Scaler:
         now = now_ms()
         for variant_id, live in base.live.items():
             self.demand[variant_id].append(live.qps)  # queries/s; the policies multiply by rows per query
-        workers = {wid: w for wid, w in base.workers.items() if wid not in self.stopping}
+        workers = {wid: w for wid, w in base.workers.items() if wid not in self.stopping and wid not in self.gone}
         for worker_id, (hardware, since) in list(self.starting.items()):
             if worker_id in workers or now - since > 3 * self.config.worker_start_s * 1000:
                 del self.starting[worker_id]  # it reports now (or never will)
@@ -136,7 +274,7 @@ class Scaler:
                 state, replicas=max(state.replicas + change, 0), loading=state.loading + max(change, 0),
                 status=ACTIVE if state.replicas + change > 0 else state.status,
                 loaded_at_ms=state.loaded_at_ms or now)
-        for variant_id, _ in self.unplaced:
+        for variant_id, _ in self.unplaced + self.recovering:
             state = live.get(variant_id) or self.view.snapshot.live_of(variant_id)
             live[variant_id] = dataclasses.replace(state, unplaced=state.unplaced + 1)
         demand = {vid: tuple(history) for vid, history in self.demand.items()}
@@ -208,6 +346,7 @@ class Scaler:
     def _place_unplaced(self, snapshot: Snapshot) -> None:
         """Replicas that found no room go to a worker once one of their hardware is ready; while a
         new worker of that hardware is starting, they wait for it rather than crowd the others."""
+        self._place_recovering(snapshot)
         waiting, self.unplaced = self.unplaced, []
         for variant_id, hardware in waiting:
             variant = snapshot.variants.get(variant_id)
@@ -220,6 +359,19 @@ class Scaler:
             count = self._hosted(snapshot, worker.worker_id, variant_id) + 1
             self._set_replicas(snapshot, variant_id, worker.worker_id, count, "placing a replica that waited "
                                f"for a {hardware} worker")
+
+    def _place_recovering(self, snapshot: Snapshot) -> None:
+        """Replicas of a gone worker go at once to a ready worker with room; with none, they wait
+        (as unplaced replicas) for the replacement."""
+        waiting, self.recovering = self.recovering, []
+        for variant_id, hardware in waiting:
+            variant = snapshot.variants.get(variant_id)
+            worker = least_utilized_worker(snapshot, hardware, variant.peak_memory_mb if variant else 0.0)
+            if worker is None:
+                self.unplaced.append((variant_id, hardware))
+                continue
+            count = self._hosted(snapshot, worker.worker_id, variant_id) + 1
+            self._set_replicas(snapshot, variant_id, worker.worker_id, count, "recovery: a replica of a gone worker")
 
     def _remove_replica(self, action: Action, snapshot: Snapshot) -> None:
         worker_id = action.worker_id or next(iter(snapshot.live_of(action.variant_id).workers), None)
@@ -292,11 +444,12 @@ def load_plan(path: str) -> BaselinePlan:
                         data.get("notes", {}))
 
 
-def make_backend(name: str, settings: Settings, options: dict[str, str] | None = None):
+def make_backend(name: str, settings: Settings, options: dict[str, str] | None = None,
+                 worker_args: list[str] | None = None):
     from .backends import AwsBackend, KubernetesBackend, LocalBackend
     options = options or {}
     if name == "local":
-        return LocalBackend(settings.state_dir / "logs" / "scaler-workers")
+        return LocalBackend(settings.state_dir / "logs" / "scaler-workers", worker_args=worker_args)
     groups = {k[len("asg."):]: v for k, v in options.items() if k.startswith("asg.")}
     if name == "aws":
         return AwsBackend(groups, region=options.get("region"))
@@ -307,15 +460,18 @@ def make_backend(name: str, settings: Settings, options: dict[str, str] | None =
 
 
 def run(settings: Settings, policy: str, backend_name: str, plan_path: str | None, interval_s: float,
-        config: PolicyConfig, backend_options: dict[str, str] | None = None) -> int:
-    """`infaas scaler`: scale until SIGINT/SIGTERM."""
+        config: PolicyConfig, backend_options: dict[str, str] | None = None, workers: WorkerSpec | None = None) -> int:
+    """`infaas scaler`: scale until SIGINT/SIGTERM (active, or standby while another holds the lease)."""
     import signal
     plan = load_plan(plan_path) if plan_path else None
-    backend = make_backend(backend_name, settings, backend_options)
-    scaler = Scaler(settings, config, policy, backend, plan, interval_s)
+    workers = workers or WorkerSpec()
+    backend = make_backend(backend_name, settings, backend_options, workers.args)
+    scaler = Scaler(settings, config, policy, backend, plan, interval_s, workers, Lease(Store(settings)))
     signal.signal(signal.SIGTERM, lambda *_: scaler._stop.set())
     scaler.start()
-    print(f"infaas scaler ready (policy {policy}, backend {backend_name}, every {interval_s:g} s)", flush=True)
+    role = "active" if scaler.leading else "standby"
+    print(f"infaas scaler ready ({role}, policy {policy}, backend {backend_name}, every {interval_s:g} s)",
+          flush=True)
     try:
         scaler.run()
     except KeyboardInterrupt:

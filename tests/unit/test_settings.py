@@ -27,6 +27,8 @@ def test_environment_values_are_coerced():
     ({"INFAAS_VARIANT_PARTITIONS": "0"}, "'variant_partitions' must be at least 1"),
     ({"INFAAS_KAFKA_PORT": "9042"}, "ports must differ"),
     ({"INFAAS_MAX_INPUT_MB": "20", "INFAAS_MAX_MESSAGE_MB": "20"}, "need 1 <= max_input_mb < max_message_mb"),
+    ({"INFAAS_TOPIC_REPLICATION_FACTOR": "0"}, "'topic_replication_factor' must be at least 1"),
+    ({"INFAAS_TOPIC_REPLICATION_FACTOR": "3", "INFAAS_MIN_INSYNC_REPLICAS": "4"}, "no write could succeed"),
 ])
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(SettingsError, match=message):
