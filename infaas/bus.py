@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclOperation,
@@ -232,3 +232,32 @@ def delete_prefixed_topics(settings: Settings) -> list[str]:
         for future in client.delete_topics(ours, operation_timeout=30).values():
             future.result()
     return ours
+
+
+# --- consumer groups --------------------------------------------------------------------------------
+def uncommitted_queries(settings: Settings, variant_id: str, probe=None) -> int:
+    """Queries in the variant's topic its consumer group has not committed: what leaving the group
+    now could strand. Read from the broker, not from the replicas' positions, which read 0 while a
+    rebalance has taken their partitions away. Unknown (broker away) counts as not empty.
+    `probe`: a consumer from `group_probe` to reuse across calls (one is opened otherwise)."""
+    topic = settings.variant_topic(variant_id)
+    own = probe is None
+    probe = group_probe(settings, variant_id) if own else probe
+    try:
+        partitions = probe.list_topics(topic, timeout=5).topics[topic].partitions
+        committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5)
+        backlog = 0
+        for tp in committed:
+            low, high = probe.get_watermark_offsets(tp, timeout=5)
+            backlog += high - (tp.offset if tp.offset >= 0 else low)
+        return backlog
+    except KafkaException:
+        return 1
+    finally:
+        if own:
+            probe.close()
+
+
+def group_probe(settings: Settings, variant_id: str):
+    """A consumer with the variant group's id that never subscribes, so it never joins the group."""
+    return consumer(settings, settings.variant_topic(variant_id))

@@ -170,7 +170,7 @@ class OfflineRunner(threading.Thread):
 
     def _work(self) -> None:
         for job in self.store.list_jobs():
-            if job["status"] in ("DONE", "FAILED") or not self._mine(job):
+            if job["status"] in ("DONE", "FAILED") or not self._runs_on_this_hardware(job):
                 continue
             while not self.stopping.is_set():
                 if self.busy():
@@ -183,7 +183,7 @@ class OfflineRunner(threading.Thread):
                 self._run_chunk(job, chunk)
             self._maybe_finish(job)
 
-    def _mine(self, job: dict) -> bool:
+    def _runs_on_this_hardware(self, job: dict) -> bool:
         variant = self._variant(job["variant_id"])
         return variant is not None and variant.hardware == self.worker.hardware
 

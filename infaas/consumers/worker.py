@@ -1,13 +1,12 @@
 """A worker process: hosts several variants at once (multi-tenancy, within a memory budget).
 
-Each hosted variant has one executor and `replicas` consumer threads in the consumer group of the
-variant's topic; replicas are group members, so Kafka spreads the partitions over them, across
-workers too. A replica batches queries (SLO-aware), runs the model, produces the results to the
-reply topics, waits until Kafka acknowledged them, and only then commits the offsets
-(at-least-once: a crashed worker's queries are served again by another member).
+Each hosted variant has one executor and `replicas` consumer threads (`replica.Replica`) in the
+consumer group of the variant's topic; replicas are group members, so Kafka spreads the partitions
+over them, across workers too (at-least-once: a crashed worker's queries are served again by
+another member). A replica thread that dies is replaced.
 
 Commands arrive on `infaas.control` (load, unload, replicas, stop); a report with per-variant
-metrics goes to `infaas.metrics` every second.
+metrics (`metrics`) goes to `infaas.metrics` every second.
 """
 
 from __future__ import annotations
@@ -19,373 +18,21 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 
-import numpy as np
-from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 
 from .. import bus
-from ..catalog import TaskInfo, Variant
 from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_codec
 from ..settings import Settings
 from ..store import BufferedWriter, Store
-from ..tensors import TensorError, check_input, from_tensor, to_tensor
-from .batching import ArrivalRate, BatchPolicy, doomed, pack, wait_budget_ms
+from .admission import now_ms
+from .metrics import process_cpu_seconds, process_rss_mb, variant_report
+from .replica import HostedVariant, Replica
 
 log = logging.getLogger(__name__)
 
 LOAD_RETRY_S = 3.0  # how often a failed load is tried again
 DRAIN_S = 60.0  # longest wait for a variant's queue to empty before it is unloaded anyway
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
-
-
-class VariantMetrics:
-    """Counters for one reporting interval; thread-safe."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        self.served = self.errors = self.deadline_missed = self.batches = self.rows = self.query_rows = 0
-        self.exec_ms = 0.0  # model execution time, summed over batches
-        self.latencies: list[float] = []
-        self.demand_accuracy = 0.0  # the strictest requirements among the queries served
-        self.demand_slo_ms = 0.0
-
-    def record(self, served: list[dict], errors: int, missed: int, rows: int, batches: int, exec_ms: float) -> None:
-        """`served`: the OK results with their queries' requirements (see Replica._serve)."""
-        with self._lock:
-            self.served += len(served)
-            self.errors += errors
-            self.deadline_missed += missed
-            self.batches += batches
-            self.rows += rows
-            self.exec_ms += exec_ms
-            for item in served:
-                self.latencies.append(item["latency_ms"])
-                self.query_rows += item["rows"]
-                if item["min_accuracy"]:
-                    self.demand_accuracy = max(self.demand_accuracy, item["min_accuracy"])
-                if item["slo_ms"]:
-                    self.demand_slo_ms = min(self.demand_slo_ms or item["slo_ms"], item["slo_ms"])
-
-    def take(self) -> dict:
-        with self._lock:
-            snapshot = {"served": self.served, "errors": self.errors, "deadline_missed": self.deadline_missed,
-                        "latencies": self.latencies, "avg_batch": self.rows / self.batches if self.batches else 0.0,
-                        "exec_ms": self.exec_ms / self.batches if self.batches else 0.0,
-                        "avg_rows": self.query_rows / self.served if self.served else 1.0,
-                        "demand_accuracy": self.demand_accuracy, "demand_slo_ms": self.demand_slo_ms}
-            self.reset()
-        return snapshot
-
-
-@dataclass
-class Hosted:
-    variant: Variant
-    task: TaskInfo
-    executor: object
-    load_ms: float
-    memory_mb: float
-    replicas: list[Replica] = field(default_factory=list)
-    metrics: VariantMetrics = field(default_factory=VariantMetrics)
-    run_lock: threading.Lock | None = None  # for executors that are not thread-safe
-    last_queue: int = 0  # queue length at the last report, for the arrival rate
-
-
-def admit(routed: dict, hosted: Hosted, settings: Settings):
-    """A routed query as a dict to run, or (topic, result) to answer at once (bad input).
-
-    A module function rather than a Replica method so that it can be exercised without Kafka."""
-    query = routed["query"]
-    topic = query["reply_topic"] or settings.results_topic(query["app_id"])
-    try:
-        inputs = from_tensor(query["inputs"])
-        info = hosted.task
-        check_input(inputs, info.input_dtype, info.input_shape, 1 << 20)
-    except TensorError as err:
-        return (topic, result_for(hosted.variant, query, "BAD_INPUT", f"inputs: {err}", routed))
-    return {"topic": topic, "query": query, "routed": routed, "inputs": inputs, "rows": int(inputs.shape[0])}
-
-
-def result_for(variant: Variant, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
-               compute_started: float | None = None) -> dict:
-    done = now_ms()
-    queue_ms = (compute_started or done) - routed["dispatched_at"]
-    return {"query_id": query["query_id"], "app_id": query["app_id"], "status": status, "error": error,
-            "outputs": [], "model": variant.model, "variant": variant.variant_id, "hardware": variant.hardware,
-            "accuracy": variant.accuracy, "latency_ms": max(done - query["sent_at"], 0.0),
-            "queue_ms": max(queue_ms, 0.0), "compute_ms": compute_ms, "best_accuracy_within_slo": None,
-            "fastest_latency_ms": None, "completed_at": int(done)}
-
-
-FAULT_DIR_ENV = "INFAAS_FAULT_DIR"  # tests only, see `injected_fault`
-
-
-def injected_fault(fault_dir: str | None, variant_id: str) -> None:
-    """A test-only fault point, off unless `INFAAS_FAULT_DIR` is set: a file
-    `crash-replica-<variant id>` there makes one replica of that variant fail (the first that
-    removes the file) with a batch in hand, as a bug in a replica thread would."""
-    if not fault_dir:
-        return
-    try:
-        os.remove(os.path.join(fault_dir, f"crash-replica-{variant_id.replace('/', '_')}"))
-    except OSError:
-        return
-    raise RuntimeError("injected fault (INFAAS_FAULT_DIR)")
-
-
-class Replica(threading.Thread):
-    """One consumer-group member serving one variant. The worker replaces one that dies."""
-
-    def __init__(self, worker: Worker, hosted: Hosted, index: int):
-        super().__init__(name=f"replica-{hosted.variant.variant_id}-{index}", daemon=True)
-        self.worker, self.hosted, self.index = worker, hosted, index
-        self.settings = worker.settings
-        self.codec = worker.codec
-        self.policy = BatchPolicy(hosted.variant.batch_size, worker.max_batch_delay_ms)
-        self.arrivals = ArrivalRate()
-        self.slowdown = 1.0  # measured / profiled run time (co-located load slows a replica down)
-        self.stopping = threading.Event()
-        self.failure: str | None = None  # why the thread died, if it did
-        self.fault_dir = os.environ.get(FAULT_DIR_ENV)
-        self.lag = 0
-        self.backlog_rows = max(4 * hosted.variant.batch_size, 32)
-        topic = self.settings.variant_topic(hosted.variant.variant_id)
-        self.consumer = bus.consumer(self.settings, topic, **{"session.timeout.ms": worker.session_timeout_ms,
-                                                              "client.id": f"{worker.worker_id}-{index}"})
-        self.consumer.subscribe([topic])
-        self.producer = bus.producer(self.settings)
-        self.failed_deliveries = 0  # results Kafka did not accept, over the replica's life
-        self._batch_failures: list[str] = []  # delivery errors of the batch being served
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                first = self.consumer.poll(0.1)
-                if first is None or first.error():
-                    self._update_lag()
-                    continue
-                items = self._gather(self._decode(first))
-                # Whatever is already queued joins this round (no waiting): one flush and one commit
-                # then cover several model runs, which is what keeps small batch sizes fast.
-                backlog = max(self.backlog_rows - len(items), 0)
-                queued = [self._decode(m) for m in self.consumer.consume(backlog, 0) if not m.error()]
-                self.arrivals.note(now_ms(), len(queued))
-                injected_fault(self.fault_dir, self.hosted.variant.variant_id)
-                self._serve(items + queued)
-        except Exception as err:
-            self.failure = f"{type(err).__name__}: {err}"
-            log.exception("replica %s crashed", self.name)
-        finally:
-            self.consumer.close()  # leave the group now, so partitions move at once
-            self.producer.flush(10)
-
-    def _decode(self, message) -> tuple:
-        """(message, routed query or None when undecodable)."""
-        try:
-            return message, self.codec.decode_as("RoutedQuery", message.value())
-        except DecodeError as err:
-            self.worker.dead_letter(message, err.reason)
-            return message, None
-
-    def _gather(self, first: tuple) -> list[tuple]:
-        """Wait for more queries while the earliest deadline allows, up to the batch size."""
-        items = [first]
-        self.arrivals.note(now_ms())
-        deadlines = [r["deadline_at"] for _, r in items if r and r["deadline_at"] is not None]
-        run_ms = self.hosted.variant.latency_at(self.policy.batch_size)
-        while len(items) < self.policy.batch_size:
-            now = now_ms()
-            budget = wait_budget_ms(self.policy, now, min(deadlines, default=None), run_ms, len(items),
-                                    self.arrivals.per_ms(now))
-            if budget <= 0:
-                break
-            more = [self._decode(m) for m in self.consumer.consume(self.policy.batch_size - len(items),
-                                                                   budget / 1000.0) if not m.error()]
-            if not more:
-                break
-            self.arrivals.note(now_ms(), len(more))
-            items += more
-            deadlines += [r["deadline_at"] for _, r in more if r and r["deadline_at"] is not None]
-        return items
-
-    def _serve(self, items: list[tuple]) -> None:
-        queries, answered = [], []
-        for _, routed in items:
-            if routed is not None:  # None: dead-lettered already
-                outcome = self._admit(routed)
-                (queries if isinstance(outcome, dict) else answered).append(outcome)
-        for topic, result in answered:
-            self._produce(topic, result)
-        rows, served, batches, exec_ms = 0, [], 0, 0.0
-        runs = pack([q["rows"] for q in queries], self.policy.batch_size)
-        hopeless = doomed([q["routed"]["deadline_at"] for q in queries], [q["rows"] for q in queries], runs,
-                          now_ms(), self._expected_ms)
-        for i in sorted(hopeless):  # answered now, while their deadline has not passed yet
-            q = queries[i]
-            result = self._result(q["query"], "DEADLINE_EXCEEDED", "cannot finish before the deadline: "
-                                  f"{q['routed']['deadline_at'] - now_ms():.1f} ms left, behind the queue here",
-                                  q["routed"])
-            self._produce(q["topic"], result)
-            answered.append((q["topic"], result))
-        for run in runs:
-            batch, late = self._split_late([queries[i] for i in run if i not in hopeless])
-            rows += sum(q["rows"] for q in batch)
-            results = self._run(batch) if batch else []
-            if results:
-                batches += 1
-                exec_ms += results[0][1]["compute_ms"]
-                self._observe_speed(sum(q["rows"] for q in batch), results[0][1]["compute_ms"])
-            served += [{"latency_ms": r["latency_ms"], "rows": q["rows"], "min_accuracy": q["query"]["min_accuracy"],
-                        "slo_ms": q["query"]["latency_ms"]} for q, (_, r) in zip(batch, results, strict=True)
-                       if r["status"] == "OK"]
-            for topic, result in late + results:
-                self._produce(topic, result)  # sent now: results of early runs do not wait for later ones
-                answered.append((topic, result))
-        self._commit_if_delivered(items)
-        statuses = [result["status"] for _, result in answered]
-        self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
-                                   missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
-                                   exec_ms=exec_ms)
-        self._update_lag()
-
-    def _commit_if_delivered(self, items: list[tuple]) -> None:
-        """Commit the batch's offsets only once Kafka acknowledged every result of it. Otherwise
-        rewind to the batch's first queries, so that they are served again (at-least-once: a
-        result must not be lost with its query committed)."""
-        unacknowledged = self.producer.flush(30)
-        failures, self._batch_failures = self._batch_failures, []
-        if unacknowledged == 0 and not failures:
-            self.consumer.commit(asynchronous=True)
-            return
-        self.failed_deliveries += len(failures) + unacknowledged
-        log.error("replica %s: %d result(s) refused (%s), %d unacknowledged after 30 s; the batch's %d queries "
-                  "will be served again", self.name, len(failures), "; ".join(sorted(set(failures))) or "-",
-                  unacknowledged, len(items))
-        self._rewind(items)
-        self.stopping.wait(1.0)  # whatever refused the results (broker, topic) gets a moment
-
-    def _rewind(self, items: list[tuple]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for message, _ in items:
-            key = (message.topic(), message.partition())
-            first[key] = min(first.get(key, message.offset()), message.offset())
-        for (topic, partition), offset in first.items():
-            try:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as err:  # revoked meanwhile: its next owner starts from the committed offset
-                log.warning("cannot rewind %s[%d] to %d: %s", topic, partition, offset, err)
-
-    def _delivered(self, err, message) -> None:
-        if err is not None:
-            self._batch_failures.append(f"{message.topic()}: {err.str()}")
-
-    def _admit(self, routed: dict):
-        return admit(routed, self.hosted, self.settings)
-
-    def _expected_ms(self, rows: int) -> float:
-        """A run's expected time: the profile, at the speed this replica has been measuring."""
-        return self.hosted.variant.latency_at(rows) * self.slowdown
-
-    def _observe_speed(self, rows: int, compute_ms: float) -> None:
-        profiled = self.hosted.variant.latency_at(rows)
-        if profiled > 0:  # smoothed: one slow run (a GC pause) does not doom a queue
-            self.slowdown = 0.8 * self.slowdown + 0.2 * max(compute_ms / profiled, 1.0)
-
-    def _split_late(self, batch: list[dict]) -> tuple[list[dict], list[tuple[str, dict]]]:
-        """Queries past their deadline are answered DEADLINE_EXCEEDED without running."""
-        now = now_ms()
-        keep, late = [], []
-        for q in batch:
-            deadline = q["routed"]["deadline_at"]
-            if deadline is not None and now > deadline:
-                late.append((q["topic"], self._result(q["query"], "DEADLINE_EXCEEDED", f"deadline passed "
-                                                      f"{now - deadline:.1f} ms before the query could run",
-                                                      q["routed"])))
-            else:
-                keep.append(q)
-        return keep, late
-
-    def _run(self, batch: list[dict]) -> list[tuple[str, dict]]:
-        stacked = np.concatenate([q["inputs"] for q in batch]) if len(batch) > 1 else batch[0]["inputs"]
-        started = now_ms()
-        try:
-            if self.hosted.run_lock is not None:
-                with self.hosted.run_lock:
-                    outputs = self.hosted.executor.run(stacked)
-            else:
-                outputs = self.hosted.executor.run(stacked)
-        except Exception as err:  # a model failure answers the batch, it does not kill the replica
-            log.exception("variant %s failed on a batch of %d", self.hosted.variant.variant_id, len(stacked))
-            return [(q["topic"], self._result(q["query"], "INTERNAL_ERROR", f"model run failed: {err}", q["routed"]))
-                    for q in batch]
-        compute = now_ms() - started
-        results, offset = [], 0
-        for q in batch:
-            rows = slice(offset, offset + q["rows"])
-            offset += q["rows"]
-            result = self._result(q["query"], "OK", None, q["routed"], compute, started)
-            result["outputs"] = [to_tensor(np.asarray(out)[rows]) for out in outputs]
-            results.append((q["topic"], result))
-        return results
-
-    def _result(self, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
-                compute_started: float | None = None) -> dict:
-        return result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started)
-
-    def _produce(self, topic: str, result: dict) -> None:
-        payload = self.codec.encode("Result", result)
-        while True:
-            try:
-                self.producer.produce(topic, key=result["query_id"].encode(), value=payload,
-                                      on_delivery=self._delivered)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _update_lag(self) -> None:
-        try:
-            lag = 0
-            for tp in self.consumer.position(self.consumer.assignment()):
-                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
-                    lag += max(high - tp.offset, 0)
-            self.lag = lag
-        except KafkaException:  # the assignment changes under a rebalance; the next call will do
-            return
-
-
-def uncommitted_queries(settings: Settings, variant_id: str, probe=None) -> int:
-    """Queries in the variant's topic its consumer group has not committed: what leaving the group
-    now could strand. Read from the broker, not from the replicas' positions, which read 0 while a
-    rebalance has taken their partitions away. Unknown (broker away) counts as not empty.
-    `probe`: a consumer from `group_probe` to reuse across calls (one is opened otherwise)."""
-    topic = settings.variant_topic(variant_id)
-    own = probe is None
-    probe = group_probe(settings, variant_id) if own else probe
-    try:
-        partitions = probe.list_topics(topic, timeout=5).topics[topic].partitions
-        committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5)
-        backlog = 0
-        for tp in committed:
-            low, high = probe.get_watermark_offsets(tp, timeout=5)
-            backlog += high - (tp.offset if tp.offset >= 0 else low)
-        return backlog
-    except KafkaException:
-        return 1
-    finally:
-        if own:
-            probe.close()
-
-
-def group_probe(settings: Settings, variant_id: str):
-    """A consumer with the variant group's id that never subscribes, so it never joins the group."""
-    return bus.consumer(settings, settings.variant_topic(variant_id))
 
 
 class Worker:
@@ -404,12 +51,12 @@ class Worker:
         self.codec = default_codec()
         self.store = Store(settings)
         self.writer = BufferedWriter(self.store)
-        self.hosted: dict[str, Hosted] = {}
+        self.hosted: dict[str, HostedVariant] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._producer = bus.producer(settings)
         self._threads: list[threading.Thread] = []
-        self._cpu_last = (time.monotonic(), _cpu_seconds())
+        self._cpu_last = (time.monotonic(), process_cpu_seconds())
         self.started_at = int(now_ms())
         self.events: deque[str] = deque(maxlen=100)
         self.cpu_util = 0.0  # over the last report interval
@@ -461,7 +108,7 @@ class Worker:
         self.store.close()
 
     # --- variants -----------------------------------------------------------------------------
-    def load(self, variant_id: str, replicas: int = 1) -> Hosted | None:
+    def load(self, variant_id: str, replicas: int = 1) -> HostedVariant | None:
         from ..repository import Repository
         from .executors import open_executor
         self._draining.discard(variant_id)  # wanted again: a pending unload is cancelled
@@ -488,11 +135,11 @@ class Worker:
             executor = open_executor(variant, path)
             load_ms = (time.monotonic() - started) * 1000
             task = catalog.tasks[variant.task]
-            hosted = Hosted(variant, task, executor, load_ms, variant.peak_memory_mb,
+            hosted = HostedVariant(variant, task, executor, load_ms, variant.peak_memory_mb,
                             run_lock=None if getattr(executor, "thread_safe", True) else threading.Lock())
             self.hosted[variant_id] = hosted
             self.set_replicas(variant_id, replicas)
-            self._note(f"loaded {variant_id} in {load_ms:.0f} ms with {replicas} replica(s)")
+            self._record_event(f"loaded {variant_id} in {load_ms:.0f} ms with {replicas} replica(s)")
             return hosted
 
     def set_replicas(self, variant_id: str, count: int) -> None:
@@ -519,10 +166,10 @@ class Worker:
 
         def drain() -> None:
             deadline = time.monotonic() + DRAIN_S
-            probe = group_probe(self.settings, variant_id)
+            probe = bus.group_probe(self.settings, variant_id)
             try:
                 while time.monotonic() < deadline and variant_id in self._draining and \
-                        uncommitted_queries(self.settings, variant_id, probe) > 0:
+                        bus.uncommitted_queries(self.settings, variant_id, probe) > 0:
                     time.sleep(0.2)
             finally:
                 probe.close()
@@ -540,7 +187,7 @@ class Worker:
             close = getattr(hosted.executor, "close", None)
             if close:
                 close()
-            self._note(f"unloaded {variant_id}")
+            self._record_event(f"unloaded {variant_id}")
 
     def catalog(self, max_age_s: float = 5.0):
         """The catalogue (variants, tasks), refreshed from Cassandra when older than `max_age_s`;
@@ -564,7 +211,7 @@ class Worker:
             if variant_id in self.hosted or self.load(variant_id, replicas) is not None:
                 self._failed_loads.pop(variant_id, None)
 
-    def _note(self, text: str) -> None:
+    def _record_event(self, text: str) -> None:
         log.info("%s: %s", self.worker_id, text)
         self.events.append(text)
 
@@ -635,7 +282,7 @@ class Worker:
             for variant_id, hosted in self.hosted.items():
                 for dead in [r for r in hosted.replicas if not r.is_alive() and not r.stopping.is_set()]:
                     hosted.replicas.remove(dead)
-                    self._note(f"replica {dead.name} of {variant_id} died ({dead.failure or 'no error'}); "
+                    self._record_event(f"replica {dead.name} of {variant_id} died ({dead.failure or 'no error'}); "
                                "replacing it")
                     log.error("replica %s of %s died (%s); replacing it", dead.name, variant_id, dead.failure)
                     replica = Replica(self, hosted, dead.index)
@@ -660,17 +307,17 @@ class Worker:
 
     def _report(self) -> None:
         now = time.monotonic()
-        cpu = _cpu_seconds()
+        cpu = process_cpu_seconds()
         elapsed = max(now - self._cpu_last[0], 1e-3)
         cpu_util = min((cpu - self._cpu_last[1]) / (elapsed * (os.cpu_count() or 1)), 1.0)
         self._cpu_last = (now, cpu)
         self.cpu_util = cpu_util
         with self._lock:
             hosted = list(self.hosted.values())
-        variants = [self._variant_metrics(h, elapsed) for h in hosted]
+        variants = [variant_report(h, elapsed) for h in hosted]
         record = {"worker_id": self.worker_id, "hardware": self.hardware, "host": socket.gethostname(),
                   "pid": os.getpid(), "reported_at": int(now_ms()), "interval_ms": int(elapsed * 1000),
-                  "cpu_util": cpu_util, "gpu_util": None, "memory_mb": _rss_mb(),
+                  "cpu_util": cpu_util, "gpu_util": None, "memory_mb": process_rss_mb(),
                   "memory_budget_mb": self.memory_budget_mb, "variants": variants}
         self._producer.produce(self.settings.topic("metrics"), key=self.worker_id.encode(),
                                value=self.codec.encode("WorkerReport", record))
@@ -683,44 +330,12 @@ class Worker:
                                           "cpu_util": cpu_util, "gpu_util": None, "memory_mb": record["memory_mb"],
                                           "memory_budget_mb": self.memory_budget_mb, "status": "up"})
 
-    @staticmethod
-    def _variant_metrics(hosted: Hosted, elapsed_s: float) -> dict:
-        taken = hosted.metrics.take()
-        latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
-        # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
-        queue = sum(r.lag for r in hosted.replicas)
-        handled = taken["served"] + taken["deadline_missed"] + taken["errors"]
-        arrived = max(handled + queue - hosted.last_queue, 0)
-        hosted.last_queue = queue
-        return {"variant_id": hosted.variant.variant_id, "replicas": len(hosted.replicas),
-                "served": taken["served"], "errors": taken["errors"], "deadline_missed": taken["deadline_missed"],
-                "qps": arrived / elapsed_s, "exec_ms": taken["exec_ms"],
-                "p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else 0.0,
-                "p99_ms": float(np.percentile(latencies, 99)) if latencies is not None else 0.0,
-                "avg_latency_ms": float(latencies.mean()) if latencies is not None else 0.0,
-                "queue_len": queue, "avg_batch": taken["avg_batch"],
-                "memory_mb": hosted.memory_mb, "avg_rows": taken["avg_rows"],
-                "demand_accuracy": taken["demand_accuracy"], "demand_slo_ms": taken["demand_slo_ms"]}
-
     def dead_letter(self, message, reason: str) -> None:
         record = {"source_topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
                   "reason": reason, "service": f"worker {self.worker_id}", "payload": message.value()[:DEAD_LETTER_PAYLOAD_BYTES],
                   "at": int(now_ms())}
         self._producer.produce(self.settings.topic("deadletter"), value=self.codec.encode("DeadLetter", record))
         self._producer.poll(0)
-
-
-def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-    except OSError:
-        return 0.0
 
 
 def run(settings: Settings, hardware: str, worker_id: str | None, preload: list[str], memory_budget_mb: float,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from infaas.consumers.worker import FAULT_DIR_ENV
+from infaas.consumers.replica import FAULT_DIR_ENV
 from infaas.scaler.processes import ServiceProcess
 from infaas.scaler.service import LEASE_TTL_S
 from infaas.serve import Pipeline, ServeOptions

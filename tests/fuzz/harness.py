@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from infaas.catalog import TaskInfo, Variant
-from infaas.consumers.worker import Hosted, admit
+from infaas.consumers.admission import admit
+from infaas.consumers.replica import HostedVariant
 from infaas.policies.snapshot import Snapshot, WorkerLive
 from infaas.schemas.codec import PRIMITIVES, DecodeError, default_codec
 from infaas.settings import Settings
@@ -47,9 +48,9 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(settings, view)
 
 
-def make_hosted() -> Hosted:
+def make_hosted() -> HostedVariant:
     """What a worker hosting the `small` variant holds; `admit` needs no executor."""
-    return Hosted(VARIANTS["small:ort-fp32:cpu-1t:b8"], TASK, executor=None, load_ms=0.0, memory_mb=0.0)
+    return HostedVariant(VARIANTS["small:ort-fp32:cpu-1t:b8"], TASK, executor=None, load_ms=0.0, memory_mb=0.0)
 
 
 # --- oracles ----------------------------------------------------------------------------------------

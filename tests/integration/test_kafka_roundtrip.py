@@ -63,7 +63,7 @@ def test_core_topics_exist(settings):
 def test_uncommitted_queries_counts_what_the_variant_group_has_not_committed(settings):
     from confluent_kafka import TopicPartition
 
-    from infaas.consumers.worker import uncommitted_queries
+    from infaas.bus import uncommitted_queries
     variant_id = f"probe-{uuid.uuid4().hex[:6]}:ort-fp32:cpu-1t:b1"
     topic = settings.variant_topic(variant_id)
     bus.ensure_topics(settings, {topic: bus.TopicSpec(2)})

@@ -11,7 +11,8 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from infaas import bus
-from infaas.consumers.worker import Worker, uncommitted_queries
+from infaas.bus import uncommitted_queries
+from infaas.consumers.worker import Worker
 from infaas.schemas.codec import default_codec
 from infaas.tensors import to_tensor
 from tests.small_model import register_small_variant

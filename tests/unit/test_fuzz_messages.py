@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infaas.consumers.worker import admit
+from infaas.consumers.admission import admit
 from infaas.schemas.codec import (
     AVRO_DIR,
     HEADER_LEN,
