@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..catalog import Variant
+from ..schemas.messages import Result
 from ..settings import Settings
 from ..tensors import TensorError, check_input, from_tensor
 
@@ -34,11 +35,11 @@ def admit(routed: dict, hosted: HostedVariant, settings: Settings):
 
 
 def result_for(variant: Variant, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
-               compute_started: float | None = None) -> dict:
+               compute_started: float | None = None, outputs: list[dict] | None = None) -> Result:
     done = now_ms()
     queue_ms = (compute_started or done) - routed["dispatched_at"]
-    return {"query_id": query["query_id"], "app_id": query["app_id"], "status": status, "error": error,
-            "outputs": [], "model": variant.model, "variant": variant.variant_id, "hardware": variant.hardware,
-            "accuracy": variant.accuracy, "latency_ms": max(done - query["sent_at"], 0.0),
-            "queue_ms": max(queue_ms, 0.0), "compute_ms": compute_ms, "best_accuracy_within_slo": None,
-            "fastest_latency_ms": None, "completed_at": int(done)}
+    return Result(query_id=query["query_id"], app_id=query["app_id"], status=status, error=error,
+                  outputs=outputs or [], model=variant.model, variant=variant.variant_id, hardware=variant.hardware,
+                  accuracy=variant.accuracy, latency_ms=max(done - query["sent_at"], 0.0),
+                  queue_ms=max(queue_ms, 0.0), compute_ms=compute_ms, best_accuracy_within_slo=None,
+                  fastest_latency_ms=None, completed_at=int(done))

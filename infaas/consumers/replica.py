@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from .. import bus
 from ..catalog import TaskInfo, Variant
 from ..schemas.codec import DecodeError
+from ..schemas.messages import Result
 from ..tensors import to_tensor
 from .admission import admit, now_ms, result_for
 from .batching import ArrivalRate, BatchPolicy, doomed, pack, wait_budget_ms
@@ -156,16 +157,16 @@ class Replica(threading.Thread):
             results = self._run(batch) if batch else []
             if results:
                 batches += 1
-                exec_ms += results[0][1]["compute_ms"]
-                self._observe_speed(sum(q["rows"] for q in batch), results[0][1]["compute_ms"])
-            served += [{"latency_ms": r["latency_ms"], "rows": q["rows"], "min_accuracy": q["query"]["min_accuracy"],
+                exec_ms += results[0][1].compute_ms
+                self._observe_speed(sum(q["rows"] for q in batch), results[0][1].compute_ms)
+            served += [{"latency_ms": r.latency_ms, "rows": q["rows"], "min_accuracy": q["query"]["min_accuracy"],
                         "slo_ms": q["query"]["latency_ms"]} for q, (_, r) in zip(batch, results, strict=True)
-                       if r["status"] == "OK"]
+                       if r.status == "OK"]
             for topic, result in late + results:
                 self._produce(topic, result)  # sent now: results of early runs do not wait for later ones
                 answered.append((topic, result))
         self._commit_if_delivered(items)
-        statuses = [result["status"] for _, result in answered]
+        statuses = [result.status for _, result in answered]
         self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
                                    missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
                                    exec_ms=exec_ms)
@@ -228,7 +229,7 @@ class Replica(threading.Thread):
                 keep.append(q)
         return keep, late
 
-    def _run(self, batch: list[dict]) -> list[tuple[str, dict]]:
+    def _run(self, batch: list[dict]) -> list[tuple[str, Result]]:
         stacked = np.concatenate([q["inputs"] for q in batch]) if len(batch) > 1 else batch[0]["inputs"]
         started = now_ms()
         try:
@@ -246,20 +247,20 @@ class Replica(threading.Thread):
         for q in batch:
             rows = slice(offset, offset + q["rows"])
             offset += q["rows"]
-            result = self._result(q["query"], "OK", None, q["routed"], compute, started)
-            result["outputs"] = [to_tensor(np.asarray(out)[rows]) for out in outputs]
+            result = self._result(q["query"], "OK", None, q["routed"], compute, started,
+                                  [to_tensor(np.asarray(out)[rows]) for out in outputs])
             results.append((q["topic"], result))
         return results
 
     def _result(self, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
-                compute_started: float | None = None) -> dict:
-        return result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started)
+                compute_started: float | None = None, outputs: list[dict] | None = None) -> Result:
+        return result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started, outputs)
 
-    def _produce(self, topic: str, result: dict) -> None:
-        payload = self.codec.encode("Result", result)
+    def _produce(self, topic: str, result: Result) -> None:
+        payload = result.encode(self.codec)
         while True:
             try:
-                self.producer.produce(topic, key=result["query_id"].encode(), value=payload,
+                self.producer.produce(topic, key=result.query_id.encode(), value=payload,
                                       on_delivery=self._delivered)
                 return
             except BufferError:

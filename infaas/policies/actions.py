@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..schemas.messages import ScalingEvent
+
 ADD_REPLICA, REMOVE_REPLICA = "ADD_REPLICA", "REMOVE_REPLICA"
 LOAD_VARIANT, UNLOAD_VARIANT = "LOAD_VARIANT", "UNLOAD_VARIANT"
 UPGRADE_VARIANT, DOWNGRADE_VARIANT = "UPGRADE_VARIANT", "DOWNGRADE_VARIANT"
@@ -45,9 +47,9 @@ class Action:
         if self.kind not in KINDS:
             raise ValueError(f"unknown scaling action kind {self.kind!r}; one of {', '.join(KINDS)}")
 
-    def as_event(self, policy: str, at_ms: int, event_id: str, task: str | None = None) -> dict:
-        """The `ScalingEvent` record (Avro field names) for this action."""
-        return {"event_id": event_id, "at": at_ms, "kind": self.kind, "policy": policy, "task": task,
-                "variant_id": self.variant_id, "target_variant_id": self.target_variant_id,
-                "worker_id": self.worker_id, "hardware": self.hardware, "from_count": self.from_count,
-                "to_count": self.to_count, "reason": self.reason}
+    def as_event(self, policy: str, at_ms: int, event_id: str, task: str | None = None) -> ScalingEvent:
+        """The `ScalingEvent` message for this action."""
+        return ScalingEvent(event_id=event_id, at=at_ms, kind=self.kind, policy=policy, task=task,
+                            variant_id=self.variant_id, target_variant_id=self.target_variant_id,
+                            worker_id=self.worker_id, hardware=self.hardware, from_count=self.from_count,
+                            to_count=self.to_count, reason=self.reason)

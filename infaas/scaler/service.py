@@ -37,6 +37,7 @@ from ..policies.scaling import STATIC, decide
 from ..policies.selection import least_utilized_worker
 from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, WorkerLive
 from ..schemas.codec import default_codec
+from ..schemas.messages import WorkerCommand
 from ..settings import Settings
 from ..store import BufferedWriter, Store
 from ..views import SystemView
@@ -418,19 +419,20 @@ class Scaler:
         self.last_worker_action_ms = now_ms()
 
     def _command(self, kind: str, worker_id: str | None, variant_id: str | None, replicas: int, reason: str) -> None:
-        command = {"command_id": uuid.uuid4().hex, "at": now_ms(), "action": kind, "worker_id": worker_id,
-                   "hardware": None, "variant_id": variant_id, "replicas": replicas, "reason": reason}
+        command = WorkerCommand(command_id=uuid.uuid4().hex, at=now_ms(), action=kind, worker_id=worker_id,
+                                hardware=None, variant_id=variant_id, replicas=replicas, reason=reason)
         self.producer.produce(self.settings.topic("control"), key=(worker_id or "").encode(),
-                              value=self.codec.encode("WorkerCommand", command))
+                              value=command.encode(self.codec))
         self.producer.poll(0)
 
     def _record(self, action: Action, snapshot: Snapshot) -> None:
         variant = snapshot.variants.get(action.variant_id or action.target_variant_id or "")
-        event = action.as_event(self.policy, now_ms(), uuid.uuid4().hex, variant.task if variant else None)
+        scaling_event = action.as_event(self.policy, now_ms(), uuid.uuid4().hex, variant.task if variant else None)
         log.info("%s %s: %s", action.kind, action.variant_id or action.worker_id or action.hardware, action.reason)
         self.producer.produce(self.settings.topic("scaling"), key=(action.variant_id or "").encode(),
-                              value=self.codec.encode("ScalingEvent", event))
+                              value=scaling_event.encode(self.codec))
         self.producer.poll(0)
+        event = scaling_event.to_record()
         self.writer.submit("put_scaling_event", event)
         self.actions_taken.append(event)
 

@@ -21,6 +21,7 @@ from ..catalog import NAME_RE
 from ..policies.selection import Decision, Request, select
 from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
 from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, EncodeError, default_codec
+from ..schemas.messages import Result, WorkerCommand
 from ..settings import Settings
 from ..tensors import TensorError, check_input, from_tensor
 from ..views import SystemView
@@ -173,27 +174,25 @@ class Dispatcher:
         self.view.believe(decision.variant_id, VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,),
                                                            loaded_at_ms=snapshot.at_ms))
         self.counts["loads"] += 1
-        command = {"command_id": uuid.uuid4().hex, "at": now_ms(), "action": "LOAD", "worker_id": decision.load_on,
-                   "hardware": None, "variant_id": decision.variant_id, "replicas": 1,
-                   "reason": f"dispatcher: {decision.reason}"}
-        return Outgoing(self.settings.topic("control"), decision.load_on.encode(),
-                        self.codec.encode("WorkerCommand", command))
+        command = WorkerCommand(command_id=uuid.uuid4().hex, at=now_ms(), action="LOAD", worker_id=decision.load_on,
+                                hardware=None, variant_id=decision.variant_id, replicas=1,
+                                reason=f"dispatcher: {decision.reason}")
+        return Outgoing(self.settings.topic("control"), decision.load_on.encode(), command.encode(self.codec))
 
     def _reply_error(self, record: dict, rejected: Rejected) -> list[Outgoing]:
         decision = rejected.decision
-        result = {"query_id": record["query_id"][:MAX_ECHO], "app_id": record["app_id"], "status": rejected.status,
-                  "error": rejected.error[:MAX_TEXT], "outputs": [], "model": _echo(record.get("model")),
-                  "variant": _echo(record.get("variant")), "hardware": None, "accuracy": None,
-                  "latency_ms": float(max(now_ms() - record["sent_at"], 0)), "queue_ms": 0.0, "compute_ms": 0.0,
-                  "best_accuracy_within_slo": decision.best_accuracy_within_slo if decision else None,
-                  "fastest_latency_ms": decision.fastest_latency_ms if decision else None,
-                  "completed_at": now_ms()}
+        result = Result(query_id=record["query_id"][:MAX_ECHO], app_id=record["app_id"], status=rejected.status,
+                        error=rejected.error[:MAX_TEXT], outputs=[], model=_echo(record.get("model")),
+                        variant=_echo(record.get("variant")), hardware=None, accuracy=None,
+                        latency_ms=float(max(now_ms() - record["sent_at"], 0)), queue_ms=0.0, compute_ms=0.0,
+                        best_accuracy_within_slo=decision.best_accuracy_within_slo if decision else None,
+                        fastest_latency_ms=decision.fastest_latency_ms if decision else None, completed_at=now_ms())
         topic = self.reply_topic(record)
         if topic is None:
             return [self._dead_letter(self.codec.encode("Query", record), ("", -1, -1),
                                       f"{rejected.status}: {rejected.error}; and no valid reply topic")]
         try:
-            return [Outgoing(topic, record["query_id"].encode(), self.codec.encode("Result", result))]
+            return [Outgoing(topic, record["query_id"].encode(), result.encode(self.codec))]
         except EncodeError as err:
             return [self._dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}")]
 

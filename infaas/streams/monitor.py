@@ -34,6 +34,7 @@ from ..catalog import Variant
 from ..policies.monitoring import classify
 from ..policies.snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig
 from ..schemas.codec import DecodeError, default_codec
+from ..schemas.messages import ScalingEvent
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,10 @@ class VariantStates:
                 observed[m["variant_id"]].add(worker_id, m)
         return observed
 
-    def states_changed(self, variants: dict[str, Variant], now_ms: int) -> tuple[list[dict], list[dict]]:
+    def states_changed(self, variants: dict[str, Variant], now_ms: int) -> tuple[list[dict], list[ScalingEvent]]:
         """New VariantState records (changed, or loaded and refreshed) and scaling triggers."""
-        states, triggers = [], []
+        states: list[dict] = []
+        triggers: list[ScalingEvent] = []
         observed = self.observe(now_ms)
         for variant_id in set(observed) | {v for v, s in self.states.items() if s["state"] != INACTIVE}:
             o = observed.get(variant_id, Observed())
@@ -177,12 +179,12 @@ class VariantStates:
             if status != previous or status != INACTIVE:
                 states.append(record)
             if status != previous and status in (OVERLOADED, INTERFERED):
-                triggers.append({"event_id": uuid.uuid4().hex, "at": now_ms, "kind": "TRIGGER", "policy": "monitor",
-                                 "task": record["task"], "variant_id": variant_id, "target_variant_id": None,
-                                 "worker_id": None, "hardware": variant.hardware if variant else None,
-                                 "from_count": o.replicas, "to_count": o.replicas,
-                                 "reason": f"{variant_id} became {status}: qps {o.qps:.1f}, avg latency "
-                                           f"{o.avg_latency_ms:.1f} ms, queue {o.queue_len}"})
+                triggers.append(ScalingEvent(
+                    event_id=uuid.uuid4().hex, at=now_ms, kind="TRIGGER", policy="monitor", task=record["task"],
+                    variant_id=variant_id, target_variant_id=None, worker_id=None,
+                    hardware=variant.hardware if variant else None, from_count=o.replicas, to_count=o.replicas,
+                    reason=f"{variant_id} became {status}: qps {o.qps:.1f}, avg latency {o.avg_latency_ms:.1f} ms, "
+                           f"queue {o.queue_len}"))
             self.states[variant_id] = record
         return states, triggers
 
@@ -285,9 +287,9 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
                              value=codec.encode("VariantState", state))
             writer.submit("put_variant_state", state)
         for trigger in triggers:
-            producer.produce(settings.topic("scaling"), key=(trigger["variant_id"] or "").encode(),
-                             value=codec.encode("ScalingEvent", trigger))
-            writer.submit("put_scaling_event", trigger)
+            producer.produce(settings.topic("scaling"), key=(trigger.variant_id or "").encode(),
+                             value=trigger.encode(codec))
+            writer.submit("put_scaling_event", trigger.to_record())
         producer.poll(0)
 
     return app

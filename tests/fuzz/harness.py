@@ -99,8 +99,8 @@ def check_admitted(outcome: Any, routed: dict, settings: Settings) -> str:
         return "run"
     answer_topic, result = outcome
     assert answer_topic == topic
-    assert result["status"] == "BAD_INPUT" and result["error"].startswith("inputs: "), result
-    assert len(CODEC.encode("Result", result)) < KAFKA_MAX_MESSAGE
+    assert result.status == "BAD_INPUT" and result.error.startswith("inputs: "), result
+    assert len(result.encode(CODEC)) < KAFKA_MAX_MESSAGE
     return "BAD_INPUT"
 
 

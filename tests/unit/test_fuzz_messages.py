@@ -503,9 +503,9 @@ def test_a_routed_query_with_a_bad_tensor_is_answered_bad_input():
         routed = {"query": good_query(inputs=tensor), "variant_id": "small:ort-fp32:cpu-1t:b8",
                   "deadline_at": None, "dispatched_at": 0, "estimated_ms": 1.0, "reason": "test"}
         topic, result = admit(routed, hosted, SETTINGS)
-        assert topic == SETTINGS.results_topic("demo") and result["status"] == "BAD_INPUT"
-        assert fragment in result["error"], result["error"]
-        assert result["variant"] == "small:ort-fp32:cpu-1t:b8" and result["query_id"] == "q1"
+        assert topic == SETTINGS.results_topic("demo") and result.status == "BAD_INPUT"
+        assert fragment in result.error, result.error
+        assert result.variant == "small:ort-fp32:cpu-1t:b8" and result.query_id == "q1"
     ok = admit({"query": good_query(), "variant_id": "small:ort-fp32:cpu-1t:b8", "deadline_at": None,
                 "dispatched_at": 0, "estimated_ms": 1.0, "reason": "test"}, hosted, SETTINGS)
     assert ok["rows"] == 2 and ok["inputs"].shape == (2, 64)

@@ -270,4 +270,4 @@ def test_action_kinds_are_the_avro_scaling_kinds():
     with pytest.raises(ValueError):
         Action("SCALE_SIDEWAYS", "no such thing")
     event = Action("ADD_WORKER", "hot", hardware="cpu", from_count=1, to_count=2).as_event("infaas", 5, "e1")
-    assert event["kind"] == "ADD_WORKER" and event["at"] == 5 and event["policy"] == "infaas"
+    assert event.kind == "ADD_WORKER" and event.at == 5 and event.policy == "infaas"
