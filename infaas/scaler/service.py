@@ -200,10 +200,16 @@ class Scaler:
 
     def tick(self) -> list[Action]:
         if STALE_AFTER_S < self.view.observed_age_s < float("inf"):
-            # Reports stopped (Kafka away): what we see is old, and acting on it (e.g. "no demand:
-            # remove replicas") would be wrong. Never having had a report is different: a fresh
+            # Reports stopped: what we see is old, and acting on it (e.g. "no demand: remove
+            # replicas") would be wrong. Never having had a report is different: a fresh
             # deployment may have no worker yet, and the policy must be able to add one.
-            self._fresh_since = 0.0
+            if not self._kafka_reachable():
+                self._fresh_since = 0.0
+                return []
+            # Kafka answers, so every worker went silent (e.g. the only one froze): recover only.
+            self._fresh_since = self._fresh_since or time.monotonic()
+            self._recover()
+            self._place_unplaced(self.snapshot())
             return []
         self._fresh_since = self._fresh_since or time.monotonic()
         self._recover()
@@ -218,6 +224,13 @@ class Scaler:
         return actions
 
     # --- recovery -----------------------------------------------------------------------------
+    def _kafka_reachable(self) -> bool:
+        try:
+            self.producer.list_topics(self.settings.topic("metrics"), timeout=2.0)
+            return True
+        except Exception:  # KafkaException: the broker does not answer
+            return False
+
     def _recover(self) -> None:
         """Find the workers that are gone without being asked to stop, and replace them."""
         exited = self.backend.exited() if hasattr(self.backend, "exited") else {}

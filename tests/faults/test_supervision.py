@@ -116,7 +116,7 @@ def test_silent_worker_is_replaced(settings, pipeline, variant, report):
     """A worker that stops reporting (frozen: SIGSTOP) is gone for the scaler, which replaces it."""
     [victim] = pipeline.worker_pids()
     scaler = pipeline.services["scaler"]
-    replacing = f"replacing {pipeline.worker_pids()[victim]}, gone"
+    replacing = f"ADD_WORKER cpu: replacing {pipeline.worker_pids()[victim]}, gone"  # the action's record
 
     def inject() -> float:
         os.kill(victim, signal.SIGSTOP)
