@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from . import bus
+from . import bus, metrics
 from .client import InfaasClient, QueryNotSent, QueryResult, QueryTimeout
 from .settings import Settings
 from .store import Store, StoreError
@@ -393,8 +393,24 @@ class Gateway:
                             headers={"Inference-Header-Content-Length": str(len(head))})
 
 
+@web.middleware
+async def measured(request: web.Request, handler) -> web.StreamResponse:
+    """Count every request by route and status; time the infer requests."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as err:
+        metrics.HTTP_REQUESTS.labels(route, str(err.status)).inc()
+        raise
+    metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    if route.endswith("/infer"):
+        metrics.HTTP_LATENCY.observe((time.perf_counter() - started) * 1000)
+    return response
+
+
 def make_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[measured])
     app.add_routes(gateway.routes())
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
@@ -411,6 +427,8 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000, app_id: s
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
+        metrics.serve_endpoint(settings, "gateway")
+        metrics.mark_ready()
         print(f"infaas gateway ready (pid {__import__('os').getpid()}, http://{host}:{bound}/v2, app "
               f"{app_id})", flush=True)
         try:

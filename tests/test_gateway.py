@@ -130,3 +130,30 @@ def test_registration_refuses_a_model_named_like_a_task(settings, zoo, tmp_path)
     with pytest.raises(RegistrationError, match="name of a model"):
         register_model(settings, APP, "mlp-large", "logistic-regression", files["logreg"],
                        tmp_path / "validation.npz", name="other-logreg", quick=True)
+
+
+def test_bench_gateway_reports_overhead_and_throughput(settings, served, digits):
+    from infaas.benchmarks import bench_gateway
+    from infaas.client import InfaasClient
+    _, _, cheapest = served
+    x, _ = digits
+    lines = []
+    with InfaasClient(settings, app_id=APP, timeout_s=60) as kafka_client:
+        report = bench_gateway(settings, kafka_client, cheapest, x, quick=True, say=lines.append)
+    assert report["gateway"]["n"] == report["client"]["n"] == 100
+    assert report["queries_per_s"] > 0 and report["queries"] == 1000
+    assert report["gateway"]["p50_ms"] > 0 and "queries/s" in lines[-1]
+    print("\n".join(lines))
+
+
+def test_gateway_metrics_and_status(settings, served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from infaas.status import services
+    rows = [row for row in services(settings) if row["service"] == "gateway"]
+    assert rows and rows[0]["health"] == rows[0]["ready"] == "ok", rows
+    text = urllib.request.urlopen(rows[0]["metrics_url"], timeout=10).read().decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    codes = {s.labels["code"] for s in samples if s.name == "infaas_gateway_requests_total"}
+    assert {"200", "400", "404", "422"} <= codes
+    assert any(s.name == "infaas_gateway_latency_ms_count" and s.value > 0 for s in samples)

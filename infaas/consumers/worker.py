@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
-from .. import bus
+from .. import bus, metrics
 from ..catalog import TaskInfo, Variant
 from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_codec
 from ..settings import Settings
@@ -569,6 +569,7 @@ class Worker:
         with self._lock:
             hosted = list(self.hosted.values())
         variants = [self._variant_metrics(h, elapsed) for h in hosted]
+        metrics.worker_report(variants)
         record = {"worker_id": self.worker_id, "hardware": self.hardware, "host": socket.gethostname(),
                   "pid": os.getpid(), "reported_at": int(now_ms()), "interval_ms": int(elapsed * 1000),
                   "cpu_util": cpu_util, "gpu_util": None, "memory_mb": _rss_mb(),
@@ -587,6 +588,7 @@ class Worker:
     @staticmethod
     def _variant_metrics(hosted: Hosted, elapsed_s: float) -> dict:
         taken = hosted.metrics.take()
+        metrics.observe_latencies(hosted.variant.variant_id, taken["latencies"])
         latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
         # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
         queue = sum(r.lag for r in hosted.replicas)
@@ -632,6 +634,7 @@ def run(settings: Settings, hardware: str, worker_id: str | None, preload: list[
                     offline_cpu_threshold=offline_cpu_threshold)
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     worker.start(preload)
+    metrics.mark_ready()
     print(f"infaas worker ready ({worker.worker_id}, hosting {', '.join(worker.hosted) or 'nothing yet'})",
           flush=True)
     try:

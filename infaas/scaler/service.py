@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from .. import bus
+from .. import bus, metrics
 from ..policies import actions as kinds
 from ..policies.actions import Action
 from ..policies.baselines import BaselinePlan, initial_actions
@@ -281,6 +281,7 @@ class Scaler:
         self.producer.poll(0)
         self.writer.submit("put_scaling_event", event)
         self.actions_taken.append(event)
+        metrics.SCALING_ACTIONS.labels(action.kind).inc()
 
 
 def load_plan(path: str) -> BaselinePlan:
@@ -315,6 +316,8 @@ def run(settings: Settings, policy: str, backend_name: str, plan_path: str | Non
     scaler = Scaler(settings, config, policy, backend, plan, interval_s)
     signal.signal(signal.SIGTERM, lambda *_: scaler._stop.set())
     scaler.start()
+    metrics.track_backlog(scaler.writer)
+    metrics.mark_ready()
     print(f"infaas scaler ready (policy {policy}, backend {backend_name}, every {interval_s:g} s)", flush=True)
     try:
         scaler.run()
