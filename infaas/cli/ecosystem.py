@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("gateway", help="the Open Inference Protocol (KServe V2) over HTTP, in front of the pipeline")
@@ -45,4 +47,46 @@ def cmd_status(args, settings) -> int:
     for row in rows:
         table.add_row(row["name"], row["service"], str(row["pid"]), row["health"], row["ready"], row["metrics_url"])
     Console().print(table)
+    return 0
+
+
+def add_models_delete(models_parser) -> None:
+    actions = models_parser.add_subparsers(dest="models_command", metavar="ACTION")
+    p = actions.add_parser("delete", help="delete a model (or an older version): routing stops, its variants are "
+                                          "drained and unloaded, its rows, objects and topics removed")
+    p.add_argument("model")
+    p.add_argument("--version", type=int, help="only this version (not the newest, which serves)")
+    p.set_defaults(handler=cmd_models_delete)
+
+
+def cmd_models_delete(args, settings) -> int:
+    from ..lifecycle import LifecycleError, delete_model
+    try:
+        done = delete_model(settings, args.model, args.version, say=lambda msg: print(f"infaas: {msg}", flush=True))
+    except LifecycleError as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    print(f"infaas: deleted {done.model} version(s) {', '.join(map(str, done.versions))}: {len(done.variants)} "
+          f"variants, unloaded from {sum(map(len, done.unloaded_from.values()))} replica set(s), "
+          f"{done.objects_removed} objects, {len(done.topics_deleted)} topics"
+          + (", and its task (no model left)" if done.task_removed else ""))
+    return 0
+
+
+def add_app_delete(app_actions) -> None:
+    p = app_actions.add_parser("delete", help="delete an application that owns no model (its results topics, and "
+                                              "on a secure stack its ACLs)")
+    p.add_argument("app_id")
+    p.set_defaults(handler=cmd_app_delete)
+
+
+def cmd_app_delete(args, settings) -> int:
+    from .. import bus, launcher
+    from ..lifecycle import LifecycleError, delete_app
+    try:
+        topics = delete_app(launcher.admin_settings(settings), args.app_id)
+    except (LifecycleError, launcher.LaunchError, bus.BusError) as err:
+        print(f"infaas: {err}", file=sys.stderr)
+        return 1
+    print(f"infaas: app {args.app_id} deleted" + (f" (topics {', '.join(topics)})" if topics else ""))
     return 0

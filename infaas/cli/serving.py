@@ -19,6 +19,8 @@ def register(sub) -> None:
                         "(the only time it is shown)")
     p.set_defaults(handler=cmd_app_create)
     asub.add_parser("list", help="registered applications").set_defaults(handler=cmd_app_list)
+    from .ecosystem import add_app_delete
+    add_app_delete(asub)
 
     p = sub.add_parser("dispatcher", help="run the dispatcher (Faust agent on the queries topic)")
     p.add_argument("--web-port", type=int, help="Faust's web port (default: a free one)")
