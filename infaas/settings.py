@@ -45,7 +45,6 @@ class Settings:
     query_partitions: int = 4
     variant_partitions: int = 4
     result_partitions: int = 2
-    schema_registry_url: str = ""
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
