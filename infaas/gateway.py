@@ -172,6 +172,8 @@ def parse_input(request: dict, binary: bytes) -> tuple[str, np.ndarray]:
     if size * dtype.itemsize > MAX_BODY_BYTES:
         raise BadRequest(f"input {name!r:.60}: shape {shape} is too large")
     parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"input {name!r:.60}: 'parameters' must be an object")
     if "binary_data_size" in parameters:
         if parameters["binary_data_size"] != len(binary) or len(binary) != size * dtype.itemsize:
             raise BadRequest(f"input {name!r:.60}: {len(binary)} binary bytes, shape {shape} of {datatype} needs "

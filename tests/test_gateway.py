@@ -119,6 +119,13 @@ def test_errors_map_to_http_statuses_and_the_gateway_goes_on(client, served, dig
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(request, timeout=30)
         assert raised.value.code == 400 and "error" in json.loads(raised.value.read())
+    head = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 256}}]}).encode()
+    request = urllib.request.Request(f"http://{url}/v2/models/{ZOO_TASK}/infer", data=head + bytes(100), method="POST",
+                                     headers={"Inference-Header-Content-Length": str(len(head))})
+    with pytest.raises(urllib.error.HTTPError) as raised:  # fewer binary bytes than the shape needs
+        urllib.request.urlopen(request, timeout=30)
+    assert raised.value.code == 400 and "binary" in json.loads(raised.value.read())["error"]
     assert infer(client, ZOO_TASK, x[:1]).as_numpy("probabilities").shape == (1, 10)
 
 
