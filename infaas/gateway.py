@@ -226,10 +226,10 @@ def result_parameters(result: QueryResult) -> dict[str, Any]:
 
 def error_text(result: QueryResult) -> str:
     text = f"{result.status}: {result.error or ''}".rstrip(": ")
-    if result.status == "NO_FEASIBLE_VARIANT":
-        text += (f" (best accuracy possible within the latency: {result.best_accuracy_within_slo}; fastest "
-                 f"latency at the accuracy: {result.fastest_latency_ms} ms)")
-    return text
+    best = {"best accuracy possible within the latency": result.best_accuracy_within_slo,
+            "fastest latency at the accuracy (ms)": result.fastest_latency_ms}
+    known = [f"{what}: {value:.4g}" for what, value in best.items() if value is not None]
+    return text + (f" ({'; '.join(known)})" if known else "")
 
 
 def infer_response(target: Target, request: dict, result: QueryResult, wanted: list[tuple[str, bool]],

@@ -109,8 +109,10 @@ def test_errors_map_to_http_statuses_and_the_gateway_goes_on(client, served, dig
     assert status_of(lambda: infer(client, "no-such-model", x[:1]))[0] == "404"
     status, message = status_of(lambda: infer(client, ZOO_TASK, x[:1, :10]))
     assert status == "400" and "shape" in message
-    status, message = status_of(lambda: infer(client, ZOO_TASK, x[:1], min_accuracy=1.0, latency_ms=0.001))
-    assert status == "422" and "best accuracy possible" in message
+    status, message = status_of(lambda: infer(client, ZOO_TASK, x[:1], min_accuracy=1.0, latency_ms=5000))
+    assert status == "422" and "best accuracy possible within the latency: 0." in message, message
+    status, message = status_of(lambda: infer(client, ZOO_TASK, x[:1], min_accuracy=0.5, latency_ms=0.001))
+    assert status == "422" and "fastest latency at the accuracy (ms): " in message, message
     status, _ = status_of(lambda: infer(client, ZOO_TASK, x[:1], min_accuracy="high"))
     assert status == "400"
     for body in (b"{not json", b"[1, 2]", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64],
