@@ -203,6 +203,7 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
             with InfaasClient(bench, app_id="demo", timeout_s=120) as client:
                 for variant in chosen:
                     report["variants"][variant.variant_id] = measure_variant(bench, client, variant, inputs, quick, say)
+                report["gateway"] = bench_gateway(bench, client, chosen[0], inputs, quick, say)
         finally:
             pipeline.stop()
     finally:
@@ -261,6 +262,82 @@ def measure_variant(settings: Settings, client: InfaasClient, variant: Variant, 
     return {"overhead": overhead, "raw_rows_per_s": raw, "pipeline_queries_per_s": piped,
             "pipeline_share_of_raw": piped / raw, "batch_size": variant.batch_size,
             "latency_at_batch_ms": variant.latency_at(variant.batch_size)}
+
+
+def bench_gateway(settings: Settings, client: InfaasClient, variant: Variant, inputs: np.ndarray, quick: bool,
+                  say: Callable[[str], None]) -> dict:
+    """The V2 gateway in front of the running pipeline: its overhead over the Kafka client (one query at a
+    time, the same variant, interleaved) and its queries/s with many HTTP requests in flight."""
+    import asyncio
+
+    from .scaler.processes import ServiceProcess
+    gateway = ServiceProcess("bench-gateway", ["gateway", "--port", "0", "--timeout", "120"],
+                             settings.state_dir / "logs" / "bench", {**os.environ, **settings.as_env()}).start()
+    try:
+        gateway.wait_ready(120)
+        base = gateway.ready_line.split("http://")[1].split(" ")[0].rstrip(",")
+        url = f"http://{base}/models/{variant.variant_id}/infer"
+        say(f"gateway: overhead and throughput, {variant.variant_id} ...")
+        result = asyncio.run(_drive_gateway(url, client, variant, inputs, 100 if quick else 300,
+                                            1000 if quick else 3000, 32))
+    finally:
+        gateway.stop()
+    say(f"  client p50 {result['client']['p50_ms']:.2f} ms; gateway p50 {result['gateway']['p50_ms']:.2f} / p99 "
+        f"{result['gateway']['p99_ms']:.2f} ms; overhead p50 {result['overhead_p50_ms']:.2f} ms; "
+        f"{result['queries_per_s']:.0f} queries/s with {result['concurrency']} requests in flight (the client "
+        f"alone: {result['client_queries_per_s']:.0f})")
+    return result
+
+
+async def _drive_gateway(url: str, client: InfaasClient, variant: Variant, inputs: np.ndarray, n: int, flood: int,
+                         concurrency: int) -> dict:
+    import asyncio
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url.rsplit("/", 1)[0]) as response:  # the metadata: the input's name
+            input_name = (await response.json())["inputs"][0]["name"]
+
+        async def post(i: int) -> None:
+            row = inputs[i % len(inputs)][None]
+            body = {"inputs": [{"name": input_name, "shape": list(row.shape), "datatype": "FP32",
+                                "data": row.reshape(-1).tolist()}]}
+            async with session.post(url, json=body) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"gateway answered {response.status}: {await response.text()}")
+                await response.read()
+
+        await post(0)
+        via_client, via_gateway = [], []
+        for i in range(n):
+            started = time.perf_counter()
+            result = await client.aquery(inputs[i % len(inputs)][None], variant=variant.variant_id)
+            via_client.append((time.perf_counter() - started) * 1000)
+            if not result.ok:
+                raise RuntimeError(f"query failed: {result.status}: {result.error}")
+            started = time.perf_counter()
+            await post(i)
+            via_gateway.append((time.perf_counter() - started) * 1000)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def by_client(i: int) -> None:
+            async with slots:
+                await client.aquery(inputs[i % len(inputs)][None], variant=variant.variant_id)
+
+        async def by_gateway(i: int) -> None:
+            async with slots:
+                await post(i)
+
+        rates = {}
+        for name, send in (("client", by_client), ("gateway", by_gateway)):
+            started = time.perf_counter()
+            await asyncio.gather(*(send(i) for i in range(flood)))
+            rates[name] = flood / (time.perf_counter() - started)
+    c, g = percentiles(via_client), percentiles(via_gateway)
+    return {"client": c, "gateway": g, "overhead_p50_ms": g["p50_ms"] - c["p50_ms"],
+            "overhead_p99_ms": g["p99_ms"] - c["p99_ms"], "queries_per_s": rates["gateway"],
+            "client_queries_per_s": rates["client"], "concurrency": concurrency, "queries": flood}
 
 
 def _machine() -> dict:

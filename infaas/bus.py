@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -215,6 +216,14 @@ def create_acls(settings: Settings, bindings: list) -> None:
     """Add ACLs (adding one that exists is a no-op)."""
     client = admin(settings)
     _admin_request("create ACLs", client, client.create_acls(bindings).values())
+
+
+def delete_acls(settings: Settings, bindings: list) -> None:
+    """Remove exactly these ACLs (removing one that does not exist is a no-op)."""
+    client = admin(settings)
+    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
+                                b.permission_type) for b in bindings]
+    _admin_request("delete ACLs", client, client.delete_acls(filters).values())
 
 
 def provision_app(settings: Settings, app_id: str) -> list[str]:

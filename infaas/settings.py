@@ -52,7 +52,6 @@ class Settings:
     max_message_mb: int = 20
     topic_replication_factor: int = 1  # Kafka's, for the topics we create (production: 3)
     min_insync_replicas: int = 1  # with acks=all, writes need this many replicas (production: 2)
-    schema_registry_url: str = ""
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
@@ -78,6 +77,8 @@ class Settings:
     stop_timeout_s: float = 30.0
     # --- Services --------------------------------------------------------------------------
     log_level: str = "INFO"
+    metrics_host: str = "127.0.0.1"  # /metrics, /healthz, /readyz of each service (0.0.0.0 in a container)
+    metrics_port: int = 0  # 0: a free port, advertised under <home>/run/ (see infaas/metrics.py)
     hardware_catalog: str = ""  # TOML file; default: the catalogue shipped in infaas/hardware.toml
     offline_chunk_size: int = 64
     offline_lease_s: float = 15.0  # a batch chunk whose worker is silent this long is taken over
@@ -220,6 +221,8 @@ def _check(settings: Settings) -> None:
     url = settings.model_repository_url
     if not (url.startswith("file://") or re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", url)):
         raise SettingsError(f"setting 'repository_url': {url!r} must be file://PATH or s3://BUCKET[/PREFIX]")
+    if not 0 <= settings.metrics_port < 65536:
+        raise SettingsError(f"setting 'metrics_port': {settings.metrics_port} is not a TCP port (0 for a free one)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"setting 'log_level': {settings.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
 

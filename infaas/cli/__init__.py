@@ -16,7 +16,7 @@ import sys
 from ..errors import InfaasError
 from ..settings import SettingsError, load_settings
 
-COMMAND_MODULES = ("infra", "serving", "models", "evaluation", "bench")
+COMMAND_MODULES = ("infra", "serving", "models", "evaluation", "bench", "ecosystem")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--task")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models)
+    from .ecosystem import add_models_delete
+    add_models_delete(p)
 
     p = sub.add_parser("variants", help="variants with their profiles, cost and state")
     p.add_argument("--task")

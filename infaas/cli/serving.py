@@ -21,6 +21,8 @@ def register(sub) -> None:
                         "(the only time it is shown)")
     p.set_defaults(handler=cmd_app_create)
     asub.add_parser("list", help="registered applications").set_defaults(handler=cmd_app_list)
+    from .ecosystem import add_app_delete
+    add_app_delete(asub)
 
     p = sub.add_parser("dispatcher", help="run the dispatcher (Faust agent on the queries topic)")
     p.add_argument("--web-port", type=int, help="Faust's web port (default: a free one)")
@@ -187,12 +189,14 @@ def cmd_app_list(args, settings) -> int:
 def cmd_dispatcher(args, settings) -> int:
     from ..streams import dispatcher
     watch_supervisor()
+    _metrics_endpoint(settings, "dispatcher")
     return dispatcher.run(settings, args.web_port)
 
 
 def cmd_monitor(args, settings) -> int:
     from ..streams import monitor
     watch_supervisor()
+    _metrics_endpoint(settings, "monitor")
     return monitor.run(settings, web_port=args.web_port)
 
 
@@ -201,6 +205,7 @@ def cmd_worker(args, settings) -> int:
     preload = [v for v in args.variants.split(",") if v]
     threshold = None if args.no_offline else args.offline_cpu_threshold
     watch_supervisor()
+    _metrics_endpoint(settings, "worker", args.worker_id)
     return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms,
                       threshold)
 
@@ -270,6 +275,7 @@ def cmd_scaler(args, settings) -> int:
     except ValueError:
         print("infaas: --backend-option takes KEY=VALUE", file=sys.stderr)
         return 2
+    _metrics_endpoint(settings, "scaler")
     config = PolicyConfig(min_workers=args.min_workers, max_workers=args.max_workers,
                           unload_idle_s=args.unload_idle_s, hardware_catalog=settings.hardware_catalog)
     workers = service.WorkerSpec(args.initial_workers, args.worker_hardware,
@@ -406,3 +412,9 @@ def _as_batch(inputs, client, args):
     if info is not None and tuple(inputs.shape) == tuple(info.input_shape):
         return inputs[None, ...]
     return inputs
+
+
+def _metrics_endpoint(settings, service: str, name: str | None = None) -> None:
+    """/metrics, /healthz and /readyz of this service, advertised for `infaas status`."""
+    from ..metrics import serve_endpoint
+    serve_endpoint(settings, service, name)

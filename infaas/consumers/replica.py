@@ -20,7 +20,7 @@ from ..schemas.messages import Result
 from ..tensors import to_tensor
 from .admission import admit, now_ms, result_for
 from .batching import ArrivalRate, BatchPolicy, doomed, pack, wait_budget_ms
-from .metrics import VariantMetrics
+from .reporting import VariantMetrics
 
 if TYPE_CHECKING:
     from .worker import Worker

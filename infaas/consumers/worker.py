@@ -21,13 +21,13 @@ from collections import deque
 
 from confluent_kafka import OFFSET_END, TopicPartition
 
-from .. import bus
+from .. import bus, metrics
 from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_codec
 from ..settings import Settings
 from ..store import BufferedWriter, Store
 from .admission import now_ms
-from .metrics import process_cpu_seconds, process_rss_mb, variant_report
 from .replica import HostedVariant, Replica
+from .reporting import process_cpu_seconds, process_rss_mb, variant_report
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,7 @@ class Worker:
         with self._lock:
             hosted = list(self.hosted.values())
         variants = [variant_report(h, elapsed) for h in hosted]
+        metrics.worker_report(variants)
         record = {"worker_id": self.worker_id, "hardware": self.hardware, "host": socket.gethostname(),
                   "pid": os.getpid(), "reported_at": int(now_ms()), "interval_ms": int(elapsed * 1000),
                   "cpu_util": cpu_util, "gpu_util": None, "memory_mb": process_rss_mb(),
@@ -346,6 +347,7 @@ def run(settings: Settings, hardware: str, worker_id: str | None, preload: list[
                     offline_cpu_threshold=offline_cpu_threshold)
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     worker.start(preload)
+    metrics.mark_ready()
     print(f"infaas worker ready ({worker.worker_id}, hosting {', '.join(worker.hosted) or 'nothing yet'})",
           flush=True)
     try:

@@ -147,6 +147,7 @@ class _Registration:
 
     def run(self) -> RegistrationReport:
         versions = self.store.model_versions(self.name)
+        self._check_names_apart()
         same = self._check_ownership(versions)
         if same is not None:
             return self._unchanged(same)
@@ -173,6 +174,13 @@ class _Registration:
                 raise
 
     # --- before writing -----------------------------------------------------------------------
+    def _check_names_apart(self) -> None:
+        """A name in a request (the V2 gateway's URL) is a model or a task, never both."""
+        if self.name == self.task or self.store.get_task(self.name) is not None:
+            raise RegistrationError(f"model name {self.name!r} is the name of a task; choose another name")
+        if self.store.model_versions(self.task):
+            raise RegistrationError(f"task name {self.task!r} is the name of a model; choose another name")
+
     def _check_ownership(self, versions: list[dict]) -> dict | None:
         if not versions:
             return None

@@ -28,7 +28,7 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from .. import bus
+from .. import bus, metrics
 from ..policies import actions as kinds
 from ..policies.actions import Action
 from ..policies.baselines import BaselinePlan, initial_actions
@@ -448,6 +448,7 @@ class Scaler:
         event = scaling_event.to_record()
         self.writer.submit("put_scaling_event", event)
         self.actions_taken.append(event)
+        metrics.SCALING_ACTIONS.labels(action.kind).inc()
 
 
 def load_plan(path: str) -> BaselinePlan:
@@ -484,6 +485,8 @@ def run(settings: Settings, policy: str, backend_name: str, plan_path: str | Non
     scaler = Scaler(settings, config, policy, backend, plan, interval_s, workers, Lease(Store(settings)))
     signal.signal(signal.SIGTERM, lambda *_: scaler._stop.set())
     scaler.start()
+    metrics.track_backlog(scaler.writer)
+    metrics.mark_ready()
     role = "active" if scaler.leading else "standby"
     print(f"infaas scaler ready ({role}, policy {policy}, backend {backend_name}, every {interval_s:g} s)",
           flush=True)

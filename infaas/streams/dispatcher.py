@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from .. import metrics
 from ..catalog import NAME_RE
 from ..policies.selection import Decision, Request, select
 from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
@@ -81,6 +82,7 @@ class Dispatcher:
             return self._route(record, current)
         except Rejected as rejected:
             self.counts["rejected"] += 1
+            metrics.SHED.labels(rejected.status).inc()
             return self._reply_error(record, rejected)
         except Exception as err:  # a bug must cost one query, never the agent
             log.exception("query %s failed", record.get("query_id"))
@@ -103,6 +105,7 @@ class Dispatcher:
                  else self.codec.encode("RoutedQuery", {"query": record, **stamp}))
         out.append(Outgoing(self.settings.variant_topic(decision.variant_id), record["query_id"].encode(), value))
         self.view.note_routed(decision.variant_id)  # counts in the variant's queue until the next report
+        metrics.ROUTED.labels(decision.variant_id).inc()
         self.counts["routed"] += 1
         return out
 
@@ -209,6 +212,7 @@ class Dispatcher:
 
     def _dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
         self.counts["dead"] += 1
+        metrics.DEAD_LETTERS.inc()
         log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
         record = {"source_topic": source[0], "partition": source[1], "offset": source[2], "reason": reason[:MAX_TEXT],
                   "service": "dispatcher", "payload": bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]), "at": now_ms()}

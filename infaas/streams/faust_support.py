@@ -8,6 +8,7 @@ import sys
 
 import faust
 
+from ..metrics import mark_ready
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run_app(app: faust.App, service: str) -> int:
         nonlocal announced
         if not announced:
             announced = True
+            mark_ready()
             print(f"infaas {service} ready (pid {__import__('os').getpid()}, {len(assigned)} partitions)", flush=True)
 
     worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False, stdout=sys.stdout,

@@ -31,6 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..catalog import Variant
+from ..metrics import track_backlog
 from ..policies.monitoring import classify
 from ..policies.snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig
 from ..schemas.codec import DecodeError, default_codec
@@ -207,6 +208,7 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
     metrics = app.topic(settings.topic("metrics"), value_serializer="raw", key_serializer="raw")
     producer = bus.producer(settings)
     writer = BufferedWriter(Store(settings))
+    track_backlog(writer)
     catalog = {"variants": {}}
     states = VariantStates(config)
     closed_until = {"ms": 0}  # the reports' clock, less the grace: windows ending by then are closed

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import metrics
+
 if TYPE_CHECKING:
     from .replica import HostedVariant
 
@@ -58,6 +60,7 @@ class VariantMetrics:
 def variant_report(hosted: HostedVariant, elapsed_s: float) -> dict:
     """The variant's part of a WorkerReport for the interval that just ended (its counters restart)."""
     taken = hosted.metrics.take()
+    metrics.observe_latencies(hosted.variant.variant_id, taken["latencies"])  # Prometheus histogram
     latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
     # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
     queue = sum(r.lag for r in hosted.replicas)
