@@ -120,6 +120,8 @@ def segments(stats, duration_s: float, count: int = 6) -> list[dict]:
 
 def run_soak(settings: Settings, duration_s: float = 1800.0, qps: float = 20.0, baseline_s: float = 300.0,
              sample_every_s: float = 10.0, out: Path | None = None, say: Callable[[str], None] = print) -> dict:
+    from .launcher import initialize
+    initialize(settings)  # the keyspace and topics exist (a fresh keyspace or prefix is fine)
     with Store(settings) as store:
         variants = {v.variant_id: v for v in store.variants_for_task(TASK)}
     if not variants:
