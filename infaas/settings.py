@@ -19,6 +19,9 @@ from typing import Any, get_type_hints
 
 from .errors import InfaasError
 
+POLICY_NAMES = ("infaas", "static", "replica-only")  # the scaling policies (infaas.policies.scaling)
+SCALER_BACKENDS = ("local", "aws", "kubernetes")  # where workers come from (infaas.scaler.backends)
+
 
 class SettingsError(InfaasError, ValueError):
     """A setting is missing, malformed or inconsistent; the message names it."""
@@ -82,6 +85,16 @@ class Settings:
     hardware_catalog: str = ""  # TOML file; default: the catalogue shipped in infaas/hardware.toml
     offline_chunk_size: int = 64
     offline_lease_s: float = 15.0  # a batch chunk whose worker is silent this long is taken over
+    # Workers and the scaler (`infaas worker/serve/scaler` flags override these per process).
+    worker_memory_mb: float = 2048.0  # memory budget for the variants a worker hosts
+    max_batch_delay_ms: float = 5.0  # longest wait for a batch to fill (the deadlines bound it too)
+    offline_cpu_threshold: float = 0.4  # batch-job chunks run only while a worker's CPU is at most this
+    scaling_policy: str = "infaas"  # infaas, static or replica-only
+    scaler_backend: str = "local"  # local, aws or kubernetes
+    scaler_interval_s: float = 1.0  # seconds between scaling decisions
+    min_workers: int = 1
+    max_workers: int = 4
+    unload_idle_s: float = 60.0  # a variant unused this long is unloaded
     # --- Registration, variant generation and profiling -------------------------------------
     max_model_mb: int = 512  # largest ONNX file accepted by `infaas register`
     max_validation_mb: int = 256  # largest validation set (.npz) accepted
@@ -223,6 +236,19 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"setting 'repository_url': {url!r} must be file://PATH or s3://BUCKET[/PREFIX]")
     if not 0 <= settings.metrics_port < 65536:
         raise SettingsError(f"setting 'metrics_port': {settings.metrics_port} is not a TCP port (0 for a free one)")
+    if settings.scaling_policy not in POLICY_NAMES:
+        raise SettingsError(f"setting 'scaling_policy': {settings.scaling_policy!r} is not one of {', '.join(POLICY_NAMES)}")
+    if settings.scaler_backend not in SCALER_BACKENDS:
+        raise SettingsError(f"setting 'scaler_backend': {settings.scaler_backend!r} is not one of "
+                            f"{', '.join(SCALER_BACKENDS)}")
+    if not 0 < settings.min_workers <= settings.max_workers:
+        raise SettingsError(f"settings 'min_workers' ({settings.min_workers}) and 'max_workers' "
+                            f"({settings.max_workers}): need 1 <= min_workers <= max_workers")
+    for name in ("worker_memory_mb", "scaler_interval_s", "unload_idle_s"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"setting {name!r} must be positive, not {getattr(settings, name)}")
+    if settings.max_batch_delay_ms < 0 or not 0 <= settings.offline_cpu_threshold <= 1:
+        raise SettingsError("setting 'max_batch_delay_ms' must be >= 0 and 'offline_cpu_threshold' 0..1")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"setting 'log_level': {settings.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
 

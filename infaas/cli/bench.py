@@ -7,6 +7,7 @@ function (parser + handler) and append it there.
 from __future__ import annotations
 
 from ..paths import proteus_dir
+from ..settings import POLICY_NAMES
 from . import user_errors
 
 
@@ -68,7 +69,7 @@ def add_trace(actions) -> None:
     p.add_argument("--trace", default=str(proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"),
                    help="arrivals (arrival_ms,qos,deadline_ms lines) or a per-second rate CSV (second,qps[,deadline_ms])")
     p.add_argument("--task", default="digits-classification", help="the registered task the queries go to")
-    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
+    p.add_argument("--policy", default="infaas", choices=POLICY_NAMES)
     p.add_argument("--time-scale", type=float, default=0.25, help="stretch (>1) or compress (<1) the trace")
     p.add_argument("--rate-scale", type=float, default=0.5, help="multiply its number of queries")
     p.add_argument("--seed", type=int, default=0)

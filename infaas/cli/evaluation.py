@@ -6,9 +6,8 @@ import json
 import sys
 
 from ..paths import proteus_dir
+from ..settings import POLICY_NAMES
 from . import user_errors
-
-POLICY_CHOICES = ("infaas", "static", "replica-only")  # = infaas.policies.POLICIES (not imported: fast --help)
 
 
 def register(sub) -> None:
@@ -20,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--profiles", default=str(proteus_dir() / "aggregate_profiled.csv"),
                    help="variant catalogue: a Proteus profile CSV, `store` (our metadata store), or "
                         "`synthetic[:CSV]` (about 4,000 variants derived from the Proteus profiles)")
-    p.add_argument("--policy", choices=POLICY_CHOICES, default="infaas")
+    p.add_argument("--policy", choices=POLICY_NAMES, default="infaas")
     p.add_argument("--time-scale", type=float, default=1.0, help="stretch the trace X times longer (rates / X)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the number of queries by Y")
     p.add_argument("--seed", type=int, default=0)

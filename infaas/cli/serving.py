@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..scaler.processes import watch_supervisor
+from ..settings import POLICY_NAMES, SCALER_BACKENDS
 
 
 def register(sub) -> None:
@@ -35,10 +36,12 @@ def register(sub) -> None:
     p.add_argument("--hardware", default="cpu", help="cpu or a GPU kind of the hardware catalogue (gpu-t4, ...)")
     p.add_argument("--worker-id", help="default: <host>-<hardware>-<pid>")
     p.add_argument("--variants", default="", help="comma-separated variant ids to load at start")
-    p.add_argument("--memory-mb", type=float, default=2048.0, help="memory budget for hosted variants")
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill")
-    p.add_argument("--offline-cpu-threshold", type=float, default=0.4,
-                   help="run batch-job chunks only while CPU utilization is at most this (0..1)")
+    p.add_argument("--memory-mb", type=float, help="memory budget for hosted variants (setting worker_memory_mb)")
+    p.add_argument("--max-batch-delay-ms", type=float, help="longest wait for a batch to fill (setting "
+                                                            "max_batch_delay_ms)")
+    p.add_argument("--offline-cpu-threshold", type=float,
+                   help="run batch-job chunks only while CPU utilization is at most this, 0..1 (setting "
+                        "offline_cpu_threshold)")
     p.add_argument("--no-offline", action="store_true", help="never run batch jobs on this worker")
     p.set_defaults(handler=cmd_worker)
 
@@ -46,30 +49,30 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--hardware", default="cpu")
     p.add_argument("--preload", default="", help="comma-separated variant ids every worker loads at start")
-    p.add_argument("--memory-mb", type=float, default=2048.0)
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
-    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
+    p.add_argument("--memory-mb", type=float, help="each worker's (setting worker_memory_mb)")
+    p.add_argument("--max-batch-delay-ms", type=float, help="setting max_batch_delay_ms")
+    p.add_argument("--policy", choices=POLICY_NAMES, help="setting scaling_policy")
     p.add_argument("--no-scaler", action="store_true",
                    help="no scaler: a fixed pool of workers, which serve then owns and restarts itself")
     p.add_argument("--dispatchers", type=int, default=1, help="dispatchers sharing the queries topic's partitions")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("scaler", help="run the scaler (replicas, variants, workers)")
-    p.add_argument("--policy", default="infaas", choices=("infaas", "static", "replica-only"))
-    p.add_argument("--backend", default="local", choices=("local", "aws", "kubernetes"))
+    p.add_argument("--policy", choices=POLICY_NAMES, help="setting scaling_policy")
+    p.add_argument("--backend", choices=SCALER_BACKENDS, help="setting scaler_backend")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="aws: asg.<hardware>=GROUP, region=R; kubernetes: deployment.<hardware>=NAME, namespace=NS")
     p.add_argument("--plan", help="baseline plan (JSON) for static / replica-only: the fixed variant per task")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between decisions")
-    p.add_argument("--min-workers", type=int, default=1)
-    p.add_argument("--max-workers", type=int, default=4)
-    p.add_argument("--unload-idle-s", type=float, default=60.0)
+    p.add_argument("--interval", type=float, help="seconds between decisions (setting scaler_interval_s)")
+    p.add_argument("--min-workers", type=int, help="setting min_workers")
+    p.add_argument("--max-workers", type=int, help="setting max_workers")
+    p.add_argument("--unload-idle-s", type=float, help="setting unload_idle_s")
     p.add_argument("--initial-workers", type=int, default=0,
                    help="workers to have at the start (local backend): started unless already reporting")
     p.add_argument("--worker-hardware", default="cpu", help="hardware of the initial workers")
     p.add_argument("--preload", default="", help="comma-separated variant ids the initial workers load at start")
-    p.add_argument("--worker-memory-mb", type=float, default=2048.0)
-    p.add_argument("--worker-max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument("--worker-memory-mb", type=float, help="setting worker_memory_mb")
+    p.add_argument("--worker-max-batch-delay-ms", type=float, help="setting max_batch_delay_ms")
     p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                    help="one more `infaas worker` argument for the workers it starts (repeat; --worker-arg=--x)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds the initial workers may take")
@@ -203,19 +206,27 @@ def cmd_monitor(args, settings) -> int:
 def cmd_worker(args, settings) -> int:
     from ..consumers import worker
     preload = [v for v in args.variants.split(",") if v]
-    threshold = None if args.no_offline else args.offline_cpu_threshold
+    threshold = None if args.no_offline else _given(args.offline_cpu_threshold, settings.offline_cpu_threshold)
     watch_supervisor()
     _metrics_endpoint(settings, "worker", args.worker_id)
-    return worker.run(settings, args.hardware, args.worker_id, preload, args.memory_mb, args.max_batch_delay_ms,
-                      threshold)
+    return worker.run(settings, args.hardware, args.worker_id, preload,
+                      _given(args.memory_mb, settings.worker_memory_mb),
+                      _given(args.max_batch_delay_ms, settings.max_batch_delay_ms), threshold)
+
+
+def _given(flag, setting):
+    """A command-line flag overrides the setting for this process; unset, the setting holds."""
+    return setting if flag is None else flag
 
 
 def cmd_serve(args, settings) -> int:
     from ..scaler.processes import ServiceError
     from ..serve import Pipeline, ServeOptions
     options = ServeOptions(workers=args.workers, hardware=args.hardware,
-                           preload=[v for v in args.preload.split(",") if v], worker_memory_mb=args.memory_mb,
-                           max_batch_delay_ms=args.max_batch_delay_ms, scaler=not args.no_scaler, policy=args.policy,
+                           preload=[v for v in args.preload.split(",") if v],
+                           worker_memory_mb=_given(args.memory_mb, settings.worker_memory_mb),
+                           max_batch_delay_ms=_given(args.max_batch_delay_ms, settings.max_batch_delay_ms),
+                           scaler=not args.no_scaler, policy=_given(args.policy, settings.scaling_policy),
                            dispatchers=args.dispatchers)
     pipeline = Pipeline(settings, options, echo=lambda line: print(line, flush=True))
     signals = _StopSignals(pipeline)
@@ -276,15 +287,20 @@ def cmd_scaler(args, settings) -> int:
         print("infaas: --backend-option takes KEY=VALUE", file=sys.stderr)
         return 2
     _metrics_endpoint(settings, "scaler")
-    config = PolicyConfig(min_workers=args.min_workers, max_workers=args.max_workers,
-                          unload_idle_s=args.unload_idle_s, hardware_catalog=settings.hardware_catalog)
+    config = PolicyConfig(min_workers=_given(args.min_workers, settings.min_workers),
+                          max_workers=_given(args.max_workers, settings.max_workers),
+                          unload_idle_s=_given(args.unload_idle_s, settings.unload_idle_s),
+                          hardware_catalog=settings.hardware_catalog)
+    memory_mb = _given(args.worker_memory_mb, settings.worker_memory_mb)
+    batch_delay_ms = _given(args.worker_max_batch_delay_ms, settings.max_batch_delay_ms)
     workers = service.WorkerSpec(args.initial_workers, args.worker_hardware,
                                  [v for v in args.preload.split(",") if v],
-                                 ["--memory-mb", str(args.worker_memory_mb),
-                                  "--max-batch-delay-ms", str(args.worker_max_batch_delay_ms), *args.worker_arg],
-                                 args.ready_timeout)
+                                 ["--memory-mb", str(memory_mb), "--max-batch-delay-ms", str(batch_delay_ms),
+                                  *args.worker_arg], args.ready_timeout)
     watch_supervisor()
-    return service.run(settings, args.policy, args.backend, args.plan, args.interval, config, options, workers)
+    return service.run(settings, _given(args.policy, settings.scaling_policy),
+                       _given(args.backend, settings.scaler_backend), args.plan,
+                       _given(args.interval, settings.scaler_interval_s), config, options, workers)
 
 
 def cmd_events(args, settings) -> int:

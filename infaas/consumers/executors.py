@@ -168,7 +168,8 @@ def open_executor(variant: Variant, artifact_path: Path | str, output_names: tup
     if optimizer == "ort-trt-fp16" and on_gpu:
         # engines are built on first load and reused (ORT keys them by model and GPU); never next to
         # the artifact, which may be a read-only repository directory
-        cache = Path(os.environ.get("INFAAS_CACHE_DIR") or Path.home() / ".cache" / "infaas") / "trt-engines"
+        from ..settings import load_settings
+        cache = Path(load_settings().cache_dir).expanduser() / "trt-engines"  # setting cache_dir
         trt_options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                        "trt_engine_cache_path": str(cache)}
         cache.mkdir(parents=True, exist_ok=True)

@@ -64,3 +64,20 @@ def test_topic_names():
     assert settings.topic("queries") == "p.queries"
     assert settings.results_topic("demo") == "p.results.demo"
     assert settings.variant_topic("mlp:ort-int8:cpu-2t:b8") == "p.variant.mlp.ort-int8.cpu-2t.b8"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"INFAAS_SCALING_POLICY": "greedy"}, "'scaling_policy': 'greedy' is not one of infaas, static, replica-only"),
+    ({"INFAAS_SCALER_BACKEND": "nomad"}, "'scaler_backend'"),
+    ({"INFAAS_MIN_WORKERS": "5", "INFAAS_MAX_WORKERS": "2"}, "need 1 <= min_workers <= max_workers"),
+    ({"INFAAS_OFFLINE_CPU_THRESHOLD": "2"}, "'offline_cpu_threshold' 0..1"),
+])
+def test_service_tunables_are_checked_settings(env, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ=env)
+
+
+def test_the_policy_names_are_the_policies_the_code_knows():
+    from infaas.policies import POLICIES
+    from infaas.settings import POLICY_NAMES
+    assert set(POLICY_NAMES) == set(POLICIES)
