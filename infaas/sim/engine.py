@@ -66,7 +66,7 @@ class SimOptions:
     warmup_s: float = 0.0
     drain_s: float = 120.0  # after the last arrival, keep serving this long at most
     worker_start_s: tuple[float, float] = (20.0, 30.0)
-    demand_window: int = 10  # ticks of per-variant demand history in the snapshot
+    demand_window: int = 60  # ticks of per-variant demand history in the snapshot (the SLO-first peak window)
     app_id: str = "sim"
     initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}
     config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
@@ -138,10 +138,10 @@ class SimVariant:
 class Simulator:
     def __init__(self, variants: list[Variant], workload: Workload, options: SimOptions | None = None):
         self.options = options or SimOptions()
-        self.config = self.options.config
         self.policy = self.options.policy
         if self.policy not in scaling.POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; one of {', '.join(scaling.POLICIES)}")
+        self.config = scaling.policy_config(self.options.config, self.policy)
         self.catalog = {v.variant_id: v for v in variants}
         self.workload = workload
         self.rng = np.random.default_rng(self.options.seed)
@@ -151,7 +151,7 @@ class Simulator:
         self.all_workers: list[Worker] = []
         self.pending: dict[str, deque[SimVariant]] = {}
         self.worker_count = 0
-        self.last_worker_action: int | None = None
+        self.last_worker_action: dict[tuple[str, str], int] = {}  # (hardware, up | down) -> ms
         self.snapshot: Snapshot | None = None
         self.baseline = None
         self.action_counts: Counter = Counter()
@@ -281,7 +281,7 @@ class Simulator:
         elif kind == REMOVE_WORKER:
             self._stop_worker(self.workers[action.worker_id], now)
         if kind in WORKER_KINDS:
-            self.last_worker_action = int(now)
+            self.last_worker_action[(action.hardware, scaling.UP if kind == ADD_WORKER else scaling.DOWN)] = int(now)
 
     def _sim(self, variant_id: str) -> SimVariant:
         sv = self.sim_variants.get(variant_id)
