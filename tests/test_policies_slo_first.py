@@ -18,7 +18,7 @@ from infaas.policies.snapshot import PolicyConfig
 from .test_policies_scaling import AT, CATALOG, CPU_B1, GPU_B8, kinds, live, snapshot, worker
 
 CONFIG = PolicyConfig(max_workers=20, scale_up_windows=1, warm_pool_max=0)  # the pool: its own test
-POOL = replace(CONFIG, warm_pool_max=20)
+POOL = replace(CONFIG, warm_pool_max=20, warm_pool_share=2.0)
 VID = CPU_B1.variant_id
 
 
@@ -96,6 +96,8 @@ def test_a_warm_pool_sized_from_the_recent_variability():
     assert decide(_varying(6, swinging), POOL) == []  # the pool is there: kept, not removed
     removed = decide(_varying(8, swinging), POOL)
     assert kinds(removed) == ["REMOVE_WORKER"] * 2
+    capped = decide(_varying(0, swinging), replace(POOL, warm_pool_share=0.5))
+    assert "warm pool of 2" in capped[0].reason  # half the 4 workers in use
     steady = (20.0,) * 59
     assert kinds(decide(_varying(2, steady), POOL)) == ["REMOVE_WORKER"] * 2  # no variability: no pool
 

@@ -413,7 +413,7 @@ def slo_first_workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, 
     for kind in kinds:
         of_kind = [w for w in snapshot.workers.values() if w.hardware == kind]
         idle = sum(1 for w in of_kind if ledger.hosted.get(w.worker_id, 0) == 0)
-        pool = warm_pool_size(snapshot, config, kind)
+        pool = warm_pool_size(snapshot, config, kind, in_use=len(of_kind) - idle)
         count, reasons = math.ceil(wanted[kind] - 1e-9), []
         if count:
             reasons.append(f"replicas worth {wanted[kind]:.1f} {kind} worker(s) found no room")
@@ -445,10 +445,11 @@ def _remove_idle(snapshot: Snapshot, config: PolicyConfig, of_kind: list[WorkerL
                    from_count=len(of_kind) - i, to_count=len(of_kind) - i - 1) for i, w in enumerate(chosen)]
 
 
-def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str) -> int:
+def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str, in_use: int) -> int:
     """Idle workers to keep of this kind: `warm_pool_sigmas` standard deviations of the workers its
     variants needed (demand at the target utilization) over the last `peak_window_s` windows, so that
-    a rise within that variability finds a started worker instead of waiting 20-30 s for one."""
+    a rise within that variability finds a started worker instead of waiting 20-30 s for one; at most
+    `warm_pool_share` of the `in_use` workers (at least one: a GPU idles at 17x a CPU worker's price)."""
     windows = peak_windows(config)
     needed = np.zeros(windows)
     for variant_id, live in snapshot.live.items():
@@ -460,7 +461,8 @@ def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str) -> int:
         per_worker = (replica_throughput(variant, slo, config.slo_batch_factor)
                       * target_utilization(variant, config, slo) / replica_share(variant, config))
         needed[windows - len(series):] += series * live.avg_rows / per_worker
-    return min(math.ceil(config.warm_pool_sigmas * float(needed.std()) - 1e-9), config.warm_pool_max)
+    cap = min(max(math.ceil(config.warm_pool_share * in_use - 1e-9), 1), config.warm_pool_max)
+    return min(math.ceil(config.warm_pool_sigmas * float(needed.std()) - 1e-9), cap)
 
 
 def _add_worker(snapshot: Snapshot, config: PolicyConfig, kind: str, wanted: float, room: int) -> Action | None:

@@ -121,8 +121,10 @@ class PolicyConfig:
     trend_windows: int = 5  # scale-up extrapolates the arrival rate's trend over this many windows
     trend_horizon_s: float = 5.0  # this far ahead (about a load and a tick)
     # Warm pool: idle workers kept per hardware kind, `warm_pool_sigmas` standard deviations of the
-    # workers its variants needed over the peak window (at most `warm_pool_max`, priced like any worker).
+    # workers its variants needed over the peak window, at most `warm_pool_share` of the kind's workers
+    # in use (at least one) and `warm_pool_max`; billed like any worker.
     warm_pool_sigmas: float = 3.0
+    warm_pool_share: float = 0.15
     warm_pool_max: int = 20
     # Model autoscaler.
     load_latency_weight: float = 0.0002  # delta = qps*b - r*thr + 0.0002 * r * thr * load_lat

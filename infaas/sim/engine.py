@@ -22,7 +22,8 @@ Model (times in ms):
     tick (a backlogged replica counts as fully busy) is its utilization; above 1 it slows every
     batch on the worker by that factor in the next tick, which the monitor then sees as interference.
   * Cost: every worker is billed per second it exists, starting or started, at the hardware's
-    `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU).
+    `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU), and for
+    at least `billing_minimum_s` (60 s, as EC2 bills) from its start.
 Metrics cover queries arriving after the warm-up; cost covers the same window, up to the last arrival.
 """
 
@@ -66,6 +67,7 @@ class SimOptions:
     warmup_s: float = 0.0
     drain_s: float = 120.0  # after the last arrival, keep serving this long at most
     worker_start_s: tuple[float, float] = (20.0, 30.0)
+    billing_minimum_s: float = 60.0  # a worker is billed at least this long from its start (EC2: 60 s)
     demand_window: int = 60  # ticks of per-variant demand history in the snapshot (the SLO-first peak window)
     app_id: str = "sim"
     initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}

@@ -79,10 +79,16 @@ def _percentile(values: np.ndarray, q: float) -> float:
 def _costs(sim, start_ms: float, end_ms: float) -> dict[str, float]:
     costs: dict[str, float] = {}
     for worker in sim.all_workers:
-        overlap = min(worker.removed_at, end_ms) - max(worker.started_at, start_ms)
+        overlap = min(billed_until(sim, worker), end_ms) - max(worker.started_at, start_ms)
         if overlap > 0:
             costs[worker.hardware] = costs.get(worker.hardware, 0.0) + worker.price_per_hour * overlap / 3.6e6
     return dict(sorted(costs.items()))
+
+
+def billed_until(sim, worker) -> float:
+    """When a worker stops being billed: its removal, but no sooner than the billing minimum after its start
+    (EC2 bills at least 60 s)."""
+    return max(worker.removed_at, worker.started_at + sim.options.billing_minimum_s * 1000.0)
 
 
 def _timeline(sim, end_ms: float, latency: np.ndarray, violated: np.ndarray) -> dict:
@@ -99,11 +105,12 @@ def _timeline(sim, end_ms: float, latency: np.ndarray, violated: np.ndarray) -> 
     for worker in sim.all_workers:
         begin = min(int(worker.started_at // 1000), seconds)
         stop = min(int(math.ceil(min(worker.removed_at, end_ms) / 1000)), seconds)
+        billed = min(int(math.ceil(min(billed_until(sim, worker), end_ms) / 1000)), seconds)
         counts = workers.setdefault(worker.hardware, np.zeros(seconds + 1))
         counts[begin] += 1
         counts[stop] -= 1
         cost_rate[begin] += worker.price_per_hour / 3600.0
-        cost_rate[stop] -= worker.price_per_hour / 3600.0
+        cost_rate[billed] -= worker.price_per_hour / 3600.0
     per_kind = {hw: np.cumsum(c)[:seconds].astype(int).tolist() for hw, c in sorted(workers.items())}
     total = np.sum([np.array(c) for c in per_kind.values()], axis=0).tolist() if per_kind else [0] * seconds
     replicas = {vid: [list(c) for c in changes] for vid, changes in sorted(sim.replica_timeline.items())

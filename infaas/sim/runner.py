@@ -142,7 +142,7 @@ def generate_report(args, settings, say=print) -> Path:
                    f"--warmup-s {args.warmup_s:g} --seed {args.seed}",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "speed": speed,
-        "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results),
+        "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results, options),
         "why": why_lines(results, timelines, config),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,8 @@ def generate_report(args, settings, say=print) -> Path:
 POLICY_ORDER = ("infaas", "replica-only", "static")
 
 
-def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios, results) -> list[str]:
+def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios, results,
+                options: SimOptions) -> list[str]:
     from .catalogue import cpu_worker_threads
     from .traces import QOS_DEMAND
     prices = ", ".join(f"{hw} ${catalogue[hw].worker_price_per_hour:.3f}/h per worker" for hw in used)
@@ -168,7 +169,8 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         f"({cpu_worker_threads(config.hardware_catalog or None)} vCPUs; the file does not say how many cores Proteus used, "
         "so this is optimistic for CPU).",
         f"Prices (the project's hardware catalogue): {prices}. Cost = every worker billed per second it exists, "
-        "starting or started, over the measured window.",
+        f"starting or started (idle warm-pool workers too), at least {options.billing_minimum_s:g} s each (as EC2 bills), "
+        "over the measured window.",
         f"Workloads (all nine model families at once, each family a task; traces stretched {args.time_scale:g}x in time "
         f"and {args.rate_scale:g}x in queries, so rates are kept): {loads}. The first {args.warmup_s:g} s are left out "
         "of every metric, for all policies alike.",
