@@ -170,7 +170,8 @@ def horizontal(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
     delta = scale_delta(variant, demand, replicas, config, slo)
     if delta > 0:
         useful = target_utilization(variant, config, slo)
-        add = math.ceil(delta / (thr * useful) - 1e-9)
+        # INFaaS adds ceil(delta / thr); SLO-first, the fewest that leave no delta at the target utilization.
+        add = math.ceil(delta / (thr * (useful if config.slo_first else 1.0)) - 1e-9)
         load = demand / ((replicas + add) * thr)
         reason = (f"demand {demand:.1f} rows/s > {replicas} x {thr:.1f} rows/s at {useful:.0%} utilization "
                   f"(delta {delta:.1f}): +{add}")
