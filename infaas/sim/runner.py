@@ -110,18 +110,18 @@ def generate_report(args, settings, say=print) -> Path:
     variants = load_catalogue(args.profiles, settings, settings.hardware_catalog or None)
     wanted = {s.strip() for s in args.scenarios.split(",") if s.strip()}
     scenarios = [s for s in SCENARIOS if not wanted or s.name in wanted]
-    options = SimOptions(seed=args.seed, warmup_s=args.warmup_s, config=config)
+    seeds = [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
+    options = SimOptions(seed=seeds[0], warmup_s=args.warmup_s, config=config)
     results_dir, img_dir, out = Path(args.results), Path(args.img), Path(args.out)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    per_seed, bounds = {}, {}
+    for seed in seeds:
+        seed_dir = results_dir / f"seed-{seed}" if len(seeds) > 1 or args.reuse else results_dir
+        per_seed[seed] = _scenario_runs(scenarios, variants, replace(options, seed=seed), args, seed_dir, say)
+        bounds[seed] = {s.name: _bounds(s, variants, config, args, seed, per_seed[seed][s.name]) for s in scenarios}
+    runs_of_first = per_seed[seeds[0]]
     results, images, timelines = {}, {}, {}
     for scenario in scenarios:
-        say(f"{scenario.name}: simulating {', '.join(POLICY_ORDER)} ...")
-        runs = run_scenario(scenario, variants, POLICY_ORDER, options, Path(args.traces_dir), args.time_scale,
-                            args.rate_scale)
-        for policy, summary in runs.items():
-            (results_dir / f"sim-{scenario.name}-{policy}.json").write_text(json.dumps(summary))
-            say(f"  {policy}: {summary['queries']:,} queries, violations {summary['slo_violation_rate']:.2%}, "
-                f"cost ${summary['cost_usd']:.3f}, simulated in {summary['wall_s']:.1f} s")
+        runs = runs_of_first[scenario.name]
         image = policies_timeline(runs, f"{scenario.name} ({scenario.traces}{', Poisson' if scenario.flat else ''})",
                                   img_dir / f"{scenario.name}.png")
         images[scenario.name] = os.path.relpath(image, out.parent)
@@ -133,13 +133,16 @@ def generate_report(args, settings, say=print) -> Path:
         say(f"speed: {args.speed_runs} run(s) of 1 h x 1,000 q/s on the synthetic catalogue ...")
         synthetic = load_catalogue(f"synthetic:{args.profiles}" if args.profiles.endswith(".csv") else "synthetic",
                                    settings, settings.hardware_catalog or None)
-        speed = speed_benchmark(synthetic, Path(args.traces_dir), runs=args.speed_runs, seed=args.seed)
+        speed = speed_benchmark(synthetic, Path(args.traces_dir), runs=args.speed_runs, seed=seeds[0])
         speed["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}"
     catalogue = load_catalog(settings.hardware_catalog or None)
     used = sorted({v.hardware for v in variants})
     meta = {
         "command": f"infaas bench report --time-scale {args.time_scale:g} --rate-scale {args.rate_scale:g} "
-                   f"--warmup-s {args.warmup_s:g} --seed {args.seed}",
+                   f"--warmup-s {args.warmup_s:g} --seeds {','.join(map(str, seeds))}",
+        "goal": {seed: {name: {p: without_timeline(s) for p, s in runs.items()} for name, runs in by_name.items()}
+                 for seed, by_name in per_seed.items()},
+        "bounds": bounds,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "speed": speed,
         "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results, options),
@@ -151,6 +154,38 @@ def generate_report(args, settings, say=print) -> Path:
 
 
 POLICY_ORDER = ("infaas", "replica-only", "static")
+
+
+def _scenario_runs(scenarios, variants, options: SimOptions, args, seed_dir: Path, say) -> dict[str, dict[str, dict]]:
+    """Every scenario under the three policies for one seed; with `args.reuse`, the summaries a run of this
+    seed left in `seed_dir` stand in for simulating again (seeds can then run in parallel processes)."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for scenario in scenarios:
+        paths = {p: seed_dir / f"sim-{scenario.name}-{p}.json" for p in POLICY_ORDER}
+        if args.reuse and all(path.exists() for path in paths.values()):
+            results[scenario.name] = {p: json.loads(path.read_text()) for p, path in paths.items()}
+            say(f"{scenario.name}, seed {options.seed}: reusing {seed_dir}")
+            continue
+        say(f"{scenario.name}, seed {options.seed}: simulating {', '.join(POLICY_ORDER)} ...")
+        runs = run_scenario(scenario, variants, POLICY_ORDER, options, Path(args.traces_dir), args.time_scale,
+                            args.rate_scale)
+        for policy, summary in runs.items():
+            paths[policy].write_text(json.dumps(summary))
+            say(f"  {policy}: {summary['queries']:,} queries, violations {summary['slo_violation_rate']:.2%}, "
+                f"cost ${summary['cost_usd']:.3f}, simulated in {summary['wall_s']:.1f} s")
+        results[scenario.name] = runs
+    return results
+
+
+def _bounds(scenario: Scenario, variants, config: PolicyConfig, args, seed: int, runs: dict[str, dict]) -> dict:
+    """The cost bounds of the scenario's workload for this seed (the same queries the runs served)."""
+    from .bounds import cost_bounds
+    rng = np.random.default_rng(seed)
+    traces = scenario.load(Path(args.traces_dir), args.time_scale, args.rate_scale, rng)
+    workload = workload_from(traces, variants, rng, config)
+    fixed = runs["static"].get("baseline") or {}
+    return cost_bounds(workload, variants, fixed, config, args.warmup_s * 1000.0)
 
 
 def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios, results,
@@ -184,7 +219,7 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         f"upgrade ratio {config.upgrade_cost_ratio:g}), at most {config.max_workers} workers.",
         "Simulator: `infaas/sim/engine.py` (1 s monitor/scaler tick, dispatcher decisions per request class per tick, "
         "deadline-bounded dynamic batching, contention between co-located replicas); seed "
-        f"{args.seed}. Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
+        f"{options.seed} (the goal table: every seed). Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
     ]
 
 
