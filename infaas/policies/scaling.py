@@ -22,6 +22,18 @@ Rules (INFaaS, "Model autoscaler" and "VM autoscaler"; thresholds in `PolicyConf
               replica of a variant with traffic; never outside [min_workers, max_workers]
               (all kinds together), one worker action per `worker_backoff_s`.
 
+SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above, `policy_config`):
+  capacity    replicas planned at a target utilization from the SLO slack, 1 - latency(b)/SLO in
+              [0.5, 0.85], instead of the load-latency headroom (capacity.target_utilization);
+  scale-up    on the arrival rate's rising trend too (`trend_horizon_s` ahead), not only its level;
+  scale-down  the peak of the last `peak_window_s`, low for `scale_down_hold_s`, and nothing removed
+              while an addition still loads or waits for a worker (one action until its effect shows);
+  vertical    never moves a variant whose queries named it (`VariantLive.named`);
+  workers     per hardware kind: replicas without room get workers at once (no back-off: a lost
+              worker's replicas recover this way), a hot kind one more (backed off per kind and
+              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`);
+              only empty workers beyond the pool leave.
+
 Policies: "infaas" (all rules), "replica-only" (horizontal + placement + workers, for the fixed
 variant of each task in the `BaselinePlan`), "static" (nothing: the plan's replicas, provisioned
 at the start, never change).
