@@ -155,7 +155,9 @@ class Ledger:
               want: bool = True) -> str | None:
         """The worker for one more replica (None: no room; then, if `want`, a worker of its hardware is wanted)."""
         whole = replica_share(variant, self.config)
-        share = whole * min(max(load_fraction, 0.0), 1.0)
+        # SLO-first reserves a replica's whole share: co-located replicas planned at their current load
+        # contend as soon as the load rises, which is when their capacity is needed.
+        share = whole if self.config.slo_first else whole * min(max(load_fraction, 0.0), 1.0)
         fits = [w for w, x in self.workers.items()
                 if x.hardware == variant.hardware and w not in exclude and self.free_mb[w] >= variant.peak_memory_mb
                 and (self.hosted[w] == 0 or self.util[w] + share <= self.config.worker_util_high)]
