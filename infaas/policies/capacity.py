@@ -81,9 +81,12 @@ def peak_demand_rows(live: VariantLive, recent: tuple[float, ...] = (), drain_s:
     return max(samples[-windows:] if windows > 0 else samples) * live.avg_rows + backlog_rows(live, drain_s)
 
 
+INFAAS_PEAK_WINDOWS = 10  # INFaaS's rule (the baselines'): the peak of the last 10 s
+
+
 def peak_windows(config: PolicyConfig) -> int:
-    """Windows (1 s each) of the peak that scale-down judges: SLO-first, `peak_window_s`; else all given."""
-    return max(int(config.peak_window_s), 1) if config.slo_first else 0
+    """Windows (1 s each) of the peak that scale-down judges: SLO-first, `peak_window_s`; else 10."""
+    return max(int(config.peak_window_s), 1) if config.slo_first else INFAAS_PEAK_WINDOWS
 
 
 def slack_utilization(batch_latency_ms: float, slo_ms: float, config: PolicyConfig) -> float:

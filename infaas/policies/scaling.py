@@ -514,7 +514,8 @@ def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], sp
     low_for_ms = config.worker_low_readings * config.worker_check_s * 1000
     candidates = sorted((w for w in snapshot.workers.values()
                          if w.ready and w.low_since_ms and snapshot.at_ms - w.low_since_ms >= low_for_ms
-                         and _removable(snapshot, w, keep)), key=lambda w: (w.utilization, w.worker_id))
+                         and _removable(snapshot, w, keep, peak_windows(config))),
+                        key=lambda w: (w.utilization, w.worker_id))
     empty = [w for w in candidates if not any(w.variants.values())]
     chosen = (empty or candidates[:1])[:max(spare, 0)]
     of_kind = Counter(w.hardware for w in snapshot.workers.values())
@@ -529,13 +530,13 @@ def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], sp
     return actions
 
 
-def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str]) -> bool:
+def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str], windows: int) -> bool:
     """It holds no last replica of a variant that has traffic, now or in the recent windows (or that must
     stay loaded)."""
     for variant_id, count in worker.variants.items():
         live = snapshot.live_of(variant_id)
         sole = count > 0 and live.replicas <= count
-        busy = live.qps > 0 or live.queue_len > 0 or any(snapshot.demand.get(variant_id, ()))
+        busy = live.qps > 0 or live.queue_len > 0 or any(snapshot.demand.get(variant_id, ())[-windows:])
         if sole and (busy or variant_id in keep):
             return False
     return True
