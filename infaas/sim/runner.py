@@ -207,7 +207,7 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         f"starting or started (idle warm-pool workers too), at least {options.billing_minimum_s:g} s each (as EC2 bills), "
         "over the measured window.",
         f"Workloads (all nine model families at once, each family a task; traces stretched {args.time_scale:g}x in time "
-        f"and {args.rate_scale:g}x in queries, so rates are kept): {loads}. The first {args.warmup_s:g} s are left out "
+        f"and {args.rate_scale:g}x in queries, so rates are {_rates(args)}): {loads}. The first {args.warmup_s:g} s are left out "
         "of every metric, for all policies alike.",
         f"Requirements: the SLO is the trace's deadline; accuracy demand per query (qos level 1): {demand} of the best "
         "accuracy a variant of the family reaches within that SLO under load.",
@@ -232,6 +232,11 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         "co-location ignores memory (the profiles give none); seed "
         f"{options.seed} (the goal table: every seed). Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
     ]
+
+
+def _rates(args) -> str:
+    factor = args.rate_scale / args.time_scale
+    return "kept" if abs(factor - 1) < 1e-9 else f"{factor:g}x the original's"
 
 
 def why_lines(results: dict[str, dict[str, dict]], timelines: dict[str, dict[str, dict]],
