@@ -30,6 +30,10 @@ def add_report(actions) -> None:
     p.add_argument("--rate-scale", type=float, default=12.0, help="and multiply their queries by Y")
     p.add_argument("--warmup-s", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="", help="comma-separated seeds (the goal table covers each; the detailed "
+                                               "tables, the first); overrides --seed")
+    p.add_argument("--reuse", action="store_true", help="use the summaries a run left in RESULTS/seed-N instead "
+                                                        "of simulating again")
     p.add_argument("--max-workers", type=int, default=500)
     p.add_argument("--speed-runs", type=int, default=3,
                    help="times the 1 h x 1,000 q/s x synthetic-catalogue speed run (0: skip)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..catalog import Variant
-from .capacity import peak_demand_rows, replica_throughput, replicas_for
+from .capacity import peak_demand_rows, peak_windows, replica_throughput, replicas_for
 from .snapshot import (
     ACTIVE,
     INACTIVE,
@@ -67,9 +67,10 @@ def classify(variant: Variant, observed_qps: float, observed_avg_latency_ms: flo
 def variant_is_low(variant: Variant, live: VariantLive, config: PolicyConfig,
                    recent: tuple[float, ...] = ()) -> bool:
     """It could lose a replica and the delta rule would not add it back, even at the peak of the
-    recent demand windows (`recent`, queries/s): a one-second lull does not count as low."""
+    recent demand windows (`recent`, queries/s; SLO-first, the last `peak_window_s` of them): a lull
+    has to last before it counts."""
     replicas = live.replicas + live.unplaced
-    peak = peak_demand_rows(live, recent, config.queue_drain_s)
+    peak = peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
     return replicas > 1 and replicas > replicas_for(variant, peak, config, live.demand_slo_ms)
 
 

@@ -22,6 +22,18 @@ Rules (INFaaS, "Model autoscaler" and "VM autoscaler"; thresholds in `PolicyConf
               replica of a variant with traffic; never outside [min_workers, max_workers]
               (all kinds together), one worker action per `worker_backoff_s`.
 
+SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above, `policy_config`):
+  capacity    replicas planned at a target utilization from the SLO slack, 1 - latency(b)/SLO in
+              [0.5, 0.85], instead of the load-latency headroom (capacity.target_utilization);
+  scale-up    on the arrival rate's rising trend too (`trend_horizon_s` ahead), not only its level;
+  scale-down  the peak of the last `peak_window_s`, low for `scale_down_hold_s`, and nothing removed
+              while an addition still loads or waits for a worker (one action until its effect shows);
+  vertical    never moves a variant whose queries named it (`VariantLive.named`);
+  workers     per hardware kind: replicas without room get workers at once (no back-off: a lost
+              worker's replicas recover this way), a hot kind one more (backed off per kind and
+              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`);
+              only empty workers beyond the pool leave.
+
 Policies: "infaas" (all rules), "replica-only" (horizontal + placement + workers, for the fixed
 variant of each task in the `BaselinePlan`), "static" (nothing: the plan's replicas, provisioned
 at the start, never change).
@@ -31,7 +43,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,13 +62,15 @@ from .actions import (
 from .baselines import BaselinePlan
 from .capacity import (
     MIN_USEFUL_SHARE,
-    demand_rows,
     peak_demand_rows,
+    peak_windows,
     replica_price_per_hour,
     replica_share,
     replica_throughput,
     replicas_for,
     scale_delta,
+    scale_up_demand,
+    target_utilization,
     usable_batch,
 )
 from .monitoring import variant_is_low
@@ -63,17 +78,27 @@ from .snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig, Snapshot, 
 
 POLICIES = ("infaas", "static", "replica-only")
 INFAAS, STATIC, REPLICA_ONLY = POLICIES
+UP, DOWN = "up", "down"
+# When worker actions last happened: one time for every kind and direction (INFaaS), or per
+# (hardware kind, UP | DOWN) (SLO-first); None or missing: never.
+WorkerActionTimes = int | Mapping[tuple[str, str], int] | None
+
+
+def policy_config(config: PolicyConfig, policy: str) -> PolicyConfig:
+    """The baselines run INFaaS's published autoscaler; the SLO-first rules are infaas's."""
+    return config if policy == INFAAS else replace(config, slo_first=False)
 
 
 def decide(snapshot: Snapshot, config: PolicyConfig, policy: str = INFAAS,
-           last_worker_action_ms: int | None = None, baseline: BaselinePlan | None = None) -> list[Action]:
+           last_worker_action_ms: WorkerActionTimes = None, baseline: BaselinePlan | None = None) -> list[Action]:
     """Every scaling action the policy takes now, each with its reason.
 
-    `last_worker_action_ms`: when the last worker was added or removed (None: never), for the back-off.
+    `last_worker_action_ms`: when worker actions last happened, for the back-off (`WorkerActionTimes`).
     `baseline`: the fixed variant per task, needed by "replica-only".
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown scaling policy {policy!r}; one of {', '.join(POLICIES)}")
+    config = policy_config(config, policy)
     if policy == STATIC:
         return []
     if policy == REPLICA_ONLY and baseline is None:
@@ -130,7 +155,9 @@ class Ledger:
               want: bool = True) -> str | None:
         """The worker for one more replica (None: no room; then, if `want`, a worker of its hardware is wanted)."""
         whole = replica_share(variant, self.config)
-        share = whole * min(max(load_fraction, 0.0), 1.0)
+        # SLO-first reserves a replica's whole share: co-located replicas planned at their current load
+        # contend as soon as the load rises, which is when their capacity is needed.
+        share = whole if self.config.slo_first else whole * min(max(load_fraction, 0.0), 1.0)
         fits = [w for w, x in self.workers.items()
                 if x.hardware == variant.hardware and w not in exclude and self.free_mb[w] >= variant.peak_memory_mb
                 and (self.hosted[w] == 0 or self.util[w] + share <= self.config.worker_util_high)]
@@ -152,13 +179,15 @@ def horizontal(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
     variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
     replicas = live.replicas + live.unplaced
     recent = snapshot.demand.get(variant_id, ())
-    demand, slo = demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s), live.demand_slo_ms
+    demand, slo = scale_up_demand(live, recent, config), live.demand_slo_ms
     thr = replica_throughput(variant, slo, config.slo_batch_factor)
     delta = scale_delta(variant, demand, replicas, config, slo)
     if delta > 0:
-        add = math.ceil(delta / thr - 1e-9)
+        useful = target_utilization(variant, config, slo)
+        # INFaaS adds ceil(delta / thr); SLO-first, the fewest that leave no delta at the target utilization.
+        add = math.ceil(delta / (thr * (useful if config.slo_first else 1.0)) - 1e-9)
         load = demand / ((replicas + add) * thr)
-        reason = (f"demand {demand:.1f} rows/s > {replicas} x {thr:.1f} rows/s less load headroom "
+        reason = (f"demand {demand:.1f} rows/s > {replicas} x {thr:.1f} rows/s at {useful:.0%} utilization "
                   f"(delta {delta:.1f}): +{add}")
         return [_add_replica(ledger, variant, load, replicas + i, reason) for i in range(add)]
     if live.status == INTERFERED and live.loading == 0 and live.unplaced == 0:
@@ -169,10 +198,15 @@ def horizontal(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
             return [Action(ADD_REPLICA, reason, variant_id, worker_id=worker, hardware=variant.hardware,
                            from_count=replicas, to_count=replicas + 1)]
     waited = snapshot.at_ms - live.low_since_ms
-    if live.low_since_ms and waited >= variant.load_ms and variant_is_low(variant, live, config, recent):
+    # SLO-first: hold a minute low (capacity removed is needed again seconds later otherwise), and one
+    # action at a time: nothing is removed while an addition is still loading or waiting for a worker.
+    hold_ms = config.scale_down_hold_s * 1000 if config.slo_first else variant.load_ms
+    settling = config.slo_first and (live.loading > 0 or live.unplaced > 0)
+    if (live.low_since_ms and waited >= hold_ms and not settling
+            and variant_is_low(variant, live, config, recent)):
         worker = _busiest_host(snapshot, live) if live.unplaced == 0 else None
         reason = (f"demand {demand:.1f} rows/s fits {replicas - 1} replicas, low for {waited / 1000:.1f} s "
-                  f">= load latency {variant.load_ms / 1000:.1f} s")
+                  f">= {hold_ms / 1000:.1f} s")
         return [Action(REMOVE_REPLICA, reason, variant_id, worker_id=worker, hardware=variant.hardware,
                        from_count=replicas, to_count=replicas - 1)]
     return []
@@ -201,10 +235,11 @@ class TaskArrays:
     accuracy: np.ndarray
     batch: np.ndarray
     latency: np.ndarray  # latency.shape = (variants, largest batch): latency_at(b) at [i, b-1], inf past the batch
-    useful: np.ndarray  # 1 - w * load_ms, floored like capacity.replicas_for
+    load_useful: np.ndarray  # 1 - w * load_ms, floored like capacity.target_utilization (INFaaS's rule)
     price: np.ndarray
     public: np.ndarray
     app: np.ndarray
+    config: PolicyConfig
     _per_slo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -219,29 +254,37 @@ class TaskArrays:
                    column(lambda v: v.accuracy), column(lambda v: v.batch_size), latency,
                    column(lambda v: max(1.0 - config.load_latency_weight * v.load_ms, MIN_USEFUL_SHARE)),
                    column(lambda v: replica_price_per_hour(v, config)),
-                   np.array([v.public for v in ordered], dtype=bool), np.array([v.app_id for v in ordered]))
+                   np.array([v.public for v in ordered], dtype=bool), np.array([v.app_id for v in ordered]), config)
 
-    def throughput(self, slo_ms: float, factor: float) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorized `capacity.usable_batch` and `capacity.replica_throughput` over the task's variants
-        (memoized per SLO: the profiles do not change)."""
+    def throughput(self, slo_ms: float, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectorized `capacity.usable_batch`, `replica_throughput` and `target_utilization` over the
+        task's variants (memoized per SLO: the profiles do not change)."""
         cached = self._per_slo.get((slo_ms, factor))
         if cached is None:
             usable = (factor * self.latency <= slo_ms).sum(axis=1)
             batch = np.maximum(usable, 1)
             latency = self.latency[np.arange(len(batch)), batch - 1]
+            if self.config.slo_first:
+                low, high = self.config.target_util_min, self.config.target_util_max
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    useful = np.clip(1.0 - latency / slo_ms, low, high) if slo_ms > 0 else np.full(len(batch), low)
+                useful = np.where(latency > 0, useful, low)
+            else:
+                useful = self.load_useful
             with np.errstate(divide="ignore"):
-                cached = usable, np.where(latency > 0, batch * 1000.0 / latency, np.inf)
+                cached = usable, np.where(latency > 0, batch * 1000.0 / latency, np.inf), useful
             self._per_slo[(slo_ms, factor)] = cached
         return cached
 
-    def serving_cost(self, demand: float, throughput: np.ndarray) -> np.ndarray:
+    def serving_cost(self, demand: float, throughput: np.ndarray, useful: np.ndarray) -> np.ndarray:
         """Vectorized `capacity.serving_cost_per_hour`."""
-        needed = np.maximum(1.0, np.ceil(demand / (throughput * self.useful) - 1e-9))
+        needed = np.maximum(1.0, np.ceil(demand / (throughput * useful) - 1e-9))
         return needed * self.price
 
 
 def task_arrays(snapshot: Snapshot, task: str, config: PolicyConfig) -> TaskArrays:
-    key = ("static", "scaling", task, config.load_latency_weight, config.hardware_catalog)
+    key = ("static", "scaling", task, config.load_latency_weight, config.hardware_catalog, config.slo_first,
+           config.target_util_min, config.target_util_max)
     arrays = snapshot._memo.get(key)
     if arrays is None:
         arrays = TaskArrays.build([v for v in snapshot.variants.values() if v.task == task], config)
@@ -254,13 +297,13 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     replicas = live.replicas + live.unplaced
     settled = (snapshot.at_ms - live.loaded_at_ms >= variant.load_ms and live.loading == 0 and live.unplaced == 0
                and not live.moving_to)
-    if live.status == INACTIVE or live.qps <= 0 or not settled:
-        return []
+    if live.status == INACTIVE or live.qps <= 0 or not settled or live.named:
+        return []  # queries that named this variant are never moved to another
     slo = live.demand_slo_ms or config.slo_batch_factor * variant.latency_at(variant.batch_size)
     recent = snapshot.demand.get(variant_id, ())
-    now = demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s)
+    now = scale_up_demand(live, recent, config)
     scaling_up = scale_delta(variant, now, replicas, config, slo) > 0
-    demand = now if scaling_up else peak_demand_rows(live, recent, config.queue_drain_s)
+    demand = now if scaling_up else peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
     capacity = replicas * replica_throughput(variant, slo, config.slo_batch_factor)
     if not scaling_up and demand > config.downgrade_load_share * capacity:
         return []  # the load has not fallen: nothing to downgrade
@@ -293,7 +336,7 @@ def _cheapest_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant,
     """The cheapest variant that is not loaded and meets the traffic's accuracy and SLO under load."""
     arrays = task_arrays(snapshot, variant.task, config)
     accuracy = live.demand_accuracy or variant.accuracy
-    usable, throughput = arrays.throughput(slo, config.slo_batch_factor)
+    usable, throughput, useful = arrays.throughput(slo, config.slo_batch_factor)
     ok = ((arrays.accuracy >= accuracy) & (arrays.batch >= live.avg_rows) & (usable >= 1)
           & np.isfinite(throughput) & (arrays.public | (arrays.app == variant.app_id)))
     if faster_only:
@@ -304,7 +347,7 @@ def _cheapest_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant,
             ok[position] = False
     if not ok.any():
         return None
-    cost = np.where(ok, arrays.serving_cost(demand, throughput), np.inf)
+    cost = np.where(ok, arrays.serving_cost(demand, throughput, useful), np.inf)
     best = np.flatnonzero(cost == cost.min())
     return arrays.variants[int(best[np.argmin(arrays.latency[best, 0])])]
 
@@ -334,17 +377,18 @@ def _hardware(snapshot: Snapshot, variant_id: str) -> str | None:
 
 # ---------------------------------------------------------------- VM autoscaler
 
-def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worker_action_ms: int | None,
+def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worker_action_ms: WorkerActionTimes,
             keep: set[str] = frozenset()) -> list[Action]:
-    """Worker actions, after the back-off: additions (per hardware kind that needs them), else one removal."""
+    """Worker actions. INFaaS: after one back-off for all, additions (per kind that needs them), else one
+    removal. SLO-first: per hardware kind (`slo_first_workers`)."""
+    if config.slo_first:
+        return slo_first_workers(snapshot, config, ledger, last_worker_action_ms)
+    if not isinstance(last_worker_action_ms, int | None):
+        last_worker_action_ms = max(last_worker_action_ms.values(), default=None)
     if last_worker_action_ms is not None and snapshot.at_ms - last_worker_action_ms < config.worker_backoff_s * 1000:
         return []
     total = len(snapshot.workers)
-    wanted = Counter(ledger.wanted)
-    for variant_id, live in snapshot.live.items():
-        if live.unplaced and variant_id in snapshot.variants:
-            variant = snapshot.variants[variant_id]
-            wanted[variant.hardware] += live.unplaced * replica_share(variant, config)
+    wanted = _wanted(snapshot, config, ledger)
     added = []
     for kind in sorted({w.hardware for w in snapshot.workers.values()} | set(wanted)):
         action = _add_worker(snapshot, config, kind, wanted[kind], config.max_workers - total)
@@ -354,6 +398,86 @@ def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worke
     if added:
         return added
     return _remove_workers(snapshot, config, keep, total - config.min_workers)
+
+
+def _wanted(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger) -> Counter:
+    """Workers' worth of replicas, per hardware kind, that found no room (this decision's and earlier ones)."""
+    wanted = Counter(ledger.wanted)
+    for variant_id, live in snapshot.live.items():
+        if live.unplaced and variant_id in snapshot.variants:
+            variant = snapshot.variants[variant_id]
+            wanted[variant.hardware] += live.unplaced * replica_share(variant, config)
+    return wanted
+
+
+def backed_off(snapshot: Snapshot, config: PolicyConfig, times: WorkerActionTimes, kind: str, direction: str) -> bool:
+    """Whether a worker action of this kind and direction waits (one time for all: INFaaS's back-off)."""
+    last = times if isinstance(times, int | None) else times.get((kind, direction))
+    return last is not None and snapshot.at_ms - last < config.worker_backoff_s * 1000
+
+
+def slo_first_workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, times: WorkerActionTimes) -> list[Action]:
+    """Per hardware kind: workers for replicas that found no room at once (they are decided capacity, and a
+    lost worker's replicas come back this way: no back-off), one more when the kind runs hot (backed off
+    per kind), and a warm pool of idle workers (`warm_pool_size`); only empty workers beyond the pool,
+    low for the usual time, leave (backed off per kind). Never outside [min_workers, max_workers]."""
+    total = len(snapshot.workers)
+    wanted = _wanted(snapshot, config, ledger)
+    kinds = sorted({w.hardware for w in snapshot.workers.values()} | set(wanted))
+    actions = []
+    for kind in kinds:
+        of_kind = [w for w in snapshot.workers.values() if w.hardware == kind]
+        idle = sum(1 for w in of_kind if ledger.hosted.get(w.worker_id, 0) == 0)
+        pool = warm_pool_size(snapshot, config, kind, in_use=len(of_kind) - idle)
+        count, reasons = math.ceil(wanted[kind] - 1e-9), []
+        if count:
+            reasons.append(f"replicas worth {wanted[kind]:.1f} {kind} worker(s) found no room")
+        hot = "" if any(not w.ready for w in of_kind) else _hot(snapshot, config, of_kind)
+        if hot and not backed_off(snapshot, config, times, kind, UP):
+            count, reasons = count + 1, reasons + [hot]
+        if idle < pool:
+            count, reasons = count + pool - idle, reasons + [f"warm pool of {pool} idle, {idle} now"]
+        count = min(count, config.max_workers - total)
+        if count > 0:
+            actions.append(Action(ADD_WORKER, "; ".join(reasons), hardware=kind, from_count=len(of_kind),
+                                  to_count=len(of_kind) + count))
+            total += count
+        elif not backed_off(snapshot, config, times, kind, DOWN):
+            removals = _remove_idle(snapshot, config, of_kind, idle - pool, total - config.min_workers)
+            actions += removals
+            total -= len(removals)
+    return actions
+
+
+def _remove_idle(snapshot: Snapshot, config: PolicyConfig, of_kind: list[WorkerLive], spare: int,
+                 room: int) -> list[Action]:
+    low_for_ms = config.worker_low_readings * config.worker_check_s * 1000
+    empty = sorted((w for w in of_kind if w.ready and not any(w.variants.values()) and w.low_since_ms
+                    and snapshot.at_ms - w.low_since_ms >= low_for_ms), key=lambda w: (w.low_since_ms, w.worker_id))
+    chosen = empty[:max(min(spare, room), 0)]
+    return [Action(REMOVE_WORKER, f"empty and low for {(snapshot.at_ms - w.low_since_ms) / 1000:.0f} s "
+                   f"(>= {low_for_ms / 1000:.0f} s), beyond the warm pool", worker_id=w.worker_id, hardware=w.hardware,
+                   from_count=len(of_kind) - i, to_count=len(of_kind) - i - 1) for i, w in enumerate(chosen)]
+
+
+def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str, in_use: int) -> int:
+    """Idle workers to keep of this kind: `warm_pool_sigmas` standard deviations of the workers its
+    variants needed (demand at the target utilization) over the last `peak_window_s` windows, so that
+    a rise within that variability finds a started worker instead of waiting 20-30 s for one; at most
+    `warm_pool_share` of the `in_use` workers (at least one: a GPU idles at 17x a CPU worker's price)."""
+    windows = peak_windows(config)
+    needed = np.zeros(windows)
+    for variant_id, live in snapshot.live.items():
+        variant = snapshot.variants.get(variant_id)
+        if variant is None or variant.hardware != kind or live.replicas + live.unplaced == 0:
+            continue
+        series = np.asarray((*snapshot.demand.get(variant_id, ()), live.qps)[-windows:], dtype=float)
+        slo = live.demand_slo_ms
+        per_worker = (replica_throughput(variant, slo, config.slo_batch_factor)
+                      * target_utilization(variant, config, slo) / replica_share(variant, config))
+        needed[windows - len(series):] += series * live.avg_rows / per_worker
+    cap = min(max(math.ceil(config.warm_pool_share * in_use - 1e-9), 1), config.warm_pool_max)
+    return min(math.ceil(config.warm_pool_sigmas * float(needed.std()) - 1e-9), cap)
 
 
 def _add_worker(snapshot: Snapshot, config: PolicyConfig, kind: str, wanted: float, room: int) -> Action | None:
@@ -390,7 +514,8 @@ def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], sp
     low_for_ms = config.worker_low_readings * config.worker_check_s * 1000
     candidates = sorted((w for w in snapshot.workers.values()
                          if w.ready and w.low_since_ms and snapshot.at_ms - w.low_since_ms >= low_for_ms
-                         and _removable(snapshot, w, keep)), key=lambda w: (w.utilization, w.worker_id))
+                         and _removable(snapshot, w, keep, peak_windows(config))),
+                        key=lambda w: (w.utilization, w.worker_id))
     empty = [w for w in candidates if not any(w.variants.values())]
     chosen = (empty or candidates[:1])[:max(spare, 0)]
     of_kind = Counter(w.hardware for w in snapshot.workers.values())
@@ -405,13 +530,13 @@ def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], sp
     return actions
 
 
-def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str]) -> bool:
+def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str], windows: int) -> bool:
     """It holds no last replica of a variant that has traffic, now or in the recent windows (or that must
     stay loaded)."""
     for variant_id, count in worker.variants.items():
         live = snapshot.live_of(variant_id)
         sole = count > 0 and live.replicas <= count
-        busy = live.qps > 0 or live.queue_len > 0 or any(snapshot.demand.get(variant_id, ()))
+        busy = live.qps > 0 or live.queue_len > 0 or any(snapshot.demand.get(variant_id, ())[-windows:])
         if sole and (busy or variant_id in keep):
             return False
     return True

@@ -5,10 +5,15 @@
 2. Latency estimate: the profile's linear fit `latency(b) = slope*b + intercept`, plus, for a
    loaded variant, the wait for the batches already queued ahead of the query.
 3. Prefer an ACTIVE variant (neither overloaded nor interfered) that meets the SLO, the cheapest.
-4. Otherwise the INACTIVE variant with the lowest `load + inference latency` whose inference
-   latency meets the SLO, to be loaded on the least utilized worker of its hardware; among those
+4. Otherwise the INACTIVE variant with the lowest `load + inference latency` whose load and
+   inference fit the SLO, to be loaded on the least utilized worker of its hardware; among those
    whose hardware has a ready worker, if any (the others would first wait for a worker to start).
 5. Otherwise an OVERLOADED variant that meets the SLO (the scaler is already on it).
+6. Otherwise the loaded variant (active or overloaded) with the shortest estimate, late as it is:
+   a cold variant whose load exceeds the query's slack would serve it later still, and loading one
+   per burst leaves the scaler chasing variants instead of adding replicas.
+7. Only when nothing loaded meets the accuracy: the cold variant with the lowest load + inference
+   latency whose inference meets the SLO (step 4's order), so the task gets one.
    INTERFERED variants never get new queries.
 
 Step 3 scans the (few) loaded variants in Python; step 4 is a vectorized scan over a per-task
@@ -231,31 +236,49 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
         return Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost", best[1])
 
     head = slice(0, accurate)
-    inactive, ready = live.loadable(index, batch)
     bounds = np.ones(accurate, dtype=bool)
     if slo != math.inf:
         bounds &= latency[head] <= slo
     if max_cost != math.inf:
         bounds &= index.cost[head] <= max_cost
-    # A variant whose hardware has a ready worker loads now; any other waits for a new worker
-    # (20-30 s) before its load starts, which load + inference latency does not count.
-    feasible = ready[head] & bounds
-    if not feasible.any():
-        feasible = inactive[head] & bounds
-    if feasible.any():
-        position = int(np.argmin(np.where(feasible, index.load_and_latency(batch)[head], np.inf)))
-        variant = index.variants[position]
-        worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
-        reason = "inactive variant with the least load + inference latency"
-        if worker is None:
-            reason += f" (no ready {variant.hardware} worker: one has to start first)"
-        return Decision(OK, variant.variant_id, reason, float(variant.load_ms + latency[position]),
-                        load_on=worker.worker_id if worker else None)
+    in_time = index.load_and_latency(batch)[head] <= slo
+    cold = _load_cold(snapshot, index, live, head, bounds & in_time, latency, batch)
+    if cold is not None:
+        return cold
 
     best = _best_loaded(live, accurate, batch, slo, max_cost, OVERLOADED)
     if best is not None:
         return Decision(OK, best[0].variant_id, "overloaded variant (no other meets the requirements)", best[1])
+    # Nothing answers in time. With no accurate enough variant loaded at all, the best cold one is
+    # loaded anyway (the task needs one, and the queries after this one will find it); otherwise the
+    # query is answered NO_FEASIBLE_VARIANT at once: never routed to miss its deadline in a queue,
+    # nor to a cold variant whose load takes longer than its slack.
+    if not any(position < accurate for position, *_ in live.loaded):
+        cold = _load_cold(snapshot, index, live, head, bounds, latency, batch)
+        if cold is not None:
+            return cold
     return _infeasible(index, latency, batch, accurate, min_acc, slo, max_cost)
+
+
+def _load_cold(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head: slice, bounds: np.ndarray,
+               latency: np.ndarray, batch: int) -> Decision | None:
+    """The inactive variant within `bounds` with the least load + inference latency, a ready worker's first."""
+    # A variant whose hardware has a ready worker loads now; any other waits for a new worker
+    # (20-30 s) before its load starts, which load + inference latency does not count.
+    inactive, ready = live.loadable(index, batch)
+    feasible = ready[head] & bounds
+    if not feasible.any():
+        feasible = inactive[head] & bounds
+    if not feasible.any():
+        return None
+    position = int(np.argmin(np.where(feasible, index.load_and_latency(batch)[head], np.inf)))
+    variant = index.variants[position]
+    worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
+    reason = "inactive variant with the least load + inference latency"
+    if worker is None:
+        reason += f" (no ready {variant.hardware} worker: one has to start first)"
+    return Decision(OK, variant.variant_id, reason, float(variant.load_ms + latency[position]),
+                    load_on=worker.worker_id if worker else None)
 
 
 def select_offline(snapshot: Snapshot, request: Request) -> Decision:
@@ -281,15 +304,18 @@ def select_offline(snapshot: Snapshot, request: Request) -> Decision:
 
 
 def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cost: float,
-                 status: str) -> tuple[Variant, float] | None:
-    """Among loaded variants in `status` meeting every requirement: the cheapest, then the fastest."""
+                 *statuses: str) -> tuple[Variant, float] | None:
+    """Among loaded variants in `statuses` meeting every requirement: the cheapest, then the fastest
+    (no SLO, `slo` infinite: the fastest, then the cheapest)."""
     best = None
     for position, state, wait, variant in live.loaded:
-        if state != status or position >= accurate or variant.batch_size < batch or variant.cost_per_1k > max_cost:
+        if (state not in statuses or position >= accurate or variant.batch_size < batch
+                or variant.cost_per_1k > max_cost):
             continue
         estimate = variant.latency_at(batch) + wait
-        if estimate <= slo and (best is None or (variant.cost_per_1k, estimate) < best[:2]):
-            best = (variant.cost_per_1k, estimate, variant)
+        key = (variant.cost_per_1k, estimate) if slo != math.inf else (estimate, variant.cost_per_1k)
+        if estimate <= slo and (best is None or key < best[0]):
+            best = (key, estimate, variant)
     return (best[2], best[1]) if best else None
 
 

@@ -38,6 +38,7 @@ class VariantLive:
     avg_rows: float = 1.0  # rows per query (INFaaS's "actual batch"): demand in rows/s is qps * avg_rows
     moving_to: str = ""  # an upgrade/downgrade target being loaded; this variant retires once it serves
     batch_ms: float = 0.0  # a full batch's execution time as its replicas measured it (0: not measured)
+    named: bool = False  # queries named this variant (model-/variant-specific): vertical scaling never moves them
 
     @property
     def loaded(self) -> bool:
@@ -110,6 +111,22 @@ class PolicyConfig:
     gpu_fast_factor_numerator_ms: float = 15.0
     gpu_fast_factor_cap: float = 5.0
     overload_queue_factor: float = 0.8  # queue > 0.8 * replicas * 1000 / profiled_lat
+    # SLO-first rules (infaas; the baselines keep INFaaS's published autoscaler, `slo_first=False`).
+    slo_first: bool = True
+    # Target utilization of a variant's replicas from its SLO slack: 1 - latency(batch)/SLO, within these
+    # bounds (replaces the load-latency headroom; see capacity.target_utilization).
+    target_util_min: float = 0.5
+    target_util_max: float = 0.85
+    peak_window_s: float = 60.0  # scale-down judges the peak demand of this many 1 s windows
+    scale_down_hold_s: float = 60.0  # and removes a replica only after being low this long
+    trend_windows: int = 5  # scale-up extrapolates the arrival rate's trend over this many windows
+    trend_horizon_s: float = 5.0  # this far ahead (about a load and a tick)
+    # Warm pool: idle workers kept per hardware kind, `warm_pool_sigmas` standard deviations of the
+    # workers its variants needed over the peak window, at most `warm_pool_share` of the kind's workers
+    # in use (at least one) and `warm_pool_max`; billed like any worker.
+    warm_pool_sigmas: float = 3.0
+    warm_pool_share: float = 0.15
+    warm_pool_max: int = 20
     # Model autoscaler.
     load_latency_weight: float = 0.0002  # delta = qps*b - r*thr + 0.0002 * r * thr * load_lat
     queue_drain_s: float = 5.0  # a backlog counts as demand to be served within this time
@@ -130,7 +147,7 @@ class PolicyConfig:
     worker_util_low_gpu: float = 0.08
     worker_low_readings: int = 15
     worker_overloaded_share: float = 0.8
-    worker_backoff_s: float = 30.0
+    worker_backoff_s: float = 30.0  # per hardware kind and direction (slo_first), else for every worker action
     min_workers: int = 1
     max_workers: int = 8
     worker_start_s: float = 25.0  # a new VM takes 20-30 s

@@ -128,7 +128,7 @@ class Scaler:
         self.producer = bus.producer(settings)
         self.writer = BufferedWriter(Store(settings))
         self.previous: Snapshot | None = None
-        self.last_worker_action_ms: int | None = None
+        self.last_worker_action_ms: dict[tuple[str, str], int] = {}  # (hardware, up | down) -> ms: back-off per kind
         self.demand: dict[str, deque] = defaultdict(lambda: deque(maxlen=DEMAND_HISTORY))
         self.expected: list[Expectation] = []
         self.unplaced: list[tuple[str, str]] = []  # (variant, hardware) replicas waiting for a worker
@@ -423,13 +423,13 @@ class Scaler:
         count = max(action.to_count - action.from_count, 1)
         for worker_id in self.backend.start_workers(action.hardware, count) or []:
             self.starting[worker_id] = (action.hardware, now_ms())
-        self.last_worker_action_ms = now_ms()
+        self.last_worker_action_ms[(action.hardware, "up")] = now_ms()
 
     def _remove_worker(self, action: Action, snapshot: Snapshot) -> None:
         if not self.backend.stop_worker(action.worker_id):
             self._command("STOP", action.worker_id, None, 0, action.reason)  # a worker we did not start
         self.stopping[action.worker_id] = now_ms()
-        self.last_worker_action_ms = now_ms()
+        self.last_worker_action_ms[(action.hardware or "", "down")] = now_ms()
 
     def _command(self, kind: str, worker_id: str | None, variant_id: str | None, replicas: int, reason: str) -> None:
         command = WorkerCommand(command_id=uuid.uuid4().hex, at=now_ms(), action=kind, worker_id=worker_id,

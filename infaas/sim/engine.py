@@ -22,7 +22,8 @@ Model (times in ms):
     tick (a backlogged replica counts as fully busy) is its utilization; above 1 it slows every
     batch on the worker by that factor in the next tick, which the monitor then sees as interference.
   * Cost: every worker is billed per second it exists, starting or started, at the hardware's
-    `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU).
+    `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU), and for
+    at least `billing_minimum_s` (60 s, as EC2 bills) from its start.
 Metrics cover queries arriving after the warm-up; cost covers the same window, up to the last arrival.
 """
 
@@ -66,7 +67,8 @@ class SimOptions:
     warmup_s: float = 0.0
     drain_s: float = 120.0  # after the last arrival, keep serving this long at most
     worker_start_s: tuple[float, float] = (20.0, 30.0)
-    demand_window: int = 10  # ticks of per-variant demand history in the snapshot
+    billing_minimum_s: float = 60.0  # a worker is billed at least this long from its start (EC2: 60 s)
+    demand_window: int = 60  # ticks of per-variant demand history in the snapshot (the SLO-first peak window)
     app_id: str = "sim"
     initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}
     config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
@@ -138,10 +140,10 @@ class SimVariant:
 class Simulator:
     def __init__(self, variants: list[Variant], workload: Workload, options: SimOptions | None = None):
         self.options = options or SimOptions()
-        self.config = self.options.config
         self.policy = self.options.policy
         if self.policy not in scaling.POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; one of {', '.join(scaling.POLICIES)}")
+        self.config = scaling.policy_config(self.options.config, self.policy)
         self.catalog = {v.variant_id: v for v in variants}
         self.workload = workload
         self.rng = np.random.default_rng(self.options.seed)
@@ -151,7 +153,7 @@ class Simulator:
         self.all_workers: list[Worker] = []
         self.pending: dict[str, deque[SimVariant]] = {}
         self.worker_count = 0
-        self.last_worker_action: int | None = None
+        self.last_worker_action: dict[tuple[str, str], int] = {}  # (hardware, up | down) -> ms
         self.snapshot: Snapshot | None = None
         self.baseline = None
         self.action_counts: Counter = Counter()
@@ -281,7 +283,7 @@ class Simulator:
         elif kind == REMOVE_WORKER:
             self._stop_worker(self.workers[action.worker_id], now)
         if kind in WORKER_KINDS:
-            self.last_worker_action = int(now)
+            self.last_worker_action[(action.hardware, scaling.UP if kind == ADD_WORKER else scaling.DOWN)] = int(now)
 
     def _sim(self, variant_id: str) -> SimVariant:
         sv = self.sim_variants.get(variant_id)

@@ -107,18 +107,18 @@ def generate_report(args, settings, say=print) -> Path:
     variants = load_catalogue(args.profiles, settings, settings.hardware_catalog or None)
     wanted = {s.strip() for s in args.scenarios.split(",") if s.strip()}
     scenarios = [s for s in SCENARIOS if not wanted or s.name in wanted]
-    options = SimOptions(seed=args.seed, warmup_s=args.warmup_s, config=config)
+    seeds = [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
+    options = SimOptions(seed=seeds[0], warmup_s=args.warmup_s, config=config)
     results_dir, img_dir, out = Path(args.results), Path(args.img), Path(args.out)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    per_seed, bounds = {}, {}
+    for seed in seeds:
+        seed_dir = results_dir / f"seed-{seed}" if len(seeds) > 1 or args.reuse else results_dir
+        per_seed[seed] = _scenario_runs(scenarios, variants, replace(options, seed=seed), args, seed_dir, say)
+        bounds[seed] = {s.name: _bounds(s, variants, config, args, seed, per_seed[seed][s.name]) for s in scenarios}
+    runs_of_first = per_seed[seeds[0]]
     results, images, timelines = {}, {}, {}
     for scenario in scenarios:
-        say(f"{scenario.name}: simulating {', '.join(POLICY_ORDER)} ...")
-        runs = run_scenario(scenario, variants, POLICY_ORDER, options, Path(args.traces_dir), args.time_scale,
-                            args.rate_scale)
-        for policy, summary in runs.items():
-            (results_dir / f"sim-{scenario.name}-{policy}.json").write_text(json.dumps(summary))
-            say(f"  {policy}: {summary['queries']:,} queries, violations {summary['slo_violation_rate']:.2%}, "
-                f"cost ${summary['cost_usd']:.3f}, simulated in {summary['wall_s']:.1f} s")
+        runs = runs_of_first[scenario.name]
         image = policies_timeline(runs, f"{scenario.name} ({scenario.traces}{', Poisson' if scenario.flat else ''})",
                                   img_dir / f"{scenario.name}.png")
         images[scenario.name] = os.path.relpath(image, out.parent)
@@ -130,16 +130,19 @@ def generate_report(args, settings, say=print) -> Path:
         say(f"speed: {args.speed_runs} run(s) of 1 h x 1,000 q/s on the synthetic catalogue ...")
         synthetic = load_catalogue(f"synthetic:{args.profiles}" if args.profiles.endswith(".csv") else "synthetic",
                                    settings, settings.hardware_catalog or None)
-        speed = speed_benchmark(synthetic, Path(args.traces_dir), runs=args.speed_runs, seed=args.seed)
+        speed = speed_benchmark(synthetic, Path(args.traces_dir), runs=args.speed_runs, seed=seeds[0])
         speed["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}"
     catalogue = load_catalog(settings.hardware_catalog or None)
     used = sorted({v.hardware for v in variants})
     meta = {
         "command": f"infaas bench report --time-scale {args.time_scale:g} --rate-scale {args.rate_scale:g} "
-                   f"--warmup-s {args.warmup_s:g} --seed {args.seed}",
+                   f"--warmup-s {args.warmup_s:g} --seeds {','.join(map(str, seeds))}",
+        "goal": {seed: {name: {p: without_timeline(s) for p, s in runs.items()} for name, runs in by_name.items()}
+                 for seed, by_name in per_seed.items()},
+        "bounds": bounds,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "speed": speed,
-        "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results),
+        "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results, options),
         "why": why_lines(results, timelines, config),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,40 @@ def generate_report(args, settings, say=print) -> Path:
 POLICY_ORDER = ("infaas", "replica-only", "static")
 
 
-def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios, results) -> list[str]:
+def _scenario_runs(scenarios, variants, options: SimOptions, args, seed_dir: Path, say) -> dict[str, dict[str, dict]]:
+    """Every scenario under the three policies for one seed; with `args.reuse`, the summaries a run of this
+    seed left in `seed_dir` stand in for simulating again (seeds can then run in parallel processes)."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for scenario in scenarios:
+        paths = {p: seed_dir / f"sim-{scenario.name}-{p}.json" for p in POLICY_ORDER}
+        if args.reuse and all(path.exists() for path in paths.values()):
+            results[scenario.name] = {p: json.loads(path.read_text()) for p, path in paths.items()}
+            say(f"{scenario.name}, seed {options.seed}: reusing {seed_dir}")
+            continue
+        say(f"{scenario.name}, seed {options.seed}: simulating {', '.join(POLICY_ORDER)} ...")
+        runs = run_scenario(scenario, variants, POLICY_ORDER, options, Path(args.traces_dir), args.time_scale,
+                            args.rate_scale)
+        for policy, summary in runs.items():
+            paths[policy].write_text(json.dumps(summary))
+            say(f"  {policy}: {summary['queries']:,} queries, violations {summary['slo_violation_rate']:.2%}, "
+                f"cost ${summary['cost_usd']:.3f}, simulated in {summary['wall_s']:.1f} s")
+        results[scenario.name] = runs
+    return results
+
+
+def _bounds(scenario: Scenario, variants, config: PolicyConfig, args, seed: int, runs: dict[str, dict]) -> dict:
+    """The cost bounds of the scenario's workload for this seed (the same queries the runs served)."""
+    from .bounds import cost_bounds
+    rng = np.random.default_rng(seed)
+    traces = scenario.load(Path(args.traces_dir), args.time_scale, args.rate_scale, rng)
+    workload = workload_from(traces, variants, rng, config)
+    fixed = runs["static"].get("baseline") or {}
+    return cost_bounds(workload, variants, fixed, config, args.warmup_s * 1000.0)
+
+
+def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios, results,
+                options: SimOptions) -> list[str]:
     from .catalogue import cpu_worker_threads
     from .traces import QOS_DEMAND
     prices = ", ".join(f"{hw} ${catalogue[hw].worker_price_per_hour:.3f}/h per worker" for hw in used)
@@ -165,22 +201,39 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         f"({cpu_worker_threads(config.hardware_catalog or None)} vCPUs; the file does not say how many cores Proteus used, "
         "so this is optimistic for CPU).",
         f"Prices (the project's hardware catalogue): {prices}. Cost = every worker billed per second it exists, "
-        "starting or started, over the measured window.",
+        f"starting or started (idle warm-pool workers too), at least {options.billing_minimum_s:g} s each (as EC2 bills), "
+        "over the measured window.",
         f"Workloads (all nine model families at once, each family a task; traces stretched {args.time_scale:g}x in time "
-        f"and {args.rate_scale:g}x in queries, so rates are kept): {loads}. The first {args.warmup_s:g} s are left out "
+        f"and {args.rate_scale:g}x in queries, so rates are {_rates(args)}): {loads}. The first {args.warmup_s:g} s are left out "
         "of every metric, for all policies alike.",
         f"Requirements: the SLO is the trace's deadline; accuracy demand per query (qos level 1): {demand} of the best "
         "accuracy a variant of the family reaches within that SLO under load.",
         f"Policies (the same code the live scaler runs, `infaas.policies`): infaas = selection + horizontal + vertical "
-        f"+ unloading + VM autoscaling; replica-only = one fixed variant per task, horizontal + VM autoscaling; static = "
-        f"the fixed variant, replicas for the trace's peak second, provisioned before the first query. Thresholds: "
-        f"INFaaS's (worker start 20-30 s, VM back-off {config.worker_backoff_s:g} s, worker removal after "
-        f"{config.worker_low_readings * config.worker_check_s:g} s low, unload after {config.unload_idle_s:g} s idle, "
-        f"upgrade ratio {config.upgrade_cost_ratio:g}), at most {config.max_workers} workers.",
+        f"+ unloading + VM autoscaling with the SLO-first rules (`scaling.py`: replicas at a target utilization of "
+        f"1 - latency(batch)/SLO within [{config.target_util_min:g}, {config.target_util_max:g}]; scale-up on the "
+        f"arrival-rate trend {config.trend_horizon_s:g} s ahead; scale-down on the peak of {config.peak_window_s:g} s "
+        f"after {config.scale_down_hold_s:g} s low; a warm pool of idle workers of {config.warm_pool_sigmas:g} standard "
+        f"deviations of the recent worker demand, at most {config.warm_pool_share:.0%} of the kind's workers in use; "
+        f"worker back-off per kind and direction; replicas reserve their whole share of a worker; no query to a cold "
+        f"variant that loads past its SLO); replica-only = one fixed variant per task, horizontal + VM autoscaling "
+        f"with INFaaS's published rules (load-latency headroom, one back-off for all worker actions); static = "
+        f"the fixed variant, replicas for the trace's peak second, provisioned before the first query. The same "
+        f"settings on every workload. Thresholds otherwise INFaaS's (worker start 20-30 s, VM back-off "
+        f"{config.worker_backoff_s:g} s, worker removal after {config.worker_low_readings * config.worker_check_s:g} s "
+        f"low, unload after {config.unload_idle_s:g} s idle, upgrade ratio {config.upgrade_cost_ratio:g}), at most "
+        f"{config.max_workers} workers.",
         "Simulator: `infaas/sim/engine.py` (1 s monitor/scaler tick, dispatcher decisions per request class per tick, "
-        "deadline-bounded dynamic batching, contention between co-located replicas); seed "
-        f"{args.seed}. Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
+        "deadline-bounded dynamic batching, contention between co-located replicas, a 60 s billing minimum per "
+        "worker). Assumptions not yet modelled: load times are 1 s (CPU) and 2 s (GPU) for every Proteus model "
+        "(INFaaS reports 0.6-11 s by model size), service times are the profile's median fit with no variance, "
+        "co-location ignores memory (the profiles give none); seed "
+        f"{options.seed} (the goal table: every seed). Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
     ]
+
+
+def _rates(args) -> str:
+    factor = args.rate_scale / args.time_scale
+    return "kept" if abs(factor - 1) < 1e-9 else f"{factor:g}x the original's"
 
 
 def why_lines(results: dict[str, dict[str, dict]], timelines: dict[str, dict[str, dict]],
@@ -195,8 +248,9 @@ def why_lines(results: dict[str, dict[str, dict]], timelines: dict[str, dict[str
                      "strictest accuracy class (99% of the best within the SLO) needs that same best model, so "
                      "infaas can save only on the other classes, and by elasticity.")
     lines.append("Static is sized for the trace's busiest second and runs far below it most of the time, hence its "
-                 "few violations; infaas and replica-only run replicas near their throughput (INFaaS's delta rule) "
-                 "and wait 20-30 s for each new worker, so load steps become violations until they are up.")
+                 "few violations; replica-only runs replicas near their throughput (INFaaS's delta rule) and waits "
+                 "20-30 s for each new worker, so load steps become violations until they are up; infaas keeps the "
+                 "slack its SLOs need, follows the trend, and starts from a warm pool, at the pool's price.")
     for name, runs in results.items():
         load = np.asarray(next(iter(timelines[name].values()))["load_qps"], dtype=float)
         smooth = np.convolve(load, np.ones(10) / 10, mode="valid") if len(load) >= 10 else load

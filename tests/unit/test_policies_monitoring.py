@@ -18,7 +18,7 @@ from infaas.policies.snapshot import (
 )
 from tests.unit.test_policies_scaling import variant
 
-CONFIG = PolicyConfig()
+CONFIG = PolicyConfig(slo_first=False)  # INFaaS's load-latency headroom (the SLO-first target: test_policies_slo_first.py)
 CPU = variant("resnet:ort:cpu-2t:b1", intercept=100.0)  # 100 ms, 10 q/s per replica
 GPU = variant("resnet:ort:gpu-t4:b1", hardware="gpu-t4", intercept=40.0)  # 40 ms, 25 q/s
 FAST_GPU = variant("tiny:ort:gpu-t4:b1", hardware="gpu-t4", intercept=5.0)  # 5 ms: k = min(5, 15/5) = 3

@@ -21,7 +21,8 @@ from infaas.policies.baselines import BaselinePlan
 from infaas.policies.monitoring import track
 from infaas.policies.snapshot import ACTIVE, INTERFERED, PolicyConfig, Snapshot, VariantLive, WorkerLive
 
-CONFIG = PolicyConfig(max_workers=10, scale_up_windows=1)
+# INFaaS's published rules (the baselines'); the SLO-first rules infaas runs: tests/test_policies_slo_first.py.
+CONFIG = PolicyConfig(max_workers=10, scale_up_windows=1, slo_first=False)
 
 
 def variant(vid: str, *, hardware: str = "cpu", batch: int = 1, slope: float = 0.0, intercept: float = 100.0,

@@ -56,10 +56,22 @@ def test_active_variant_preferred_at_least_cost():
 
 
 def test_queueing_counts_in_the_estimate():
-    # MEDIUM active but with a long queue: it misses the SLO, so the SLO-meeting inactive SMALL is chosen.
+    # MEDIUM active but with a long queue (170 ms of batches): it misses the SLO, so the inactive SMALL,
+    # which loads and answers within it (50.6 ms), is chosen.
+    live = {MEDIUM.variant_id: VariantLive(ACTIVE, replicas=1, queue_len=400)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.9, latency_ms=60))
+    assert decision.variant_id == SMALL.variant_id
+
+
+def test_no_cold_variant_whose_load_exceeds_the_slack():
+    # With a 20 ms SLO SMALL's 50 ms load is too slow, and the loaded MEDIUM is late behind its queue:
+    # the query is answered at once (shed), not routed to miss its deadline.
     live = {MEDIUM.variant_id: VariantLive(ACTIVE, replicas=1, queue_len=400)}
     decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.9, latency_ms=20))
-    assert decision.variant_id == SMALL.variant_id
+    assert decision.status == NO_FEASIBLE_VARIANT and decision.load_on is None
+    # Nothing loaded meets the accuracy: the cold variant is loaded anyway (the task needs one).
+    decision = select(snapshot(), Request("demo", task="digits", min_accuracy=0.9, latency_ms=20))
+    assert decision.variant_id == SMALL.variant_id and decision.load_on == "w2"
 
 
 def test_a_queue_estimate_adds_what_was_routed_and_drains_at_full_batches():

@@ -1,0 +1,122 @@
+"""The SLO-first rules infaas scales with (PolicyConfig.slo_first), on hand-built snapshots.
+
+Same fixtures as test_policies_scaling.py: CPU_B1 runs a query in 100 ms (thr = 10 rows/s) on a whole
+CPU worker; with a 200 ms SLO its target utilization is 1 - 100/200 = 0.5, with 1 s it is 0.85 (capped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from infaas.policies import decide
+from infaas.policies.capacity import target_utilization, trend_demand_rows
+from infaas.policies.scaling import DOWN, UP, policy_config
+from infaas.policies.snapshot import PolicyConfig
+from tests.unit.test_policies_scaling import AT, CATALOG, CPU_B1, GPU_B8, kinds, live, snapshot, worker
+
+CONFIG = PolicyConfig(max_workers=20, scale_up_windows=1, warm_pool_max=0)  # the pool: its own test
+POOL = replace(CONFIG, warm_pool_max=20, warm_pool_share=2.0)
+VID = CPU_B1.variant_id
+
+
+def test_target_utilization_comes_from_the_slo_slack():
+    assert target_utilization(CPU_B1, CONFIG, 200.0) == pytest.approx(0.5)  # SLO = 2 x the batch
+    assert target_utilization(CPU_B1, CONFIG, 400.0) == pytest.approx(0.75)
+    assert target_utilization(CPU_B1, CONFIG, 10_000.0) == pytest.approx(0.85)  # capped
+    # INFaaS's load-latency headroom (the baselines'): 1 - 0.0002 x 1000 ms, whatever the SLO.
+    assert target_utilization(CPU_B1, replace(CONFIG, slo_first=False), 200.0) == pytest.approx(0.8)
+    assert policy_config(CONFIG, "replica-only").slo_first is False and policy_config(CONFIG, "infaas") is CONFIG
+
+
+def test_scale_up_keeps_the_slack_a_tight_slo_needs():
+    state = {VID: live(1, 12.0, demand_slo_ms=200.0)}
+    workers = [worker("w1", util=1.0, hosts={VID: 1})] + [worker(f"w{i}") for i in (2, 3, 4)]
+    # 12 rows/s at 0.5 x 10 rows/s per replica: 3 replicas, +2 (INFaaS's 0.8 would add 1).
+    assert kinds(decide(snapshot(state, workers), CONFIG)) == ["ADD_REPLICA"] * 2
+    assert kinds(decide(snapshot(state, workers), replace(CONFIG, slo_first=False))) == ["ADD_REPLICA"]
+
+
+def test_scale_up_follows_a_rising_arrival_rate():
+    rising = {VID: live(2, 10.0, demand_slo_ms=1000.0, workers=("w1", "w2"))}
+    workers = [worker("w1", util=0.6, hosts={VID: 1}), worker("w2", util=0.6, hosts={VID: 1}), worker("w3")]
+    demand = {VID: (2.0, 4.0, 6.0, 8.0)}
+    # 10 rows/s fit 2 x 8.5; the trend (+2/s) reaches 20 rows/s 5 s ahead: one more replica now.
+    assert trend_demand_rows(rising[VID], demand[VID], CONFIG) == pytest.approx(20.0)
+    assert kinds(decide(snapshot(rising, workers, demand), CONFIG)) == ["ADD_REPLICA"]
+    flat = {VID: (10.0, 10.0, 10.0, 10.0)}
+    assert decide(snapshot(rising, workers, flat), CONFIG) == []
+
+
+def _low(low_for_s: float, demand: tuple[float, ...] = (5.0,) * 59, **kw):
+    state = {VID: live(3, 5.0, workers=("w1", "w2", "w3"), low_since_ms=int(AT - low_for_s * 1000),
+                       demand_slo_ms=1000.0, **kw)}
+    workers = [worker(f"w{i}", util=0.2 + i / 10, hosts={VID: 1}) for i in (1, 2, 3)]
+    return snapshot(state, workers, {VID: demand})
+
+
+def test_scale_down_waits_a_minute_low_and_judges_a_minute_of_peaks():
+    assert decide(_low(30), CONFIG) == []  # INFaaS would remove after the 1 s load latency
+    assert kinds(decide(_low(30), replace(CONFIG, slo_first=False))) == ["REMOVE_REPLICA"]
+    actions = decide(_low(60), CONFIG)
+    assert kinds(actions) == ["REMOVE_REPLICA"] and (actions[0].from_count, actions[0].to_count) == (3, 2)
+    # 20 rows/s 50 s ago still needs the 3 replicas (0.85 x 10 rows/s each).
+    assert decide(_low(60, demand=(20.0,) + (5.0,) * 58), CONFIG) == []
+
+
+def test_one_action_at_a_time_per_variant():
+    assert decide(_low(60, loading=1), CONFIG) == []  # an addition still loading: its effect is not seen yet
+
+
+def test_queries_that_named_a_variant_are_never_moved_by_vertical_scaling():
+    state = {VID: live(3, 120.0, workers=("w1", "w2", "w3"), demand_accuracy=0.75, demand_slo_ms=200.0)}
+    workers = [worker(f"w{i}", util=0.75, hosts={VID: 1}) for i in (1, 2, 3)] + [worker("g1", "gpu-t4")]
+    moved = decide(snapshot(state, workers), CONFIG)
+    assert kinds(moved)[0] == "UPGRADE_VARIANT" and moved[0].target_variant_id == GPU_B8.variant_id
+    named = {VID: replace(state[VID], named=True)}
+    actions = decide(snapshot(named, workers), CONFIG)
+    assert "UPGRADE_VARIANT" not in kinds(actions) and "ADD_REPLICA" in kinds(actions)
+
+
+def _varying(idle: int, demand: tuple[float, ...], low_for_s: float = 120.0):
+    state = {VID: live(4, 20.0, workers=("w1", "w2", "w3", "w4"), demand_slo_ms=200.0)}
+    busy = [worker(f"w{i}", util=0.7, hosts={VID: 1}) for i in (1, 2, 3, 4)]
+    idle_workers = [worker(f"i{i}", low_since_ms=int(AT - low_for_s * 1000)) for i in range(idle)]
+    return snapshot(state, busy + idle_workers, {VID: demand})
+
+
+def test_a_warm_pool_sized_from_the_recent_variability():
+    # 0 and 20 rows/s in turn: 0 and 4 workers' worth (5 rows/s each at 0.5), std 2: 3 sigmas = 6 idle workers.
+    swinging = (0.0, 20.0) * 29 + (0.0,)
+    actions = decide(_varying(0, swinging), POOL)
+    assert kinds(actions) == ["ADD_WORKER"] and (actions[0].from_count, actions[0].to_count) == (4, 10)
+    assert "warm pool of 6" in actions[0].reason
+    assert decide(_varying(6, swinging), POOL) == []  # the pool is there: kept, not removed
+    removed = decide(_varying(8, swinging), POOL)
+    assert kinds(removed) == ["REMOVE_WORKER"] * 2
+    capped = decide(_varying(0, swinging), replace(POOL, warm_pool_share=0.5))
+    assert "warm pool of 2" in capped[0].reason  # half the 4 workers in use
+    steady = (20.0,) * 59
+    assert kinds(decide(_varying(2, steady), POOL)) == ["REMOVE_WORKER"] * 2  # no variability: no pool
+
+
+def test_worker_back_off_is_per_kind_and_direction():
+    hot = snapshot({}, [worker("w1", util=0.9), worker("w2", util=0.95)])
+    assert kinds(decide(hot, CONFIG, last_worker_action_ms={("cpu", DOWN): AT - 1000, ("gpu-t4", UP): AT - 1000})) \
+        == ["ADD_WORKER"]
+    assert decide(hot, CONFIG, last_worker_action_ms={("cpu", UP): AT - 1000}) == []
+    # Replicas that found no room (a lost worker's among them) get their workers without waiting.
+    recovering = snapshot({VID: live(2, 10.0, unplaced=1, demand_slo_ms=1000.0, workers=("w1",))},
+                          [worker("w1", util=0.9, hosts={VID: 1}), worker("w2", util=0.9, hosts={VID: 1})])
+    actions = decide(recovering, CONFIG, last_worker_action_ms={("cpu", UP): AT - 1000})
+    assert kinds(actions)[-1] == "ADD_WORKER" and "found no room" in actions[-1].reason
+
+
+def test_only_empty_workers_leave():
+    low = AT - 60_000
+    state = {VID: live(2, 4.0, workers=("w1", "w2"), demand_slo_ms=1000.0)}
+    workers = [worker("w1", util=0.1, hosts={VID: 1}, low_since_ms=low), worker("w2", util=0.05, hosts={VID: 1},
+                                                                               low_since_ms=low)]
+    assert "REMOVE_WORKER" not in kinds(decide(snapshot(state, workers, {VID: (4.0,) * 59}), CONFIG))
+    assert set(CATALOG) >= {VID}

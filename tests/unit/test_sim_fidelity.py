@@ -1,0 +1,55 @@
+"""Simulator fidelity and the report's bounds: billing minimum, cost bounds, the goal table."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from infaas.policies.snapshot import PolicyConfig
+from infaas.sim.bounds import cost_bounds
+from infaas.sim.engine import SimOptions, Worker
+from infaas.sim.report import _costs, goal_section
+from infaas.sim.traces import build_workload
+from tests.unit.test_policies_scaling import CPU_B1
+from tests.unit.test_sim_engine import CPU_HOURLY, trace
+
+
+def test_a_worker_is_billed_at_least_the_minimum():
+    short = Worker("cpu-1", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
+    short.removed_at = 10_000.0  # removed after 10 s: billed 60 s
+    long = Worker("cpu-2", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
+    long.removed_at = 90_000.0
+    sim = SimpleNamespace(all_workers=[short, long], options=SimOptions())
+    assert _costs(sim, 0.0, 600_000.0)["cpu"] == pytest.approx(CPU_HOURLY * (60 + 90) / 3600)
+    sim.options = SimOptions(billing_minimum_s=0.0)
+    assert _costs(sim, 0.0, 600_000.0)["cpu"] == pytest.approx(CPU_HOURLY * (10 + 90) / 3600)
+
+
+def test_cost_bounds_by_hand():
+    # 20 queries in the first second, then 5 a second for 19 s; CPU_B1 carries 10 rows/s on a whole worker.
+    arrivals = np.concatenate([np.linspace(0, 999, 20), np.concatenate([np.linspace(s * 1000, s * 1000 + 999, 5)
+                                                                         for s in range(1, 20)])])
+    workload = build_workload([trace(arrivals, slo=1000.0)], [CPU_B1], np.random.default_rng(0))
+    bounds = cost_bounds(workload, [CPU_B1], {"vision": CPU_B1.variant_id}, PolicyConfig(), warmup_ms=0.0)
+    per_row = CPU_HOURLY / 3600 / 10
+    assert bounds["cheapest_fluid"] == pytest.approx(115 * per_row)
+    assert bounds["static_fluid"] == pytest.approx(115 * per_row)
+    # Whole workers per 10 s window for its busiest second: 2 (20 q/s), then 1 (5 q/s).
+    assert bounds["static_packed"] == pytest.approx((2 + 1) * CPU_HOURLY * 10 / 3600)
+
+
+def _run(violations: float, cost: float) -> dict:
+    return {"slo_violation_rate": violations, "cost_usd": cost}
+
+
+def test_the_goal_table_says_which_goals_are_met():
+    met = {"infaas": _run(0.001, 10.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
+    missed = {"infaas": _run(0.003, 10.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
+    bounds = {0: {"fluctuating-low": {"cheapest_fluid": 5.0, "static_fluid": 6.0, "static_packed": 12.5}}}
+    text = "\n".join(goal_section({0: {"fluctuating-low": met}}, bounds))
+    assert "| fluctuating-low | 0 | 0.10% / 0.20% / 1.00% | yes | 10.00x | 2.50x (2x) | 5.00x / 4.17x / 2.00x " \
+           "| 50% / 60% / 125% | yes |" in text and "Every goal met." in text
+    text = "\n".join(goal_section({1: {"bursty": missed}}, {}))
+    assert "| no | 3.33x | 2.50x (1.5x) |" in text and "**no**" in text
