@@ -32,7 +32,15 @@ from .settings import Settings
 from .store import Store
 
 TASK = "digits-classification"
-DEFAULT_TRACE = proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"
+# Shipped with the package (synthetic, per-second rates): quiet, a ramp to a plateau, a burst, then
+# quiet again, so a demo sees the scaler add capacity and take it away.
+BUNDLED_TRACE = Path(__file__).parent / "data" / "demo-trace.csv"
+
+
+def default_trace() -> Path:
+    """The Proteus bursty trace where the Proteus data is present, else the bundled one."""
+    proteus = proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"
+    return proteus if proteus.is_file() else BUNDLED_TRACE
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
         launcher.up(settings, say=lambda m: console.print(f"  {m}"))
     variants = {v.variant_id: v for v in ensure_zoo(settings, console, quick)}
     classes = requirement_classes(list(variants.values()))
-    arrivals = arrivals_from_trace(trace or DEFAULT_TRACE, duration_s, mean_qps, classes)
+    arrivals = arrivals_from_trace(trace or default_trace(), duration_s, mean_qps, classes)
     inputs = validation_inputs(settings)
     pipeline = Pipeline(settings, ServeOptions(workers=workers, scaler=True,
                                                scaler_args=["--max-workers", str(workers + 1)]))

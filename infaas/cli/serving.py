@@ -71,7 +71,7 @@ def register(sub) -> None:
     p.add_argument("--qps", type=float, default=40.0, help="mean queries per second")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="register the zoo with quick profiling")
-    p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms); default: a Proteus bursty trace")
+    p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms lines, or a second,qps CSV); default: the Proteus bursty trace when the Proteus data is present, else the bundled one")
     p.set_defaults(handler=cmd_demo)
 
     batch = sub.add_parser("batch", help="offline (batch) queries, served from spare capacity")
