@@ -31,7 +31,7 @@ from .serve import Pipeline, ServeOptions
 from .settings import Settings
 from .store import Store
 
-TASK = "digits-classification"
+TASK = "mnist1d-classification"  # the mnist1d zoo's (infaas/registration/zoo_mnist1d.py)
 # Shipped with the package (synthetic, per-second rates): quiet, a ramp to a plateau, a burst, then
 # quiet again, so a demo sees the scaler add capacity and take it away.
 BUNDLED_TRACE = Path(__file__).parent / "data" / "demo-trace.csv"
@@ -77,18 +77,20 @@ def arrivals_from_trace(path: Path, duration_s: float, mean_qps: float, classes:
             for at, k in zip(trace.arrival_ms, picks, strict=True)]
 
 
-def ensure_zoo(settings: Settings, console: Console, quick: bool) -> list[Variant]:
+def ensure_zoo(settings: Settings, console: Console, quick: bool, zoo: str | None = None) -> list[Variant]:
+    """The variants of a zoo's task (default: the demo's mnist1d zoo), registering the zoo if absent."""
+    from .registration.zoo import DEMO_ZOO, build_zoo, zoos
+    chosen = zoos()[zoo or DEMO_ZOO]
     with Store(settings) as store:
-        variants = store.variants_for_task(TASK)
+        variants = store.variants_for_task(chosen.task)
     if variants:
-        console.print(f"[green]zoo present[/]: {len(variants)} variants of {TASK}")
+        console.print(f"[green]zoo present[/]: {len(variants)} variants of {chosen.task}")
         return variants
-    from .registration.zoo import build_zoo
-    console.print(f"registering the demo zoo ({'quick' if quick else 'full'} profiling) ...")
+    console.print(f"registering the {chosen.name} zoo ({'quick' if quick else 'full'} profiling) ...")
     started = time.monotonic()
-    build_zoo(settings, quick=quick)
+    build_zoo(settings, quick=quick, zoo=chosen.name)
     with Store(settings) as store:
-        variants = store.variants_for_task(TASK)
+        variants = store.variants_for_task(chosen.task)
     console.print(f"[green]zoo registered[/]: {len(variants)} variants in {time.monotonic() - started:.0f} s")
     return variants
 

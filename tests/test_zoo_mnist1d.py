@@ -1,0 +1,60 @@
+"""The mnist1d zoo (the demo's): deterministic training and export, standard ONNX, registrable.
+
+The full zoo's trade-offs (accuracy and latency spread) are measured by `infaas zoo build`; these
+tests train the quick zoo on a small generated set, so they stay fast."""
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from infaas.registration import zoo_mnist1d
+from infaas.registration.zoo import build_zoo, zoos
+
+SMALL = 1000  # generated signals for the tests (the zoo uses 6,000)
+STANDARD_OPS = {"Reshape", "Conv", "Relu", "MaxPool", "Flatten", "MatMul", "Add", "Softmax", "ArgMax", "Pad", "Slice",
+                "Concat", "ReduceMean"}
+
+
+def _accuracy(path, folder) -> float:
+    import numpy as np
+    with np.load(folder / "validation.npz") as data:
+        inputs, labels = data["inputs"], data["labels"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float(np.mean(session.run(["label"], {"signal": inputs})[0] == labels))
+
+
+def test_same_seed_same_bytes_and_accuracies(tmp_path):
+    first = zoo_mnist1d.export_zoo(tmp_path / "a", quick=True, samples=SMALL)
+    second = zoo_mnist1d.export_zoo(tmp_path / "b", quick=True, samples=SMALL)
+    assert set(first) == {m.name for m in zoo_mnist1d.ZOO}
+    assert (tmp_path / "a" / "validation.npz").read_bytes() == (tmp_path / "b" / "validation.npz").read_bytes()
+    for name in first:
+        assert first[name].read_bytes() == second[name].read_bytes(), name
+        assert _accuracy(first[name], tmp_path / "a") == _accuracy(second[name], tmp_path / "b")
+    other = zoo_mnist1d.export_zoo(tmp_path / "c", quick=True, samples=SMALL, seed=1, names=("cnn-small",))
+    assert other["cnn-small"].read_bytes() != first["cnn-small"].read_bytes()  # the seed is used
+
+
+def test_graphs_use_standard_operators_and_real_convolutions(tmp_path):
+    files = zoo_mnist1d.export_zoo(tmp_path, quick=True, samples=SMALL, names=("logreg", "cnn"))
+    for name, path in files.items():
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        ops = {node.op_type for node in model.graph.node}
+        assert ops <= STANDARD_OPS, ops - STANDARD_OPS
+        assert ("Conv" in ops) == name.startswith("cnn")
+    conv = next(i for i in onnx.load(str(files["cnn"])).graph.initializer if i.name == "k0")
+    assert tuple(conv.dims) == (32, 1, 5)  # trained kernels: 32 filters over the 1-channel signal
+
+
+def test_the_quick_zoo_registers_under_its_own_task(settings, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_mnist1d, "SAMPLES", SMALL)
+    narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
+    reports = build_zoo(narrow, quick=True, names=("logreg", "cnn-small"), store=store, zoo="mnist1d")
+    assert [r.model.model for r in reports] == ["logreg", "cnn-small"]
+    task = store.get_task(zoo_mnist1d.TASK)
+    assert (task.input_name, task.input_shape, task.num_classes) == ("signal", (40,), 10)
+    assert {v.model for v in store.variants_for_task(zoo_mnist1d.TASK)} == {"logreg", "cnn-small"}
+    assert zoos()["mnist1d"].task != zoos()["digits"].task  # the test suite's digits zoo is untouched
+    with pytest.raises(ValueError, match="unknown zoo 'nope'"):
+        build_zoo(narrow, zoo="nope", store=store)
