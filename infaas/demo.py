@@ -108,6 +108,7 @@ class Dashboard:
     def __init__(self, classes: list[RequirementClass], variants: dict[str, Variant], total: int):
         self.classes, self.variants, self.total = classes, variants, total
         self.events: list[str] = []
+        self.actions: list[dict] = []  # the scaling actions seen: {"kind", "variant", "reason"}
 
     def render(self, stats: RunStats) -> Group:
         elapsed = max(time.monotonic() - stats.started, 1e-9) if stats.started else 0.0
@@ -148,28 +149,66 @@ def watch_events(settings: Settings, dashboard: Dashboard, stop: threading.Event
                 except DecodeError:
                     continue
                 subject = event["variant_id"] or event["worker_id"] or event["hardware"]
+                dashboard.actions.append({"kind": event["kind"], "variant": event["variant_id"] or subject,
+                                          "reason": event["reason"]})
                 dashboard.events.append(f"{time.strftime('%H:%M:%S')} {event['kind']} {subject}: {event['reason'][:90]}")
     finally:
         consumer.close()
 
 
-def summary_table(stats: RunStats, classes: list[RequirementClass], variants: dict[str, Variant]) -> Table:
-    table = Table(title="demo summary (client-measured, end to end)")
-    for column in ("class", "requirement", "queries", "OK", "SLO met", "p50 ms", "p99 ms", "mean accuracy",
-                   "variants chosen"):
+def summary_table(stats: RunStats, classes: list[RequirementClass], per_class: dict[str, dict]) -> Table:
+    table = Table(title="demo summary per client class (client-measured, end to end)")
+    for column in ("class", "requirement", "queries", "OK", "SLO met", "p50 ms", "p99 ms", "accuracy demanded",
+                   "accuracy served", "cost $", "variants chosen"):
         table.add_column(column)
     for c in classes:
+        row = per_class[c.label]
         lat = np.asarray(stats.label_latencies.get(c.label, []))
-        chosen = Counter({v: n for (label, v), n in stats.label_variants.items() if label == c.label})
-        acc = [variants[v].accuracy for v, n in chosen.items() for _ in range(n) if v in variants]
-        answered = sum(stats.by_label[c.label].values())
-        table.add_row(c.label, c.note, str(answered), str(stats.by_label[c.label]["OK"]),
-                      f"{100 * stats.label_slo_met[c.label] / answered:.1f}%" if answered else "-",
+        table.add_row(c.label, c.note, str(row["queries"]), str(row["ok"]), f"{100 * row['slo_attainment']:.1f}%",
                       f"{np.percentile(lat, 50):.1f}" if len(lat) else "-",
                       f"{np.percentile(lat, 99):.1f}" if len(lat) else "-",
-                      f"{np.mean(acc):.4f}" if acc else "-",
-                      ", ".join(f"{v} x{n}" for v, n in chosen.most_common(3)))
+                      f"{c.min_accuracy:.3f}" if c.min_accuracy else "any",
+                      f"{row['mean_accuracy']:.3f}" if row["mean_accuracy"] is not None else "-",
+                      f"{row['cost_usd']:.3g}",
+                      ", ".join(f"{v} x{n}" for v, n in list(row["variants"].items())[:3]))
     return table
+
+
+def class_summary(stats: RunStats, classes: list[RequirementClass], arrivals: list[Arrival],
+                  variants: dict[str, Variant]) -> dict[str, dict]:
+    """Per client class: what it asked for, what it got, and from which variants."""
+    sent = Counter(a.label for a in arrivals)
+    out = {}
+    for c in classes:
+        chosen = {v: n for (label, v), n in stats.label_variants.items() if label == c.label}
+        served = [(variants[v].accuracy, n) for v, n in chosen.items() if v in variants]
+        count = sum(n for _, n in served)
+        out[c.label] = {"min_accuracy": c.min_accuracy, "latency_ms": c.latency_ms, "queries": sent[c.label],
+                        "ok": stats.by_label[c.label]["OK"],
+                        "slo_attainment": stats.label_slo_met[c.label] / sent[c.label] if sent[c.label] else 0.0,
+                        "mean_accuracy": sum(a * n for a, n in served) / count if count else None,
+                        "cost_usd": sum(variants[v].cost_per_1k / 1000.0 * n for v, n in chosen.items() if v in variants),
+                        "variants": dict(Counter(chosen).most_common())}
+    return out
+
+
+def static_cost(settings: Settings, variants: list[Variant], arrivals: list[Arrival],
+                classes: list[RequirementClass], max_workers: int) -> float:
+    """What static provisioning (the `static` baseline: a fixed variant per task, replicas for the
+    peak) would have cost for the same arrivals: the simulator, running the same policy code."""
+    from .policies.snapshot import PolicyConfig
+    from .sim.engine import SimOptions
+    from .sim.runner import simulate
+    from .sim.traces import Workload
+    labels = [c.label for c in classes]
+    demand_class = np.array([labels.index(a.label) for a in arrivals], np.int32)
+    no_slo_ms = 60_000.0  # a class without a latency requirement still has the client's timeout
+    table = tuple((TASK, c.min_accuracy or 0.0, c.latency_ms or no_slo_ms) for c in classes)
+    workload = Workload((TASK,), np.array([a.at_s * 1000.0 for a in arrivals]), np.zeros(len(arrivals), np.int32),
+                        np.array([table[k][2] for k in demand_class]), np.array([table[k][1] for k in demand_class]),
+                        demand_class, table)
+    config = PolicyConfig(max_workers=max_workers, hardware_catalog=settings.hardware_catalog)
+    return float(simulate(variants, workload, SimOptions(policy="static", scenario="demo", config=config))["cost_usd"])
 
 
 def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.0, workers: int = 2,
@@ -203,8 +242,14 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
     finally:
         stop.set()
         pipeline.stop()
-    console.print(summary_table(stats, classes, variants))
     summary = stats.summary()
+    summary["classes"] = class_summary(stats, classes, arrivals, variants)
+    console.print(summary_table(stats, classes, summary["classes"]))
+    summary["actions"] = list(dashboard.actions)
+    summary["static_cost_usd"] = static_cost(settings, list(variants.values()), arrivals, classes, workers + 1)
+    console.print(actions_table(summary["actions"]))
+    console.print(f"cost: ${summary['cost_usd']:.3g} served by infaas; static provisioning for the same arrivals "
+                  f"(simulated, same policy code): ${summary['static_cost_usd']:.3g}")
     console.print(f"{summary['queries']} queries, {summary['ok']} OK, {summary['lost']} lost, SLO attainment "
                   f"{100 * summary['slo_attainment']:.1f}%, p50 {summary['p50_ms']:.1f} ms, p99 "
                   f"{summary['p99_ms']:.1f} ms, {summary['throughput_qps']:.0f} q/s, cost ${summary['cost_usd']:.3g}")
@@ -214,6 +259,15 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
     path.write_text(json.dumps(summary, indent=1))
     console.print(f"summary written to {path}")
     return summary
+
+
+def actions_table(actions: list[dict]) -> Table:
+    table = Table(title=f"scaling actions ({len(actions)})")
+    for column in ("kind", "variant / worker", "reason"):
+        table.add_column(column)
+    for action in actions:
+        table.add_row(action["kind"], action["variant"], action["reason"])
+    return table
 
 
 def warm_up(client: InfaasClient, classes: list[RequirementClass], inputs: np.ndarray, console: Console) -> None:
