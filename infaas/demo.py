@@ -211,7 +211,7 @@ def static_cost(settings: Settings, variants: list[Variant], arrivals: list[Arri
     return float(simulate(variants, workload, SimOptions(policy="static", scenario="demo", config=config))["cost_usd"])
 
 
-def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.0, workers: int = 2,
+def run_demo(settings: Settings, duration_s: float = 150.0, mean_qps: float = 40.0, workers: int = 2,
              quick: bool = False, trace: Path | None = None) -> dict:
     console = Console()
     if not launcher.is_up(settings):
