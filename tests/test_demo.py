@@ -65,3 +65,5 @@ def test_static_cost_is_simulated_with_the_static_policy():
     many = arrivals_from_trace(BUNDLED_TRACE, 60.0, 400.0, classes)
     cheap, dear = (demo.static_cost(settings, variants, a, classes, max_workers=8) for a in (few, many))
     assert 0 < cheap < dear  # provisioned for the peak: more load, more replicas, more cost
+    adaptive = demo.static_cost(Settings(), variants, many, classes, max_workers=8, policy="infaas")
+    assert 0 < adaptive != dear  # the same simulation under the infaas policy: a different bill
