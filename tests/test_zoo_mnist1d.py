@@ -78,3 +78,19 @@ def test_the_quick_zoo_registers_under_its_own_task(settings, store, tmp_path, m
     assert zoos()["mnist1d"].task != zoos()["digits"].task  # the test suite's digits zoo is untouched
     with pytest.raises(ValueError, match="unknown zoo 'nope'"):
         build_zoo(narrow, zoo="nope", store=store)
+
+
+def test_one_progress_bar_for_the_whole_zoo():
+    from infaas.registration.zoo import PROGRESS_UNITS, _ZooProgress
+    seen = []
+    progress = _ZooProgress(lambda what, done, total: seen.append((done, total)), training_share=0.5, models=2)
+    for epoch in range(1, 5):
+        progress.training("training cnn", epoch, 4)
+    for index in range(2):
+        step = progress.registering(index, f"m{index}")
+        for done in range(4):
+            step("profiling", done, 3)
+    progress.finish()
+    done = [d for d, _ in seen]
+    assert {t for _, t in seen} == {PROGRESS_UNITS} and done == sorted(done)  # one scale, never backwards
+    assert done[3] == PROGRESS_UNITS // 2 and done[-1] == PROGRESS_UNITS
