@@ -27,12 +27,20 @@ from .catalog import Variant
 from .client import InfaasClient
 from .loadgen import Arrival, LoadRun, RunStats, validation_inputs
 from .paths import proteus_dir
+from .registration.zoo import ensure_zoo
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
-from .store import Store
 
-TASK = "digits-classification"
-DEFAULT_TRACE = proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"
+TASK = "mnist1d-classification"  # the mnist1d zoo's (infaas/registration/zoo_mnist1d.py)
+# Shipped with the package (synthetic, per-second rates): quiet, a ramp to a plateau, a burst, then
+# quiet again, so a demo sees the scaler add capacity and take it away.
+BUNDLED_TRACE = Path(__file__).parent / "data" / "demo-trace.csv"
+
+
+def default_trace() -> Path:
+    """The Proteus bursty trace where the Proteus data is present, else the bundled one."""
+    proteus = proteus_dir() / "traces" / "zipf_exponential_bursty_300" / "resnet.txt"
+    return proteus if proteus.is_file() else BUNDLED_TRACE
 
 
 @dataclass(frozen=True)
@@ -69,26 +77,11 @@ def arrivals_from_trace(path: Path, duration_s: float, mean_qps: float, classes:
             for at, k in zip(trace.arrival_ms, picks, strict=True)]
 
 
-def ensure_zoo(settings: Settings, console: Console, quick: bool) -> list[Variant]:
-    with Store(settings) as store:
-        variants = store.variants_for_task(TASK)
-    if variants:
-        console.print(f"[green]zoo present[/]: {len(variants)} variants of {TASK}")
-        return variants
-    from .registration.zoo import build_zoo
-    console.print(f"registering the demo zoo ({'quick' if quick else 'full'} profiling) ...")
-    started = time.monotonic()
-    build_zoo(settings, quick=quick)
-    with Store(settings) as store:
-        variants = store.variants_for_task(TASK)
-    console.print(f"[green]zoo registered[/]: {len(variants)} variants in {time.monotonic() - started:.0f} s")
-    return variants
-
-
 class Dashboard:
     def __init__(self, classes: list[RequirementClass], variants: dict[str, Variant], total: int):
         self.classes, self.variants, self.total = classes, variants, total
         self.events: list[str] = []
+        self.actions: list[dict] = []  # the scaling actions seen: {"kind", "variant", "reason"}
 
     def render(self, stats: RunStats) -> Group:
         elapsed = max(time.monotonic() - stats.started, 1e-9) if stats.started else 0.0
@@ -129,39 +122,79 @@ def watch_events(settings: Settings, dashboard: Dashboard, stop: threading.Event
                 except DecodeError:
                     continue
                 subject = event["variant_id"] or event["worker_id"] or event["hardware"]
+                dashboard.actions.append({"kind": event["kind"], "variant": event["variant_id"] or subject,
+                                          "reason": event["reason"]})
                 dashboard.events.append(f"{time.strftime('%H:%M:%S')} {event['kind']} {subject}: {event['reason'][:90]}")
     finally:
         consumer.close()
 
 
-def summary_table(stats: RunStats, classes: list[RequirementClass], variants: dict[str, Variant]) -> Table:
-    table = Table(title="demo summary (client-measured, end to end)")
-    for column in ("class", "requirement", "queries", "OK", "SLO met", "p50 ms", "p99 ms", "mean accuracy",
-                   "variants chosen"):
+def summary_table(stats: RunStats, classes: list[RequirementClass], per_class: dict[str, dict]) -> Table:
+    table = Table(title="demo summary per client class (client-measured, end to end)")
+    for column in ("class", "requirement", "queries", "OK", "SLO met", "p50 ms", "p99 ms", "accuracy demanded",
+                   "accuracy served", "cost $", "variants chosen"):
         table.add_column(column)
     for c in classes:
+        row = per_class[c.label]
         lat = np.asarray(stats.label_latencies.get(c.label, []))
-        chosen = Counter({v: n for (label, v), n in stats.label_variants.items() if label == c.label})
-        acc = [variants[v].accuracy for v, n in chosen.items() for _ in range(n) if v in variants]
-        answered = sum(stats.by_label[c.label].values())
-        table.add_row(c.label, c.note, str(answered), str(stats.by_label[c.label]["OK"]),
-                      f"{100 * stats.label_slo_met[c.label] / answered:.1f}%" if answered else "-",
+        table.add_row(c.label, c.note, str(row["queries"]), str(row["ok"]), f"{100 * row['slo_attainment']:.1f}%",
                       f"{np.percentile(lat, 50):.1f}" if len(lat) else "-",
                       f"{np.percentile(lat, 99):.1f}" if len(lat) else "-",
-                      f"{np.mean(acc):.4f}" if acc else "-",
-                      ", ".join(f"{v} x{n}" for v, n in chosen.most_common(3)))
+                      f"{c.min_accuracy:.3f}" if c.min_accuracy else "any",
+                      f"{row['mean_accuracy']:.3f}" if row["mean_accuracy"] is not None else "-",
+                      f"{row['cost_usd']:.3g}",
+                      ", ".join(f"{v} x{n}" for v, n in list(row["variants"].items())[:3]))
     return table
 
 
-def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.0, workers: int = 2,
+def class_summary(stats: RunStats, classes: list[RequirementClass], arrivals: list[Arrival],
+                  variants: dict[str, Variant]) -> dict[str, dict]:
+    """Per client class: what it asked for, what it got, and from which variants."""
+    sent = Counter(a.label for a in arrivals)
+    out = {}
+    for c in classes:
+        chosen = {v: n for (label, v), n in stats.label_variants.items() if label == c.label}
+        served = [(variants[v].accuracy, n) for v, n in chosen.items() if v in variants]
+        count = sum(n for _, n in served)
+        out[c.label] = {"min_accuracy": c.min_accuracy, "latency_ms": c.latency_ms, "queries": sent[c.label],
+                        "ok": stats.by_label[c.label]["OK"],
+                        "slo_attainment": stats.label_slo_met[c.label] / sent[c.label] if sent[c.label] else 0.0,
+                        "mean_accuracy": sum(a * n for a, n in served) / count if count else None,
+                        "cost_usd": sum(variants[v].cost_per_1k / 1000.0 * n for v, n in chosen.items() if v in variants),
+                        "variants": dict(Counter(chosen).most_common())}
+    return out
+
+
+def static_cost(settings: Settings, variants: list[Variant], arrivals: list[Arrival],
+                classes: list[RequirementClass], max_workers: int, policy: str = "static") -> float:
+    """What static provisioning (the `static` baseline: a fixed variant per task, replicas for the
+    peak) would have cost for the same arrivals: the simulator, running the same policy code. With
+    policy "infaas", the same simulation of infaas: worker-hours against worker-hours (the live
+    run's `cost_usd` prices the queries served, not the workers held)."""
+    from .policies.snapshot import PolicyConfig
+    from .sim.engine import SimOptions
+    from .sim.runner import simulate
+    from .sim.traces import Workload
+    labels = [c.label for c in classes]
+    demand_class = np.array([labels.index(a.label) for a in arrivals], np.int32)
+    no_slo_ms = 60_000.0  # a class without a latency requirement still has the client's timeout
+    table = tuple((TASK, c.min_accuracy or 0.0, c.latency_ms or no_slo_ms) for c in classes)
+    workload = Workload((TASK,), np.array([a.at_s * 1000.0 for a in arrivals]), np.zeros(len(arrivals), np.int32),
+                        np.array([table[k][2] for k in demand_class]), np.array([table[k][1] for k in demand_class]),
+                        demand_class, table)
+    config = PolicyConfig(max_workers=max_workers, hardware_catalog=settings.hardware_catalog)
+    return float(simulate(variants, workload, SimOptions(policy=policy, scenario="demo", config=config))["cost_usd"])
+
+
+def run_demo(settings: Settings, duration_s: float = 150.0, mean_qps: float = 40.0, workers: int = 2,
              quick: bool = False, trace: Path | None = None) -> dict:
     console = Console()
     if not launcher.is_up(settings):
         console.print("starting the local stack ...")
         launcher.up(settings, say=lambda m: console.print(f"  {m}"))
-    variants = {v.variant_id: v for v in ensure_zoo(settings, console, quick)}
+    variants = {v.variant_id: v for v in ensure_zoo(settings, quick, say=console.print)}
     classes = requirement_classes(list(variants.values()))
-    arrivals = arrivals_from_trace(trace or DEFAULT_TRACE, duration_s, mean_qps, classes)
+    arrivals = arrivals_from_trace(trace or default_trace(), duration_s, mean_qps, classes)
     inputs = validation_inputs(settings, TASK)
     pipeline = Pipeline(settings, ServeOptions(workers=workers, scaler=True,
                                                scaler_args=["--max-workers", str(workers + 1)]))
@@ -184,8 +217,17 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
     finally:
         stop.set()
         pipeline.stop()
-    console.print(summary_table(stats, classes, variants))
     summary = stats.summary()
+    summary["classes"] = class_summary(stats, classes, arrivals, variants)
+    console.print(summary_table(stats, classes, summary["classes"]))
+    summary["actions"] = list(dashboard.actions)
+    summary["static_cost_usd"] = static_cost(settings, list(variants.values()), arrivals, classes, workers + 1)
+    summary["simulated_infaas_cost_usd"] = static_cost(settings, list(variants.values()), arrivals, classes,
+                                                       workers + 1, policy="infaas")
+    console.print(actions_table(summary["actions"]))
+    console.print(f"cost: ${summary['cost_usd']:.3g} for the queries served (their variants' price per query); "
+                  f"worker-hours for the same arrivals, simulated with the same policy code: static provisioning "
+                  f"${summary['static_cost_usd']:.3g}, infaas ${summary['simulated_infaas_cost_usd']:.3g}")
     console.print(f"{summary['queries']} queries, {summary['ok']} OK, {summary['lost']} lost, SLO attainment "
                   f"{100 * summary['slo_attainment']:.1f}%, p50 {summary['p50_ms']:.1f} ms, p99 "
                   f"{summary['p99_ms']:.1f} ms, {summary['throughput_qps']:.0f} q/s, cost ${summary['cost_usd']:.3g}")
@@ -195,6 +237,15 @@ def run_demo(settings: Settings, duration_s: float = 60.0, mean_qps: float = 40.
     path.write_text(json.dumps(summary, indent=1))
     console.print(f"summary written to {path}")
     return summary
+
+
+def actions_table(actions: list[dict]) -> Table:
+    table = Table(title=f"scaling actions ({len(actions)})")
+    for column in ("kind", "variant / worker", "reason"):
+        table.add_column(column)
+    for action in actions:
+        table.add_row(action["kind"], action["variant"], action["reason"])
+    return table
 
 
 def warm_up(client: InfaasClient, classes: list[RequirementClass], inputs: np.ndarray, console: Console) -> None:

@@ -22,7 +22,6 @@ from .client import InfaasClient
 from .loadgen import Arrival, LoadRun, validation_inputs
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
-from .store import Store
 
 TASK = "digits-classification"
 TOLERANCE = 0.10  # RSS at the end may exceed RSS after the warm-up by this share
@@ -122,14 +121,8 @@ def run_soak(settings: Settings, duration_s: float = 1800.0, qps: float = 20.0, 
              sample_every_s: float = 10.0, out: Path | None = None, say: Callable[[str], None] = print) -> dict:
     from .launcher import initialize
     initialize(settings)  # the keyspace and topics exist (a fresh keyspace or prefix is fine)
-    with Store(settings) as store:
-        variants = {v.variant_id: v for v in store.variants_for_task(TASK)}
-    if not variants:
-        from .registration.zoo import build_zoo
-        say("registering the zoo (quick) ...")
-        build_zoo(settings, quick=True)
-        with Store(settings) as store:
-            variants = {v.variant_id: v for v in store.variants_for_task(TASK)}
+    from .registration.zoo import ensure_zoo
+    variants = {v.variant_id: v for v in ensure_zoo(settings, quick=True, zoo="digits", say=say)}
     inputs = validation_inputs(settings, TASK)
     arrivals = steady_arrivals(duration_s, qps)
     samples: list[tuple[float, dict[str, float]]] = []

@@ -6,6 +6,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from . import user_errors
 
@@ -25,11 +26,15 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_register)
 
-    zoo = sub.add_parser("zoo", help="the demo model zoo (scikit-learn digits)")
+    zoo = sub.add_parser("zoo", help="the demo model zoos (mnist1d: a Pareto front; digits: small, for tests)")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
-    p = zsub.add_parser("build", help="train the zoo and register it (app demo, task digits-classification)")
-    p.add_argument("--quick", action="store_true", help="short training and profiling (under a minute)")
+    p = zsub.add_parser("build", help="train a zoo and register it (app demo)")
+    p.add_argument("--zoo", default="mnist1d", choices=("mnist1d", "digits"),
+                   help="mnist1d (default): task mnist1d-classification, logistic regression to CNN; digits: "
+                        "task digits-classification, the test suite's small zoo")
+    p.add_argument("--quick", action="store_true", help="short training and profiling")
     p.add_argument("--only", help="comma-separated zoo model names")
+    p.add_argument("--directory", help="keep the exported ONNX files and validation set here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_zoo_build)
 
@@ -137,15 +142,13 @@ def _print_report(report) -> None:
 def cmd_zoo_build(args, settings) -> int:
     @user_errors(*_errors(), ValueError)
     def run(args, settings):
-        from ..registration.zoo import build_zoo
+        from ..registration.zoo import build_zoo, zoos
         names = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
+        directory = Path(args.directory) if args.directory else None
         started = time.perf_counter()
-        with _progress(not args.json) as (bar, advance):
-            def next_model(name: str) -> None:
-                if bar is not None:
-                    bar[1]["task"] = None
-                advance(f"{name}: training done, registering", 0, 1)
-            reports = build_zoo(settings, quick=args.quick, names=names, on_progress=advance, on_model=next_model)
+        with _progress(not args.json) as (_, advance):  # one bar for the whole zoo
+            reports = build_zoo(settings, quick=args.quick, names=names, on_progress=advance, directory=directory,
+                                zoo=args.zoo)
         took = time.perf_counter() - started
         if args.json:
             print(json.dumps({"seconds": took, "models": [_report_dict(r) for r in reports]}, indent=2))
@@ -154,7 +157,7 @@ def cmd_zoo_build(args, settings) -> int:
             print(f"infaas: {report.summary()}")
         variants = sum(len(r.variants) for r in reports)
         print(f"infaas: zoo built in {took:.1f} s: {len(reports)} models, {variants} variants "
-              f"(see `infaas variants --task digits-classification`)")
+              f"(see `infaas variants --task {zoos()[args.zoo].task}`)")
         return 0
     return run(args, settings)
 

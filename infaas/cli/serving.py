@@ -85,11 +85,11 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_events)
 
     p = sub.add_parser("demo", help="stack + zoo + pipeline + a trace with mixed requirements, with a dashboard")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--duration", type=float, default=150.0, help="seconds of load")
     p.add_argument("--qps", type=float, default=40.0, help="mean queries per second")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="register the zoo with quick profiling")
-    p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms); default: a Proteus bursty trace")
+    p.add_argument("--trace", help="a trace file (arrival_ms,qos,deadline_ms lines, or a second,qps CSV); default: the Proteus bursty trace when the Proteus data is present, else the bundled one")
     p.set_defaults(handler=cmd_demo)
 
     batch = sub.add_parser("batch", help="offline (batch) queries, served from spare capacity")

@@ -230,8 +230,10 @@ def load_validation(settings: Settings, path: str | Path, check: ModelCheck) -> 
         raise RegistrationError(f"validation inputs are {inputs.dtype.name}, the model input "
                                 f"{check.input_name!r} takes {check.input_dtype}")
     if inputs.ndim < 1 or tuple(inputs.shape[1:]) != check.sample_shape:
-        raise RegistrationError(f"validation inputs have per-sample shape {tuple(inputs.shape[1:])}, the model "
-                                f"input {check.input_name!r} takes {check.sample_shape}")
+        raise RegistrationError(f"validation inputs have shape {inputs.shape} (per-sample shape "
+                                f"{tuple(inputs.shape[1:])}), the model input {check.input_name!r} takes "
+                                f"[batch, {', '.join(map(str, check.sample_shape))}] (per-sample shape "
+                                f"{check.sample_shape})")
     if len(inputs) == 0:
         raise RegistrationError("the validation set is empty")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -241,11 +243,21 @@ def load_validation(settings: Settings, path: str | Path, check: ModelCheck) -> 
         raise RegistrationError(f"validation set has {len(inputs)} inputs but {len(labels)} labels")
     if np.issubdtype(inputs.dtype, np.floating) and not np.isfinite(inputs).all():
         raise RegistrationError("validation inputs contain NaN or infinite values")
-    if labels.min() < 0 or labels.max() >= (check.num_classes or 2**31):  # the class count is a 32-bit int
-        raise RegistrationError(f"validation labels range {labels.min()}..{labels.max()}, outside the model's "
-                                f"{check.num_classes or 2**31} classes")
+    _check_label_range(labels, check.num_classes)
     # Native byte order: ONNX Runtime reads a big-endian array's bytes as if they were little-endian.
     return np.ascontiguousarray(inputs, dtype=inputs.dtype.newbyteorder("=")), labels.astype(np.int64)
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int) -> None:
+    """Labels are class indices into the model's score output (any non-negative index for a model
+    that outputs labels only); name how many are not, and the first."""
+    limit = num_classes or 2**31  # the class count is a 32-bit int
+    outside = np.flatnonzero((labels < 0) | (labels >= limit))
+    if len(outside):
+        first = int(outside[0])
+        raise RegistrationError(f"validation labels range {labels.min()}..{labels.max()}, outside the model's "
+                                f"{limit} classes (0..{limit - 1}): {len(outside)} of {len(labels)} labels, the "
+                                f"first at row {first} ({labels[first]})")
 
 
 def _check_array_headers(path: Path, limit_mb: int) -> None:

@@ -38,12 +38,15 @@ class ZooModel:
 
 
 # --- ONNX graph writing ---------------------------------------------------------------------------
-class _Graph:
-    """Accumulates nodes and weights; `model()` wraps them with the zoo's shared signature."""
+class OnnxGraph:
+    """Accumulates nodes and weights; `model()` wraps them with a zoo's signature: `input_name`
+    [N, width] float32 in, `probabilities` [N, 10] and `label` [N] out."""
 
-    def __init__(self):
-        self.nodes, self.weights, self.last = [], [], INPUT
-        self.mul(SCALE)
+    def __init__(self, input_name: str = INPUT, width: int = 64, scale: np.float32 | None = SCALE):
+        self.input_name, self.width = input_name, width
+        self.nodes, self.weights, self.last = [], [], input_name
+        if scale is not None:
+            self.mul(scale)
 
     def const(self, name: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -71,7 +74,7 @@ class _Graph:
         self.nodes.append(make_node("Softmax", [self.last], ["probabilities"], axis=1))
         self.nodes.append(make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0))
         graph = helper.make_graph(
-            self.nodes, name, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 64])],
+            self.nodes, name, [helper.make_tensor_value_info(self.input_name, TensorProto.FLOAT, ["N", self.width])],
             [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
              helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])], self.weights)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="infaas-zoo")
@@ -84,7 +87,7 @@ class _Graph:
 def _logistic(x: np.ndarray, y: np.ndarray, quick: bool):
     from sklearn.linear_model import LogisticRegression
     clf = LogisticRegression(max_iter=200 if quick else 1000).fit(x * SCALE, y)
-    graph = _Graph()
+    graph = OnnxGraph()
     graph.dense(0, clf.coef_.T, clf.intercept_, relu=False)
     return graph.model("logreg")
 
@@ -94,7 +97,7 @@ def _mlp(hidden: tuple[int, ...], iters: tuple[int, int]):
         from sklearn.neural_network import MLPClassifier
         clf = MLPClassifier(hidden, max_iter=iters[0] if quick else iters[1], random_state=0)
         clf.fit(x * SCALE, y)
-        graph = _Graph()
+        graph = OnnxGraph()
         for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
             graph.dense(i, w, b, relu=i < len(clf.coefs_) - 1)
         return graph.model("mlp-" + "x".join(map(str, hidden)))
@@ -116,7 +119,7 @@ def _cnn(x: np.ndarray, y: np.ndarray, quick: bool, filters: int = 16):
     patches = patches[np.random.default_rng(0).choice(len(patches), 20_000, replace=False)]
     centroids = MiniBatchKMeans(filters, random_state=0, n_init=3).fit(patches).cluster_centers_
     kernels = (centroids - centroids.mean(axis=1, keepdims=True)).reshape(filters, 1, 3, 3).astype(np.float32)
-    graph = _Graph()
+    graph = OnnxGraph()
     graph.op("Reshape", graph.const("image_shape", np.array([-1, 1, 8, 8], np.int64)))
     graph.op("Conv", graph.const("kernels", kernels), graph.const("kernel_bias", np.zeros(filters, np.float32)),
              pads=[1, 1, 1, 1])
@@ -130,7 +133,7 @@ def _cnn(x: np.ndarray, y: np.ndarray, quick: bool, filters: int = 16):
     return graph.model("cnn")
 
 
-def _run_prefix(graph: _Graph, x: np.ndarray) -> np.ndarray:
+def _run_prefix(graph: OnnxGraph, x: np.ndarray) -> np.ndarray:
     """Run the graph built so far with ONNX Runtime (its last tensor is the output)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -164,16 +167,17 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return x_train, y_train, x_valid, y_valid
 
 
-def export_zoo(directory: Path, quick: bool = False, names: tuple[str, ...] | None = None) -> dict[str, Path]:
-    """Train the zoo, write `<name>.onnx` files and `validation.npz` into `directory`."""
+def export_zoo(directory: Path, quick: bool = False, names: tuple[str, ...] | None = None,
+               step: Callable[[str, int, int], None] | None = None) -> dict[str, Path]:
+    """Train the zoo, write `<name>.onnx` files and `validation.npz` into `directory`; `step(what,
+    done, total)` is called after each model."""
     import onnx
     directory.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_valid, y_valid = digits_split()
     np.savez(directory / "validation.npz", inputs=x_valid, labels=y_valid)
+    chosen = [entry for entry in ZOO if not names or entry.name in names]
     files = {}
-    for entry in ZOO:
-        if names and entry.name not in names:
-            continue
+    for done, entry in enumerate(chosen, 1):
         started = time.perf_counter()
         with warnings.catch_warnings():  # quick mode stops training early on purpose
             warnings.simplefilter("ignore")
@@ -181,34 +185,108 @@ def export_zoo(directory: Path, quick: bool = False, names: tuple[str, ...] | No
         files[entry.name] = directory / f"{entry.name}.onnx"
         onnx.save(model, str(files[entry.name]))
         log.info("trained %s in %.1f s", entry.name, time.perf_counter() - started)
+        if step:
+            step(f"trained {entry.name}", done, len(chosen))
     return files
 
 
+# --- the zoos -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Zoo:
+    """A zoo: the task and app it registers under, its models, and how to train and export them."""
+    name: str
+    task: str
+    app: str
+    models: tuple  # entries with .name and .architecture
+    export: Callable[..., dict[str, Path]]  # (directory, quick, names, step) -> {model: onnx path}
+    training_share: float  # the share of the progress bar training takes (the rest: registering)
+
+
+def zoos() -> dict[str, Zoo]:
+    """`digits`: small and quick, the test suite's fixture; `mnist1d`: the demo's zoo with a Pareto front."""
+    from . import zoo_mnist1d
+    return {"digits": Zoo("digits", TASK, APP, ZOO, export_zoo, 0.1),
+            "mnist1d": Zoo("mnist1d", zoo_mnist1d.TASK, zoo_mnist1d.APP, zoo_mnist1d.ZOO, zoo_mnist1d.export_zoo,
+                           0.5)}
+
+
+DEMO_ZOO = "mnist1d"  # what `infaas zoo build` and the demo register by default
+PROGRESS_UNITS = 1000  # the whole zoo's progress bar, training and registering together
+
+
 def build_zoo(settings: Settings, quick: bool = False, names: tuple[str, ...] | None = None, store=None,
-              on_progress=None, on_model: Callable[[str], None] | None = None,
-              directory: Path | None = None) -> list:
-    """Train, export and register the zoo; returns one RegistrationReport per model. The exported
-    files go to `directory` when given (kept), else to a temporary directory."""
+              on_progress: Callable[[str, int, int], None] | None = None,
+              on_model: Callable[[str], None] | None = None, directory: Path | None = None,
+              zoo: str = "digits") -> list:
+    """Train, export and register a zoo (see `zoos()`); returns one RegistrationReport per model.
+    The exported files go to `directory` when given (kept), else to a temporary directory.
+    `on_progress(what, done, total)` follows the whole build on one scale: training, then each
+    model's registration."""
     from ..store import Store
     from .register import register_model
-    by_name = {z.name: z for z in ZOO}
+    chosen = zoos().get(zoo)
+    if chosen is None:
+        raise ValueError(f"unknown zoo {zoo!r}; zoos: {', '.join(zoos())}")
+    by_name = {z.name: z for z in chosen.models}
     unknown = sorted(set(names or ()) - set(by_name))
     if unknown:
         raise ValueError(f"unknown zoo model(s) {', '.join(unknown)}; the zoo has {', '.join(by_name)}")
+    progress = _ZooProgress(on_progress, chosen.training_share, len(names or by_name))
     own = store is None
     store = store or Store(settings).connect()
     reports = []
     try:
         with tempfile.TemporaryDirectory(prefix="infaas-zoo-") as tmp:
             folder = Path(directory or tmp)
-            files = export_zoo(folder, quick, names)
-            for name, path in files.items():
+            files = chosen.export(folder, quick, names, progress.training)
+            for index, (name, path) in enumerate(files.items()):
                 if on_model:
                     on_model(name)
-                reports.append(register_model(settings, APP, TASK, by_name[name].architecture, path,
+                reports.append(register_model(settings, chosen.app, chosen.task, by_name[name].architecture, path,
                                               folder / "validation.npz", public=True, quick=quick, name=name,
-                                              store=store, on_progress=on_progress))
+                                              store=store, on_progress=progress.registering(index, name)))
+            progress.finish()
     finally:
         if own:
             store.close()
     return reports
+
+
+class _ZooProgress:
+    """Maps training steps and each model's registration steps onto one bar of PROGRESS_UNITS."""
+
+    def __init__(self, report: Callable[[str, int, int], None] | None, training_share: float, models: int):
+        self.report = report or (lambda *a: None)
+        self.training_units = int(PROGRESS_UNITS * training_share)
+        self.per_model = (PROGRESS_UNITS - self.training_units) / max(models, 1)
+
+    def training(self, what: str, done: int, total: int) -> None:
+        self.report(what, int(self.training_units * done / max(total, 1)), PROGRESS_UNITS)
+
+    def registering(self, index: int, name: str) -> Callable[[str, int, int], None]:
+        def step(what: str, done: int, total: int) -> None:
+            at = self.training_units + self.per_model * (index + done / max(total, 1))
+            self.report(f"registering {name}: {what}", int(at), PROGRESS_UNITS)
+        return step
+
+    def finish(self) -> None:
+        self.report("zoo registered", PROGRESS_UNITS, PROGRESS_UNITS)
+
+
+def ensure_zoo(settings: Settings, quick: bool, zoo: str | None = None,
+               say: Callable[[str], None] = print) -> list:
+    """The variants of a zoo's task (default: the demo's mnist1d zoo), registering the zoo if absent."""
+    from ..store import Store
+    chosen = zoos()[zoo or DEMO_ZOO]
+    with Store(settings) as store:
+        variants = store.variants_for_task(chosen.task)
+    if variants:
+        say(f"zoo present: {len(variants)} variants of {chosen.task}")
+        return variants
+    say(f"registering the {chosen.name} zoo ({'quick' if quick else 'full'} profiling) ...")
+    started = time.monotonic()
+    build_zoo(settings, quick=quick, zoo=chosen.name)
+    with Store(settings) as store:
+        variants = store.variants_for_task(chosen.task)
+    say(f"zoo registered: {len(variants)} variants in {time.monotonic() - started:.0f} s")
+    return variants

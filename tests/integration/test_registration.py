@@ -248,8 +248,14 @@ def test_mismatched_validation_sets_are_refused(store, settings, good_files, tmp
         "inputs are float64": dict(inputs=rng.standard_normal((10, 16)), labels=rng.integers(0, 4, 10)),
         "10 inputs but 7 labels": dict(inputs=rng.standard_normal((10, 16)).astype(np.float32),
                                        labels=rng.integers(0, 4, 7)),
-        "outside the model's 4 classes": dict(inputs=rng.standard_normal((10, 16)).astype(np.float32),
-                                              labels=np.full(10, 9)),
+        "outside the model's 4 classes \\(0..3\\): 10 of 10 labels, the first at row 0 \\(9\\)":
+            dict(inputs=rng.standard_normal((10, 16)).astype(np.float32), labels=np.full(10, 9)),
+        "range -1..3.*1 of 10 labels, the first at row 4 \\(-1\\)":
+            dict(inputs=rng.standard_normal((10, 16)).astype(np.float32), labels=np.array([0, 1, 2, 3, -1, 0, 1, 2, 3, 0])),
+        "shape \\(10, 4, 4\\).*takes \\[batch, 16\\]": dict(inputs=rng.standard_normal((10, 4, 4)).astype(np.float32),
+                                                       labels=rng.integers(0, 4, 10)),
+        "labels must be a 1-D integer array, got float64": dict(inputs=rng.standard_normal((10, 16)).astype(np.float32),
+                                                                labels=np.zeros(10)),
         "lacks array\\(s\\) labels": dict(inputs=rng.standard_normal((10, 16)).astype(np.float32)),
         "non-numeric": dict(inputs=np.array([{"pickled": "object"}] * 10, dtype=object),
                             labels=rng.integers(0, 4, 10)),
