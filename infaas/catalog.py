@@ -84,8 +84,9 @@ class Variant:
     source: str = "measured"
     profiled_at: int = 0
 
-    def latency_at(self, batch: int) -> float:
-        """INFaaS's linear latency model, latency(b) = slope * b + intercept, in ms per batch."""
+    def latency_at(self, batch: float) -> float:
+        """INFaaS's linear latency model, latency(b) = slope * b + intercept, in ms per batch (b may be a
+        mean batch size, hence a float)."""
         return max(self.slope_ms * batch + self.intercept_ms, 0.0)
 
     def visible_to(self, app_id: str) -> bool:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -127,6 +128,8 @@ def _scaled_variants(snapshot: Snapshot, policy: str, baseline: BaselinePlan | N
     loaded = [vid for vid, live in snapshot.live.items()
               if vid in snapshot.variants and live.replicas + live.unplaced > 0]
     if policy == REPLICA_ONLY:
+        if baseline is None:  # `decide` rejects replica-only without a plan before it gets here
+            raise ValueError("the replica-only policy needs a BaselinePlan (its fixed variant per task)")
         fixed = set(baseline.variants.values())
         loaded = [vid for vid in loaded if vid in fixed]
     return sorted(loaded)
@@ -142,14 +145,14 @@ class Ledger:
     util: dict[str, float]
     free_mb: dict[str, float]
     hosted: dict[str, int]
-    wanted: Counter  # hardware -> workers' worth of replicas that found no room
+    wanted: dict[str, float]  # hardware -> workers' worth of replicas that found no room (fractional)
 
     @classmethod
     def of(cls, snapshot: Snapshot, config: PolicyConfig) -> Ledger:
         workers = dict(snapshot.workers)
         return cls(config, workers, {w: x.utilization for w, x in workers.items()},
                    {w: (x.free_memory_mb if x.memory_budget_mb > 0 else math.inf) for w, x in workers.items()},
-                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, Counter())
+                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, {})
 
     def place(self, variant: Variant, load_fraction: float, exclude: tuple[str, ...] = (),
               want: bool = True) -> str | None:
@@ -163,7 +166,7 @@ class Ledger:
                 and (self.hosted[w] == 0 or self.util[w] + share <= self.config.worker_util_high)]
         if not fits:
             if want:
-                self.wanted[variant.hardware] += whole
+                self.wanted[variant.hardware] = self.wanted.get(variant.hardware, 0.0) + whole
             return None
         # Ready workers first; then the fullest that still has room (pack before spreading).
         chosen = min(fits, key=lambda w: (not self.workers[w].ready, -self.util[w], w))
@@ -354,7 +357,7 @@ def _cheapest_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant,
 
 # ---------------------------------------------------------------- unloading idle variants
 
-def unload_idle(snapshot: Snapshot, config: PolicyConfig, exclude: set[str] = frozenset()) -> list[Action]:
+def unload_idle(snapshot: Snapshot, config: PolicyConfig, exclude: AbstractSet[str] = frozenset()) -> list[Action]:
     actions = []
     for variant_id, live in sorted(snapshot.live.items()):
         if variant_id in exclude or live.replicas + live.unplaced == 0 or live.qps > 0 or live.queue_len > 0:
@@ -378,7 +381,7 @@ def _hardware(snapshot: Snapshot, variant_id: str) -> str | None:
 # ---------------------------------------------------------------- VM autoscaler
 
 def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worker_action_ms: WorkerActionTimes,
-            keep: set[str] = frozenset()) -> list[Action]:
+            keep: AbstractSet[str] = frozenset()) -> list[Action]:
     """Worker actions. INFaaS: after one back-off for all, additions (per kind that needs them), else one
     removal. SLO-first: per hardware kind (`slo_first_workers`)."""
     if config.slo_first:
@@ -391,7 +394,7 @@ def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worke
     wanted = _wanted(snapshot, config, ledger)
     added = []
     for kind in sorted({w.hardware for w in snapshot.workers.values()} | set(wanted)):
-        action = _add_worker(snapshot, config, kind, wanted[kind], config.max_workers - total)
+        action = _add_worker(snapshot, config, kind, wanted.get(kind, 0.0), config.max_workers - total)
         if action:
             added.append(action)
             total += action.to_count - action.from_count
@@ -400,13 +403,13 @@ def workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, last_worke
     return _remove_workers(snapshot, config, keep, total - config.min_workers)
 
 
-def _wanted(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger) -> Counter:
+def _wanted(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger) -> dict[str, float]:
     """Workers' worth of replicas, per hardware kind, that found no room (this decision's and earlier ones)."""
-    wanted = Counter(ledger.wanted)
+    wanted = dict(ledger.wanted)
     for variant_id, live in snapshot.live.items():
         if live.unplaced and variant_id in snapshot.variants:
             variant = snapshot.variants[variant_id]
-            wanted[variant.hardware] += live.unplaced * replica_share(variant, config)
+            wanted[variant.hardware] = wanted.get(variant.hardware, 0.0) + live.unplaced * replica_share(variant, config)
     return wanted
 
 
@@ -429,9 +432,9 @@ def slo_first_workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, 
         of_kind = [w for w in snapshot.workers.values() if w.hardware == kind]
         idle = sum(1 for w in of_kind if ledger.hosted.get(w.worker_id, 0) == 0)
         pool = warm_pool_size(snapshot, config, kind, in_use=len(of_kind) - idle)
-        count, reasons = math.ceil(wanted[kind] - 1e-9), []
+        count, reasons = math.ceil(wanted.get(kind, 0.0) - 1e-9), []
         if count:
-            reasons.append(f"replicas worth {wanted[kind]:.1f} {kind} worker(s) found no room")
+            reasons.append(f"replicas worth {wanted.get(kind, 0.0):.1f} {kind} worker(s) found no room")
         hot = "" if any(not w.ready for w in of_kind) else _hot(snapshot, config, of_kind)
         if hot and not backed_off(snapshot, config, times, kind, UP):
             count, reasons = count + 1, reasons + [hot]
@@ -509,7 +512,7 @@ def _hot(snapshot: Snapshot, config: PolicyConfig, of_kind: list[WorkerLive]) ->
     return ""
 
 
-def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], spare: int) -> list[Action]:
+def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: AbstractSet[str], spare: int) -> list[Action]:
     """The least utilized worker that has been low long enough; every such worker if they host nothing."""
     low_for_ms = config.worker_low_readings * config.worker_check_s * 1000
     candidates = sorted((w for w in snapshot.workers.values()
@@ -530,7 +533,7 @@ def _remove_workers(snapshot: Snapshot, config: PolicyConfig, keep: set[str], sp
     return actions
 
 
-def _removable(snapshot: Snapshot, worker: WorkerLive, keep: set[str], windows: int) -> bool:
+def _removable(snapshot: Snapshot, worker: WorkerLive, keep: AbstractSet[str], windows: int) -> bool:
     """It holds no last replica of a variant that has traffic, now or in the recent windows (or that must
     stay loaded)."""
     for variant_id, count in worker.variants.items():

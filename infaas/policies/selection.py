@@ -220,7 +220,7 @@ def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 
 
 def select(snapshot: Snapshot, request: Request) -> Decision:
     if request.variant is not None:
-        return _select_exact(snapshot, request)
+        return _select_exact(snapshot, request, request.variant)
     index, live = indices(snapshot, request)
     if len(index) == 0:
         return _unknown(request)
@@ -344,8 +344,9 @@ def _infeasible(index: CandidateIndex, latency: np.ndarray, batch: int, accurate
                     best_accuracy_within_slo=best_acc, fastest_latency_ms=fastest)
 
 
-def _select_exact(snapshot: Snapshot, request: Request) -> Decision:
-    variant = snapshot.variants.get(request.variant)
+def _select_exact(snapshot: Snapshot, request: Request, variant_id: str) -> Decision:
+    """`variant_id` is `request.variant`, checked not None by the caller."""
+    variant = snapshot.variants.get(variant_id)
     if variant is None or not variant.visible_to(request.app_id):
         return Decision(UNKNOWN_MODEL, reason=f"no variant {request.variant!r} is registered for app {request.app_id!r}")
     if variant.batch_size < request.batch:

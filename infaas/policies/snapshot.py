@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from ..catalog import Variant
 
@@ -83,15 +84,27 @@ class Snapshot:
     def live_of(self, variant_id: str) -> VariantLive:
         return self.live.get(variant_id) or _NOT_LOADED
 
-    def with_changes(self, **changes) -> Snapshot:
+    def with_changes(self, **changes: Unpack[SnapshotChanges]) -> Snapshot:
         """A new snapshot; derived indices are rebuilt lazily (profiles are shared)."""
-        values = {"variants": self.variants, "live": self.live, "workers": self.workers,
-                  "at_ms": self.at_ms, "demand": self.demand}
-        values.update(changes)
+        unknown = changes.keys() - SnapshotChanges.__optional_keys__
+        if unknown:
+            raise TypeError(f"with_changes() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+        variants = changes.get("variants", self.variants)
         memo = {}
-        if values["variants"] is self.variants:
+        if variants is self.variants:
             memo = {k: v for k, v in self._memo.items() if k[0] == "static"}  # profile-only indices survive
-        return Snapshot(**values, _memo=memo)
+        return Snapshot(variants, live=changes.get("live", self.live), workers=changes.get("workers", self.workers),
+                        at_ms=changes.get("at_ms", self.at_ms), demand=changes.get("demand", self.demand),
+                        _memo=memo)
+
+
+class SnapshotChanges(TypedDict, total=False):
+    """The fields that `Snapshot.with_changes` may replace (all but the memo)."""
+    variants: Mapping[str, Variant]
+    live: Mapping[str, VariantLive]
+    workers: Mapping[str, WorkerLive]
+    at_ms: int
+    demand: Mapping[str, tuple[float, ...]]
 
 
 _NOT_LOADED = VariantLive()

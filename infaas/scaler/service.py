@@ -270,8 +270,8 @@ class Scaler:
     def snapshot(self) -> Snapshot:
         base = self.view.snapshot
         now = now_ms()
-        for variant_id, live in base.live.items():
-            self.demand[variant_id].append(live.qps)  # queries/s; the policies multiply by rows per query
+        for variant_id, variant_live in base.live.items():
+            self.demand[variant_id].append(variant_live.qps)  # queries/s; the policies multiply by rows per query
         workers = {wid: w for wid, w in base.workers.items() if wid not in self.stopping and wid not in self.gone}
         for worker_id, (hardware, since) in list(self.starting.items()):
             if worker_id in workers or now - since > 3 * self.config.worker_start_s * 1000:

@@ -74,7 +74,7 @@ class SimOptions:
     config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
 
 
-class Worker:
+class SimWorker:
     __slots__ = ("worker_id", "hardware", "units", "memory_budget_mb", "price_per_hour", "started_at", "ready_at",
                  "removed_at", "replicas", "factor", "util")
 
@@ -83,17 +83,17 @@ class Worker:
         self.worker_id, self.hardware, self.units = worker_id, hardware, units
         self.memory_budget_mb, self.price_per_hour = memory_mb, price
         self.started_at, self.ready_at, self.removed_at = started_at, ready_at, math.inf
-        self.replicas: list[Replica] = []
+        self.replicas: list[SimReplica] = []
         self.factor, self.util = 1.0, 0.0
 
     def reserved_share(self) -> float:
         return sum(r.units for r in self.replicas) / self.units
 
 
-class Replica:
+class SimReplica:
     __slots__ = ("sim_variant", "worker", "units", "ready_at", "free_at", "busy")
 
-    def __init__(self, sim_variant: SimVariant, worker: Worker, units: int, ready_at: float):
+    def __init__(self, sim_variant: SimVariant, worker: SimWorker, units: int, ready_at: float):
         self.sim_variant, self.worker, self.units = sim_variant, worker, units
         self.ready_at, self.free_at, self.busy = ready_at, ready_at, 0.0
 
@@ -112,11 +112,11 @@ class SimVariant:
         self.tick_head = 0  # head at the start of the tick: queries [tick_head, head) started in it
         self.batch_finish: list[float] = []
         self.batch_sizes: list[int] = []
-        self.replicas: list[Replica] = []
+        self.replicas: list[SimReplica] = []
         self.unplaced = 0
         self.retiring = False
         self.moving_to = ""
-        self.loaded_at = 0
+        self.loaded_at: float = 0
         self.last_used = 0
         self.status = "INACTIVE"
         self.arrivals = 0
@@ -137,6 +137,14 @@ class SimVariant:
         return bool(self.replicas) or self.unplaced > 0
 
 
+def _required(value: str | None, source: Action | selection.Decision) -> str:
+    """A field that `source` always carries: an action's variant, target, worker or hardware as its kind
+    needs (see `policies.actions`), an OK decision's variant."""
+    if value is None:
+        raise ValueError(f"incomplete {type(source).__name__}: {source!r}")
+    return value
+
+
 class Simulator:
     def __init__(self, variants: list[Variant], workload: Workload, options: SimOptions | None = None):
         self.options = options or SimOptions()
@@ -149,13 +157,13 @@ class Simulator:
         self.rng = np.random.default_rng(self.options.seed)
         self.sim_variants: dict[str, SimVariant] = {}
         self.by_index: list[SimVariant] = []
-        self.workers: dict[str, Worker] = {}
-        self.all_workers: list[Worker] = []
+        self.workers: dict[str, SimWorker] = {}
+        self.all_workers: list[SimWorker] = []
         self.pending: dict[str, deque[SimVariant]] = {}
         self.worker_count = 0
         self.last_worker_action: dict[tuple[str, str], int] = {}  # (hardware, up | down) -> ms
         self.snapshot: Snapshot | None = None
-        self.baseline = None
+        self.baseline: baselines.BaselinePlan | None = None
         self.action_counts: Counter = Counter()
         n = len(workload)
         self.finish = np.full(n, np.inf)
@@ -185,9 +193,9 @@ class Simulator:
                 self._record(action)
                 if action.kind == ADD_WORKER:
                     for _ in range(action.to_count - action.from_count):
-                        self._start_worker(action.hardware, 0.0, ready_at=0.0)
+                        self._start_worker(_required(action.hardware, action), 0.0, ready_at=0.0)
                 else:
-                    self._add_replica(self._sim(action.variant_id), None, action.hardware, 0.0)
+                    self._add_replica(self._sim(_required(action.variant_id, action)), None, action.hardware, 0.0)
             self._place_pending(0.0, ready_now=True)
         else:
             initial = self.options.initial_workers or {"cpu": self.config.min_workers}
@@ -248,7 +256,7 @@ class Simulator:
         self.snapshot = monitoring.track(previous, fresh, self.config)
         return self.snapshot
 
-    def _worker_live(self, worker: Worker, now: int) -> WorkerLive:
+    def _worker_live(self, worker: SimWorker, now: int) -> WorkerLive:
         hosted = Counter(r.sim_variant.variant.variant_id for r in worker.replicas)
         util = worker.util
         gpu = worker.hardware != "cpu"
@@ -266,24 +274,25 @@ class Simulator:
         self._record(action)
         kind = action.kind
         if kind in (ADD_REPLICA, LOAD_VARIANT):
-            self._add_replica(self._sim(action.variant_id), action.worker_id, action.hardware, now)
+            self._add_replica(self._sim(_required(action.variant_id, action)), action.worker_id, action.hardware, now)
         elif kind == REMOVE_REPLICA:
-            self._remove_replica(self._sim(action.variant_id), action.worker_id)
+            self._remove_replica(self._sim(_required(action.variant_id, action)), action.worker_id)
         elif kind == UNLOAD_VARIANT:
-            self._unload(self._sim(action.variant_id))
+            self._unload(self._sim(_required(action.variant_id, action)))
         elif kind in (UPGRADE_VARIANT, DOWNGRADE_VARIANT):
-            target = self._sim(action.target_variant_id)
+            target = self._sim(_required(action.target_variant_id, action))
             target.retiring = False
             self._add_replica(target, action.worker_id, action.hardware, now)
-            self._sim(action.variant_id).moving_to = target.variant.variant_id
+            self._sim(_required(action.variant_id, action)).moving_to = target.variant.variant_id
         elif kind == ADD_WORKER:
             for _ in range(action.to_count - action.from_count):
-                self._start_worker(action.hardware, now)
+                self._start_worker(_required(action.hardware, action), now)
             self._place_pending(now)
         elif kind == REMOVE_WORKER:
-            self._stop_worker(self.workers[action.worker_id], now)
+            self._stop_worker(self.workers[_required(action.worker_id, action)], now)
         if kind in WORKER_KINDS:
-            self.last_worker_action[(action.hardware, scaling.UP if kind == ADD_WORKER else scaling.DOWN)] = int(now)
+            direction = scaling.UP if kind == ADD_WORKER else scaling.DOWN
+            self.last_worker_action[(_required(action.hardware, action), direction)] = int(now)
 
     def _sim(self, variant_id: str) -> SimVariant:
         sv = self.sim_variants.get(variant_id)
@@ -304,7 +313,7 @@ class Simulator:
             return
         units = replica_units(sv.variant, hardware_of(sv.variant, self.config))
         ready = now if ready_now else max(now, worker.ready_at) + sv.variant.load_ms
-        replica = Replica(sv, worker, units, ready)
+        replica = SimReplica(sv, worker, units, ready)
         sv.replicas.append(replica)
         worker.replicas.append(replica)
 
@@ -335,7 +344,7 @@ class Simulator:
             waiting.remove(sv)
         sv.unplaced = max(sv.unplaced - 1, 0)
 
-    def _drop(self, replica: Replica) -> None:
+    def _drop(self, replica: SimReplica) -> None:
         """A replica leaves; the batch it runs completes (its finish time is already known)."""
         replica.sim_variant.replicas.remove(replica)
         replica.worker.replicas.remove(replica)
@@ -347,18 +356,18 @@ class Simulator:
             self._cancel_pending(sv)
         sv.status, sv.moving_to = "INACTIVE", ""
 
-    def _start_worker(self, hardware: str, now: float, ready_at: float | None = None) -> Worker:
+    def _start_worker(self, hardware: str, now: float, ready_at: float | None = None) -> SimWorker:
         hw = hardware_of(hardware, self.config)
         low, high = self.options.worker_start_s
         delay = (low if high <= low else float(self.rng.uniform(low, high))) * 1000.0
         self.worker_count += 1
-        worker = Worker(f"{hardware}-{self.worker_count}", hardware, worker_units(hw), hw.memory_gb * 1024.0,
+        worker = SimWorker(f"{hardware}-{self.worker_count}", hardware, worker_units(hw), hw.memory_gb * 1024.0,
                         hw.worker_price_per_hour, now, now + delay if ready_at is None else ready_at)
         self.workers[worker.worker_id] = worker
         self.all_workers.append(worker)
         return worker
 
-    def _stop_worker(self, worker: Worker, now: float) -> None:
+    def _stop_worker(self, worker: SimWorker, now: float) -> None:
         for replica in list(worker.replicas):
             self._drop(replica)
         worker.removed_at = now
@@ -394,7 +403,7 @@ class Simulator:
             decision = selection.select(snapshot, self.requests[request_class])
             if not decision.ok:
                 continue  # no variant meets the request: its queries are rejected (violations)
-            sv = self._sim(decision.variant_id)
+            sv = self._sim(_required(decision.variant_id, decision))
             if not sv.placed:
                 at = float(w.arrival_ms[first + first_seen[position]])
                 self._apply(Action(LOAD_VARIANT, "dispatcher: " + decision.reason, sv.variant.variant_id,

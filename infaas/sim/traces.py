@@ -26,8 +26,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..catalog import Variant
 from ..policies.baselines import TaskDemand
@@ -77,8 +79,12 @@ def read_trace(path: str | Path, task: str | None = None, rng: np.random.Generat
 
 
 def read_rate_csv(path: str | Path, task: str, rng: np.random.Generator) -> Trace:
-    rows = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1)
+    # With `names=True` the result is a structured array (one float64 field per column), which numpy's
+    # stubs type as a plain float64 array; the cast gives it its real type, indexable by field name.
+    rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
     names = rows.dtype.names
+    if names is None:
+        raise ValueError(f"{path}: expected a header `second,qps[,deadline_ms[,qos_level]]`")
     deadline = rows["deadline_ms"] if "deadline_ms" in names else np.full(len(rows), 1000.0)
     qos = rows["qos_level"] if "qos_level" in names else np.ones(len(rows))
     arrivals, deadlines, levels = [], [], []
@@ -120,8 +126,8 @@ def scale_trace(trace: Trace, time_scale: float, rate_scale: float, rng: np.rand
 
 def trace_files(spec: str) -> list[tuple[str | None, Path]]:
     """`PATH`, `TASK=PATH`, or a directory (every *.txt / *.csv in it)."""
-    task, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
-    path = Path(path)
+    task, _, name = spec.rpartition("=") if "=" in spec else (None, "", spec)
+    path = Path(name)
     if path.is_dir():
         files = sorted([*path.glob("*.txt"), *path.glob("*.csv")])
         if not files:

@@ -9,7 +9,7 @@ import pytest
 
 from infaas.policies.snapshot import PolicyConfig
 from infaas.sim.bounds import cost_bounds
-from infaas.sim.engine import SimOptions, Worker
+from infaas.sim.engine import SimOptions, SimWorker
 from infaas.sim.report import _costs, goal_section
 from infaas.sim.traces import build_workload
 from tests.unit.test_policies_scaling import CPU_B1
@@ -17,9 +17,9 @@ from tests.unit.test_sim_engine import CPU_HOURLY, trace
 
 
 def test_a_worker_is_billed_at_least_the_minimum():
-    short = Worker("cpu-1", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
+    short = SimWorker("cpu-1", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
     short.removed_at = 10_000.0  # removed after 10 s: billed 60 s
-    long = Worker("cpu-2", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
+    long = SimWorker("cpu-2", "cpu", 2, 8192.0, CPU_HOURLY, started_at=0.0, ready_at=20_000.0)
     long.removed_at = 90_000.0
     sim = SimpleNamespace(all_workers=[short, long], options=SimOptions())
     assert _costs(sim, 0.0, 600_000.0)["cpu"] == pytest.approx(CPU_HOURLY * (60 + 90) / 3600)
