@@ -480,7 +480,7 @@ def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str, in_use: 
                       * target_utilization(variant, config, slo) / replica_share(variant, config))
         needed[windows - len(series):] += series * live.avg_rows / per_worker
     cap = min(max(math.ceil(config.warm_pool_share * in_use - 1e-9), 1), config.warm_pool_max)
-    return min(math.ceil(config.warm_pool_sigmas * float(needed.std()) - 1e-9), cap)
+    return min(round(config.warm_pool_sigmas * float(needed.std())), cap)  # noise alone keeps no idle worker
 
 
 def _add_worker(snapshot: Snapshot, config: PolicyConfig, kind: str, wanted: float, room: int) -> Action | None:

@@ -288,7 +288,11 @@ class Scaler:
                 state, replicas=max(state.replicas + change, 0), loading=state.loading + max(change, 0),
                 status=ACTIVE if state.replicas + change > 0 else state.status,
                 loaded_at_ms=state.loaded_at_ms or now)
-        for variant_id, _ in self.unplaced + self.recovering:
+        # A lost worker's replicas wait for its replacement when one is starting: shown as placed-to-come,
+        # the policy does not add a second worker for them (one crash, one replacement).
+        replacing = {hardware for hardware, _ in self.starting.values()}
+        waiting = self.unplaced + [(vid, hw) for vid, hw in self.recovering if hw not in replacing]
+        for variant_id, _ in waiting:
             state = live.get(variant_id) or self.view.snapshot.live_of(variant_id)
             live[variant_id] = dataclasses.replace(state, unplaced=state.unplaced + 1)
         demand = {vid: tuple(history) for vid, history in self.demand.items()}

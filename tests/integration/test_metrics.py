@@ -15,7 +15,7 @@ from infaas.client import InfaasClient
 from infaas.serve import Pipeline, ServeOptions
 from tests.conftest import ZOO_TASK, settings_env
 
-SERVICES = {"dispatcher", "monitor", "cpu-worker-1", "scaler"}
+SERVICES = {"dispatcher", "monitor", "scaler"}  # serve's own; the workers are the scaler's (named by it)
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +56,20 @@ def wait_for(check, timeout_s: float = 60.0):
 
 def test_status_lists_every_service_healthy_and_ready(settings, running):
     rows = {row["name"]: row for row in status(settings)}
-    assert SERVICES <= set(rows), rows
     pipeline, _ = running
-    for name in SERVICES:
-        assert rows[name]["pid"] == pipeline.services[name].pid
+    expected = {name: pipeline.services[name].pid for name in SERVICES}
+    expected.update({worker_id: pid for pid, worker_id in pipeline.worker_pids().items()})
+    assert len(expected) > len(SERVICES) and set(expected) <= set(rows), rows
+    for name, pid in expected.items():
+        assert rows[name]["pid"] == pid
         assert (rows[name]["health"], rows[name]["ready"]) == ("ok", "ok"), rows[name]
         assert rows[name]["metrics_url"].endswith("/metrics")
 
 
 def test_scraped_metrics_follow_the_traffic(settings, running, zoo):
-    _, cheapest = running
+    pipeline, cheapest = running
     urls = {row["name"]: row["metrics_url"] for row in status(settings)}
+    [worker_id] = pipeline.worker_pids().values()  # serve started one worker
     import numpy as np
     x = np.zeros((1, 64), dtype=np.float32)
     with InfaasClient(settings, app_id="demo", timeout_s=60) as client:
@@ -78,10 +81,10 @@ def test_scraped_metrics_follow_the_traffic(settings, running, zoo):
     dispatcher = scrape(urls["dispatcher"])
     assert value(dispatcher, "infaas_dispatcher_routed_total", variant=cheapest.variant_id) >= 20
     assert value(dispatcher, "infaas_dispatcher_shed_total", status="BAD_INPUT") >= 1
-    served = wait_for(lambda: value(scrape(urls["cpu-worker-1"]), "infaas_worker_queries_total",
+    served = wait_for(lambda: value(scrape(urls[worker_id]), "infaas_worker_queries_total",
                                     variant=cheapest.variant_id, outcome="served") >= 20)
     assert served
-    worker = scrape(urls["cpu-worker-1"])
+    worker = scrape(urls[worker_id])
     assert value(worker, "infaas_worker_latency_ms_count", variant=cheapest.variant_id) >= 20
     assert value(worker, "infaas_worker_latency_ms_bucket", variant=cheapest.variant_id, le="+Inf") >= 20
     assert ("infaas_worker_replicas", (("variant", cheapest.variant_id),)) in worker

@@ -21,7 +21,7 @@ def test_batch_work_pauses_under_online_load(settings, tmp_path_factory, tmp_pat
     model, validation = heavy.build(tmp_path_factory.mktemp("slow-offline"))
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     variant = register_model(narrow, "demo", "slow-offline", "deep-mlp", model, validation, public=True,
-                             quick=True, name="slow-offline").variants[0]
+                             quick=True, name="slow-offline-mlp").variants[0]
     options = ServeOptions(workers=1, preload=[variant.variant_id], scaler=False,
                            worker_extra=["--offline-cpu-threshold", "0.2"])
     x = np.zeros((1, heavy.INPUT), np.float32)
@@ -33,7 +33,7 @@ def test_batch_work_pauses_under_online_load(settings, tmp_path_factory, tmp_pat
         client.flush()
         futures[0].result(60)  # the backlog has reached the worker (the dispatcher routed it)
         job = offline.submit(settings, "demo", f"file://{inputs}", f"file://{tmp_path}/slow-out.npy",
-                             model="slow-offline", chunk_size=32)
+                             model="slow-offline-mlp", chunk_size=32)
         seen = set()
         while sum(not f.done() for f in futures) > 200:  # a long online backlog remains
             with Store(settings) as store:

@@ -131,7 +131,7 @@ def test_registration_into_an_s3_repository(moto_endpoint, settings, store, tmp_
 
     from infaas.consumers.executors import open_executor
     from infaas.registration import register_model
-    from tests.test_executors import tiny_model
+    from tests.unit.test_executors import tiny_model
     model = tiny_model(tmp_path / "tiny.onnx")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "val.npz", inputs=rng.standard_normal((30, 16)).astype(np.float32),
