@@ -248,13 +248,13 @@ def heavy_variants(settings: Settings) -> list[Variant]:
     """The compute-bound case: the heavy reference model at batch 1 and 8 (registered once)."""
     import tempfile
 
-    from .registration import heavy
+    from .registration import compute_bound
     from .registration.register import register_model
     narrow = settings.replace(variant_batch_sizes=(1, 8), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     with tempfile.TemporaryDirectory() as directory:
-        model, validation = heavy.build(Path(directory))
+        model, validation = compute_bound.build(Path(directory))
         report = register_model(narrow, "demo", "bench-heavy", "deep-mlp", model, validation, public=True,
-                                quick=True, name="bench-heavy")
+                                quick=True, name="bench-heavy-mlp")
     return sorted(report.variants, key=lambda v: v.batch_size)
 
 
@@ -374,9 +374,9 @@ SHED = ("DEADLINE_EXCEEDED", "NO_FEASIBLE_VARIANT")
 
 def register_overload_model(settings: Settings, directory: Path) -> Variant:
     """The heavy reference model as one variant: ORT fp32, one thread, batch 1."""
-    from .registration import heavy
+    from .registration import compute_bound
     from .registration.register import register_model
-    model, validation = heavy.build(directory, layers=12, width=2048)
+    model, validation = compute_bound.build(directory, layers=12, width=2048)
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     return register_model(narrow, "demo", OVERLOAD_TASK, "deep-mlp", model, validation, public=True, quick=True,
                           name="heavy-mlp").variants[0]
@@ -456,8 +456,8 @@ def overload_pair(settings: Settings, services: dict, client: InfaasClient, vari
 
 
 def heavy_query() -> np.ndarray:
-    from .registration import heavy
-    return np.zeros((1, heavy.INPUT), np.float32)
+    from .registration import compute_bound
+    return np.zeros((1, compute_bound.INPUT), np.float32)
 
 
 class BusyLoop:

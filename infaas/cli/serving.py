@@ -55,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--no-scaler", action="store_true",
                    help="no scaler: a fixed pool of workers, which serve then owns and restarts itself")
     p.add_argument("--dispatchers", type=int, default=1, help="dispatchers sharing the queries topic's partitions")
+    p.add_argument("--plan", help="the baseline plan (JSON) that replica-only needs: the fixed variant per task")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("scaler", help="run the scaler (replicas, variants, workers)")
@@ -227,7 +228,11 @@ def cmd_serve(args, settings) -> int:
                            worker_memory_mb=_given(args.memory_mb, settings.worker_memory_mb),
                            max_batch_delay_ms=_given(args.max_batch_delay_ms, settings.max_batch_delay_ms),
                            scaler=not args.no_scaler, policy=_given(args.policy, settings.scaling_policy),
-                           dispatchers=args.dispatchers)
+                           dispatchers=args.dispatchers, scaler_args=["--plan", args.plan] if args.plan else [])
+    if options.scaler and options.policy == "replica-only" and not args.plan:
+        print("infaas: --policy replica-only needs --plan PLAN.json (the fixed variant per task); static needs no "
+              "plan (it keeps what is loaded)", file=sys.stderr)
+        return 2
     pipeline = Pipeline(settings, options, echo=lambda line: print(line, flush=True))
     signals = _StopSignals(pipeline)
     try:

@@ -83,7 +83,7 @@ def model_records(store: Store, task: str | None = None) -> list[dict]:
 
 def import_profiles(store: Store, csv_path, hardware_catalog: str | None = None, cpu_threads: int = 4) -> list[Variant]:
     """Load the public Proteus profiles into the store, marked `source=imported` (not measured here)."""
-    from ..imported import load_proteus_profiles
+    from ..proteus_profiles import load_proteus_profiles
     variants = load_proteus_profiles(csv_path, cpu_threads=cpu_threads, hardware_catalog=hardware_catalog)
     for v in variants:
         store.put_variant(v)

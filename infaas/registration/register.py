@@ -20,7 +20,7 @@ import numpy as np
 from ..catalog import ModelInfo, ProfilePoint, TaskInfo, Variant, check_name
 from ..consumers.executors import OrtExecutor, open_executor
 from ..hardware import UnknownHardware, cost_per_1k
-from ..imported import linear_fit
+from ..proteus_profiles import linear_fit
 from ..repository import Repository
 from ..settings import Settings
 from ..store import Store, now_ms

@@ -29,11 +29,12 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from .. import bus, metrics
+from ..errors import InfaasError
 from ..policies import actions as kinds
 from ..policies.actions import Action
 from ..policies.baselines import BaselinePlan, initial_actions
 from ..policies.monitoring import track
-from ..policies.scaling import STATIC, decide
+from ..policies.scaling import REPLICA_ONLY, decide
 from ..policies.selection import least_utilized_worker
 from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, WorkerLive
 from ..schemas.codec import default_codec
@@ -51,6 +52,10 @@ LEASE_NAME = "scaler"
 LEASE_TTL_S = 5  # a dead leader's lease is free this long after its last renewal
 LEASE_MARGIN_S = 2.0  # a leader that cannot renew stops acting this long before its lease may expire
 INITIAL_WORKERS_WAIT_S = 3.0  # how long a new leader waits for reports before starting initial workers
+
+
+class ScalerError(InfaasError):
+    """The scaler cannot run as asked (e.g. a baseline policy without its plan)."""
 
 
 def now_ms() -> int:
@@ -215,8 +220,7 @@ class Scaler:
         self._recover()
         snapshot = track(self.previous, self.snapshot(), self.config)
         self._place_unplaced(snapshot)
-        actions = [] if self.policy == STATIC else decide(snapshot, self.config, self.policy,
-                                                           self.last_worker_action_ms, self.plan)
+        actions = decide(snapshot, self.config, self.policy, self.last_worker_action_ms, self.plan)
         for action in actions:
             self.execute(action, snapshot)
         self._retire(snapshot)
@@ -483,6 +487,10 @@ def run(settings: Settings, policy: str, backend_name: str, plan_path: str | Non
         config: PolicyConfig, backend_options: dict[str, str] | None = None, workers: WorkerSpec | None = None) -> int:
     """`infaas scaler`: scale until SIGINT/SIGTERM (active, or standby while another holds the lease)."""
     import signal
+    if policy == REPLICA_ONLY and not plan_path:
+        raise ScalerError("the replica-only policy scales a fixed variant per task: give it with --plan PLAN.json "
+                          '({"policy": ..., "variants": {task: variant}, "replicas": {task: n}}), as `infaas bench '
+                          "trace` writes one")
     plan = load_plan(plan_path) if plan_path else None
     workers = workers or WorkerSpec()
     backend = make_backend(backend_name, settings, backend_options, workers.args)

@@ -22,13 +22,12 @@ The measured points themselves (`ort`, 2 threads on CPU, measured batch sizes) s
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 from ..catalog import Variant, variant_id
 from ..hardware import cost_per_1k, hardware
-from ..imported import load_proteus_profiles
 from ..paths import PROFILES_CSV, proteus_dir
+from ..proteus_profiles import load_proteus_profiles
 
 CPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-int8", 0.55, 0.99), ("tvm", 0.8, 1.0))
 GPU_OPTIMIZERS = (("ort", 1.0, 1.0), ("ort-fp16", 0.7, 0.999), ("tensorrt", 0.5, 0.998))
@@ -102,10 +101,3 @@ def _derived(base: Variant, hw: str, hw_factor: float, threads_full: int, hardwa
                     intercept_ms=base.intercept_ms * factor, throughput_qps=batch * 1000.0 / latency,
                     peak_memory_mb=0.0, cost_per_1k=cost_per_1k(hw, threads, batch, latency, hardware_catalog),
                     source="synthetic")
-
-
-def by_task(variants: list[Variant]) -> dict[str, list[Variant]]:
-    tasks: dict[str, list[Variant]] = defaultdict(list)
-    for v in variants:
-        tasks[v.task].append(v)
-    return dict(tasks)

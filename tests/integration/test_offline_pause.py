@@ -10,7 +10,7 @@ import numpy as np
 
 from infaas import offline
 from infaas.client import InfaasClient
-from infaas.registration import heavy
+from infaas.registration import compute_bound
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store
@@ -18,15 +18,15 @@ from tests.conftest import settings_env
 
 
 def test_batch_work_pauses_under_online_load(settings, tmp_path_factory, tmp_path):
-    model, validation = heavy.build(tmp_path_factory.mktemp("slow-offline"))
+    model, validation = compute_bound.build(tmp_path_factory.mktemp("slow-offline"))
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     variant = register_model(narrow, "demo", "slow-offline", "deep-mlp", model, validation, public=True,
                              quick=True, name="slow-offline-mlp").variants[0]
     options = ServeOptions(workers=1, preload=[variant.variant_id], scaler=False,
                            worker_extra=["--offline-cpu-threshold", "0.2"])
-    x = np.zeros((1, heavy.INPUT), np.float32)
+    x = np.zeros((1, compute_bound.INPUT), np.float32)
     inputs = tmp_path / "slow-in.npy"
-    np.save(inputs, np.zeros((256, heavy.INPUT), np.float32))
+    np.save(inputs, np.zeros((256, compute_bound.INPUT), np.float32))
     with Pipeline(settings, options, env=settings_env(settings)) as running, \
             InfaasClient(settings, app_id="demo", timeout_s=120) as client:
         futures = [client.submit(x, variant=variant.variant_id) for _ in range(3000)]  # a long online backlog

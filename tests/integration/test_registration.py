@@ -16,7 +16,7 @@ import pytest
 import infaas
 from infaas.consumers.executors import open_executor
 from infaas.hardware import cost_per_1k
-from infaas.imported import linear_fit
+from infaas.proteus_profiles import linear_fit
 from infaas.registration import RegistrationError, register_model
 from infaas.registration import profiler as profiler_module
 from infaas.registration.variants import thread_counts

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infaas.client import InfaasClient
-from infaas.registration import heavy
+from infaas.registration import compute_bound
 from infaas.registration.register import register_model
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store, now_ms
@@ -20,7 +20,7 @@ TASK = "slow-task"
 
 @pytest.fixture(scope="module")
 def slow_variant(settings, tmp_path_factory):
-    model, validation = heavy.build(tmp_path_factory.mktemp("slow"))
+    model, validation = compute_bound.build(tmp_path_factory.mktemp("slow"))
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     report = register_model(narrow, "demo", TASK, "deep-mlp", model, validation, public=True, quick=True,
                             name="slow-mlp")
@@ -57,7 +57,7 @@ def test_step_up_adds_replicas_and_step_down_removes_them(settings, slow_variant
     capacity = 1000.0 / slow_variant.latency_at(1)  # queries/s one replica serves, by its profile
     rate = 2.5 * capacity
     start = now_ms()
-    x = np.random.default_rng(0).normal(size=(1, heavy.INPUT)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, compute_bound.INPUT)).astype(np.float32)
     with InfaasClient(settings, app_id="demo", timeout_s=120) as client:
         futures, began = [], time.monotonic()
         while time.monotonic() - began < 8.0:  # the step: 2.5x one replica's capacity for 8 s
