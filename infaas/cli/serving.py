@@ -129,28 +129,24 @@ def register(sub) -> None:
 
 
 def cmd_app_create(args, settings) -> int:
-    from .. import bus, credentials
+    from .. import credentials
     from ..catalog import check_name
-    from ..store import Store, StoreError
+    from ..store import Store
     try:
         check_name("app", args.app_id)
-        admin = credentials.admin_settings(settings)  # the local secure stack's admin, if that is where we point
-    except (ValueError, credentials.CredentialsError) as err:
+    except ValueError as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 2
+    admin = credentials.admin_settings(settings)  # the local secure stack's admin, if that is where we point
     secure = bool(admin.kafka_sasl_mechanism)
     if args.print_credentials and not secure:
         print("infaas: --print-credentials needs a secure stack (`infaas infra up --secure`, or SASL settings)",
               file=sys.stderr)
         return 2
-    try:
-        with Store(admin) as store:
-            store.put_app(args.app_id, args.description)
-        if secure:
-            _secure_app(admin, args.app_id, args.print_credentials)
-    except (StoreError, bus.BusError) as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    with Store(admin) as store:  # a StoreError or BusError is reported by the CLI (InfaasError)
+        store.put_app(args.app_id, args.description)
+    if secure:
+        _secure_app(admin, args.app_id, args.print_credentials)
     print(f"infaas: app {args.app_id} created", file=sys.stderr if args.print_credentials else sys.stdout)
     return 0
 
@@ -178,13 +174,9 @@ def _secure_app(admin, app_id: str, print_credentials: bool) -> None:
 
 def cmd_app_list(args, settings) -> int:
     from .. import credentials
-    from ..store import Store, StoreError
-    try:
-        with Store(credentials.admin_settings(settings)) as store:
-            apps = sorted(store.list_apps(), key=lambda r: r["app_id"])
-    except (StoreError, credentials.CredentialsError) as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    from ..store import Store
+    with Store(credentials.admin_settings(settings)) as store:
+        apps = sorted(store.list_apps(), key=lambda r: r["app_id"])
     for row in apps:
         print(f"{row['app_id']}\t{row.get('description') or ''}")
     return 0
@@ -340,13 +332,9 @@ def cmd_demo(args, settings) -> int:
 
 
 def cmd_batch_submit(args, settings) -> int:
-    from ..offline import OfflineError, submit, wait_for
-    try:
-        job = submit(settings, args.app, args.input, args.output, args.task, args.model, args.min_accuracy,
-                     args.max_cost, args.chunk_size)
-    except OfflineError as err:
-        print(f"infaas: {err}", file=sys.stderr)
-        return 1
+    from ..offline import submit, wait_for
+    job = submit(settings, args.app, args.input, args.output, args.task, args.model, args.min_accuracy,
+                 args.max_cost, args.chunk_size)
     print(f"infaas: job {job['job_id']}: {job['rows']} rows in {job['chunks']} chunks on {job['variant_id']}")
     if not args.wait:
         return 0
@@ -388,21 +376,17 @@ def cmd_batch_list(args, settings) -> int:
 def cmd_query(args, settings) -> int:
     import numpy as np
 
-    from ..client import InfaasClient, QueryTimeout
+    from ..client import InfaasClient
     try:
         inputs = np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as err:
         print(f"infaas: cannot read {args.input}: {err}", file=sys.stderr)
         return 2
     with InfaasClient(settings, app_id=args.app) as client:
-        try:
-            inputs = _as_batch(inputs, client, args)
-            result = client.query(inputs, task=args.task, model=args.model, variant=args.variant,
-                                  min_accuracy=args.min_accuracy, latency_ms=args.latency_ms, max_cost=args.max_cost,
-                                  timeout_s=args.timeout)
-        except QueryTimeout as err:
-            print(f"infaas: {err}", file=sys.stderr)
-            return 1
+        inputs = _as_batch(inputs, client, args)
+        result = client.query(inputs, task=args.task, model=args.model, variant=args.variant,
+                              min_accuracy=args.min_accuracy, latency_ms=args.latency_ms, max_cost=args.max_cost,
+                              timeout_s=args.timeout)  # QueryTimeout is reported by the CLI (InfaasError)
     prediction = result.prediction
     if args.json:
         print(json.dumps({"query_id": result.query_id, "status": result.status, "error": result.error,
