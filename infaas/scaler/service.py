@@ -263,7 +263,7 @@ class Scaler:
             action = Action(kinds.ADD_WORKER, reason, hardware=worker.hardware, from_count=0, to_count=1)
             self.execute(action, self.view.snapshot)
         # The replicas waiting for a worker must not make the policy add another one as well.
-        self.last_worker_action_ms = now_ms()
+        self.last_worker_action_ms[(worker.hardware, "up")] = now_ms()
 
     def _wait_for_workers(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -292,10 +292,11 @@ class Scaler:
                 state, replicas=max(state.replicas + change, 0), loading=state.loading + max(change, 0),
                 status=ACTIVE if state.replicas + change > 0 else state.status,
                 loaded_at_ms=state.loaded_at_ms or now)
-        # A lost worker's replicas wait for its replacement when one is starting: shown as placed-to-come,
-        # the policy does not add a second worker for them (one crash, one replacement).
-        replacing = {hardware for hardware, _ in self.starting.values()}
-        waiting = self.unplaced + [(vid, hw) for vid, hw in self.recovering if hw not in replacing]
+        # Replicas waiting for a worker that is already starting (a lost worker's replacement, or one the
+        # policy added) are not shown as without room: the policy would add a second worker for them
+        # (one crash, one replacement). Once it is up, what still finds no room shows again.
+        coming = {hardware for hardware, _ in self.starting.values()}
+        waiting = [(vid, hw) for vid, hw in self.unplaced + self.recovering if hw not in coming]
         for variant_id, _ in waiting:
             state = live.get(variant_id) or self.view.snapshot.live_of(variant_id)
             live[variant_id] = dataclasses.replace(state, unplaced=state.unplaced + 1)
