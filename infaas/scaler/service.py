@@ -218,8 +218,8 @@ class Scaler:
             return []
         self._fresh_since = self._fresh_since or time.monotonic()
         self._recover()
+        self._place_unplaced(self.snapshot())  # first: the policy then sees only what still has no room
         snapshot = track(self.previous, self.snapshot(), self.config)
-        self._place_unplaced(snapshot)
         actions = decide(snapshot, self.config, self.policy, self.last_worker_action_ms, self.plan)
         for action in actions:
             self.execute(action, snapshot)
