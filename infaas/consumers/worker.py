@@ -22,7 +22,8 @@ from collections import deque
 from confluent_kafka import OFFSET_END, TopicPartition
 
 from .. import bus, metrics
-from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, default_codec
+from ..schemas.codec import DecodeError, default_codec
+from ..schemas.messages import DeadLetter, WorkerReport
 from ..settings import Settings
 from ..store import BufferedWriter, Store
 from .admission import now_ms
@@ -316,12 +317,13 @@ class Worker:
             hosted = list(self.hosted.values())
         variants = [variant_report(h, elapsed) for h in hosted]
         metrics.worker_report(variants)
-        record = {"worker_id": self.worker_id, "hardware": self.hardware, "host": socket.gethostname(),
-                  "pid": os.getpid(), "reported_at": int(now_ms()), "interval_ms": int(elapsed * 1000),
-                  "cpu_util": cpu_util, "gpu_util": None, "memory_mb": process_rss_mb(),
-                  "memory_budget_mb": self.memory_budget_mb, "variants": variants}
+        report = WorkerReport(worker_id=self.worker_id, hardware=self.hardware, host=socket.gethostname(),
+                              pid=os.getpid(), reported_at=int(now_ms()), interval_ms=int(elapsed * 1000),
+                              cpu_util=cpu_util, gpu_util=None, memory_mb=process_rss_mb(),
+                              memory_budget_mb=self.memory_budget_mb, variants=variants)
+        record = report.to_record()
         self._producer.produce(self.settings.topic("metrics"), key=self.worker_id.encode(),
-                               value=self.codec.encode("WorkerReport", record))
+                               value=report.encode(self.codec))
         self._producer.poll(0)
         # Buffered: with Cassandra down, serving goes on (the Kafka report above is what it relies on).
         self.writer.submit("put_worker", {"worker_id": self.worker_id, "hardware": self.hardware,
@@ -332,10 +334,9 @@ class Worker:
                                           "memory_budget_mb": self.memory_budget_mb, "status": "up"})
 
     def dead_letter(self, message, reason: str) -> None:
-        record = {"source_topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
-                  "reason": reason, "service": f"worker {self.worker_id}", "payload": message.value()[:DEAD_LETTER_PAYLOAD_BYTES],
-                  "at": int(now_ms())}
-        self._producer.produce(self.settings.topic("deadletter"), value=self.codec.encode("DeadLetter", record))
+        letter = DeadLetter.about((message.topic(), message.partition(), message.offset()), reason,
+                                  f"worker {self.worker_id}", message.value(), int(now_ms()))
+        self._producer.produce(self.settings.topic("deadletter"), value=letter.encode(self.codec))
         self._producer.poll(0)
 
 

@@ -21,8 +21,8 @@ from .. import metrics
 from ..catalog import NAME_RE
 from ..policies.selection import Decision, Request, select
 from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
-from ..schemas.codec import DEAD_LETTER_PAYLOAD_BYTES, DecodeError, EncodeError, default_codec
-from ..schemas.messages import Result, WorkerCommand
+from ..schemas.codec import DecodeError, EncodeError, default_codec
+from ..schemas.messages import DeadLetter, Result, WorkerCommand
 from ..settings import Settings
 from ..tensors import TensorError, check_input, from_tensor
 from ..views import SystemView
@@ -214,9 +214,8 @@ class Dispatcher:
         self.counts["dead"] += 1
         metrics.DEAD_LETTERS.inc()
         log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
-        record = {"source_topic": source[0], "partition": source[1], "offset": source[2], "reason": reason[:MAX_TEXT],
-                  "service": "dispatcher", "payload": bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]), "at": now_ms()}
-        return Outgoing(self.settings.topic("deadletter"), None, self.codec.encode("DeadLetter", record))
+        letter = DeadLetter.about(source, reason, "dispatcher", payload, now_ms())
+        return Outgoing(self.settings.topic("deadletter"), None, letter.encode(self.codec))
 
 
 def _echo(name: str | None) -> str | None:

@@ -35,7 +35,7 @@ from ..metrics import track_backlog
 from ..policies.monitoring import classify
 from ..policies.snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig
 from ..schemas.codec import DecodeError, default_codec
-from ..schemas.messages import ScalingEvent
+from ..schemas.messages import LoadWindow, ScalingEvent, VariantState
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ def count_into(window: dict | None, rid: str, load: dict) -> dict | None:
 def load_window(scope: str, key: str, window_s: int, start_ms: int, w: dict) -> dict:
     """The LoadWindow record of a window."""
     reports = len(w["reports"])
-    return {"scope": scope, "key": key, "window_s": window_s, "window_start": start_ms, "served": w["served"],
-            "errors": w["errors"], "deadline_missed": w["missed"], "qps": (w["served"] + w["missed"]) / window_s,
-            "avg_latency_ms": w["latency_sum"] / w["served"] if w["served"] else 0.0, "p99_ms": w["p99"],
-            "max_queue_len": w["max_queue"], "avg_util": w["util_sum"] / reports if reports else 0.0}
+    return LoadWindow(scope=scope, key=key, window_s=window_s, window_start=start_ms, served=w["served"],
+                      errors=w["errors"], deadline_missed=w["missed"], qps=(w["served"] + w["missed"]) / window_s,
+                      avg_latency_ms=w["latency_sum"] / w["served"] if w["served"] else 0.0, p99_ms=w["p99"],
+                      max_queue_len=w["max_queue"], avg_util=w["util_sum"] / reports if reports else 0.0).to_record()
 
 
 @dataclass
@@ -173,10 +173,11 @@ class VariantStates:
             else:
                 # Interference is slower *execution* than profiled; queueing is overload, not interference.
                 status = classify(variant, o.qps, o.exec_ms, o.queue_len, o.replicas, previous, self.config)
-            record = {"variant_id": variant_id, "task": variant.task if variant else "", "state": status,
-                      "replicas": o.replicas, "workers": sorted(o.workers), "qps": o.qps,
-                      "avg_latency_ms": o.avg_latency_ms, "queue_len": o.queue_len, "avg_rows": o.avg_rows,
-                      "demand_accuracy": o.demand_accuracy, "demand_slo_ms": o.demand_slo_ms, "updated_at": now_ms}
+            record = VariantState(variant_id=variant_id, task=variant.task if variant else "", state=status,
+                                  replicas=o.replicas, workers=sorted(o.workers), qps=o.qps,
+                                  avg_latency_ms=o.avg_latency_ms, queue_len=o.queue_len, avg_rows=o.avg_rows,
+                                  demand_accuracy=o.demand_accuracy, demand_slo_ms=o.demand_slo_ms,
+                                  updated_at=now_ms).to_record()
             if status != previous or status != INACTIVE:
                 states.append(record)
             if status != previous and status in (OVERLOADED, INTERFERED):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from infaas.schemas.codec import Codec
-from infaas.schemas.messages import MESSAGES, Result, ScalingEvent, WorkerCommand
+from infaas.schemas.messages import MESSAGES, DeadLetter, Result, ScalingEvent, WorkerCommand
 
 CODEC = Codec()
 
@@ -26,6 +26,10 @@ def test_fields_are_the_schema_fields_in_order(message_type):
     assert [f.name for f in dataclasses.fields(message_type)] == schema_fields
 
 
+def test_every_schema_has_its_message():
+    assert {m.AVRO for m in MESSAGES} == set(CODEC.current)
+
+
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.AVRO)
 def test_round_trip_through_the_codec(message):
     data = message.encode(CODEC)
@@ -36,3 +40,9 @@ def test_round_trip_through_the_codec(message):
 def test_messages_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         SAMPLES[1].replicas = 3
+
+
+def test_a_dead_letter_always_fits_a_kafka_message():
+    letter = DeadLetter.about(("t", 0, 7), "x" * 100_000, "dispatcher", b"\xff" * (4 << 20), 1)
+    assert len(letter.reason) == 1000 and len(letter.encode(CODEC)) < 1 << 20
+    assert (letter.source_topic, letter.partition, letter.offset) == ("t", 0, 7)
