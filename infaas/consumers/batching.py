@@ -12,7 +12,6 @@ deadline are answered DEADLINE_EXCEEDED without running.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -79,25 +78,3 @@ def pack(row_counts: list[int], batch_size: int) -> list[list[int]]:
         runs.append(current)
     return runs
 
-
-def doomed(deadlines: list[float | None], row_counts: list[int], runs: list[list[int]], now_ms: float,
-           run_latency_ms: Callable[[int], float]) -> set[int]:
-    """The queries (indices) that cannot finish before their deadline when `runs` execute one after
-    another from `now_ms`: answering them at once, before the deadline passes, beats answering
-    them late. A run without its doomed queries is smaller and faster, which can save the others
-    in it; later runs start when the (smaller) run before them ends."""
-    lost: set[int] = set()
-    start = now_ms
-    for run in runs:
-        kept = list(run)
-        while kept:
-            finish = start + run_latency_ms(sum(row_counts[i] for i in kept))
-            late = {i: d for i in kept if (d := deadlines[i]) is not None and d < finish}
-            if not late:
-                break
-            first = min(late, key=late.__getitem__)  # the tightest goes first: the rest may then fit
-            lost.add(first)
-            kept.remove(first)
-        if kept:
-            start = finish
-    return lost

@@ -19,7 +19,7 @@ from ..schemas.codec import DecodeError
 from ..schemas.messages import Result
 from ..tensors import to_tensor
 from .admission import admit, now_ms, result_for
-from .batching import ArrivalRate, BatchPolicy, doomed, pack, wait_budget_ms
+from .batching import ArrivalRate, BatchPolicy, pack, wait_budget_ms
 from .reporting import VariantMetrics
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class Replica(threading.Thread):
         self.codec = worker.codec
         self.policy = BatchPolicy(hosted.variant.batch_size, worker.max_batch_delay_ms)
         self.arrivals = ArrivalRate()
-        self.slowdown = 1.0  # measured / profiled run time (co-located load slows a replica down)
         self.stopping = threading.Event()
         self.failure: str | None = None  # why the thread died, if it did
         self.fault_dir = os.environ.get(FAULT_DIR_ENV)
@@ -142,23 +141,13 @@ class Replica(threading.Thread):
             self._produce(topic, result)
         rows, served, batches, exec_ms = 0, [], 0, 0.0
         runs = pack([q["rows"] for q in queries], self.policy.batch_size)
-        hopeless = doomed([q["routed"]["deadline_at"] for q in queries], [q["rows"] for q in queries], runs,
-                          now_ms(), self._expected_ms)
-        for i in sorted(hopeless):  # answered now, while their deadline has not passed yet
-            q = queries[i]
-            result = self._result(q["query"], "DEADLINE_EXCEEDED", "cannot finish before the deadline: "
-                                  f"{q['routed']['deadline_at'] - now_ms():.1f} ms left, behind the queue here",
-                                  q["routed"])
-            self._produce(q["topic"], result)
-            answered.append((q["topic"], result))
         for run in runs:
-            batch, late = self._split_late([queries[i] for i in run if i not in hopeless])
+            batch, late = self._split_late([queries[i] for i in run])
             rows += sum(q["rows"] for q in batch)
             results = self._run(batch) if batch else []
             if results:
                 batches += 1
                 exec_ms += results[0][1].compute_ms
-                self._observe_speed(sum(q["rows"] for q in batch), results[0][1].compute_ms)
             served += [{"latency_ms": r.latency_ms, "rows": q["rows"], "min_accuracy": q["query"]["min_accuracy"],
                         "slo_ms": q["query"]["latency_ms"]} for q, (_, r) in zip(batch, results, strict=True)
                        if r.status == "OK"]
@@ -205,15 +194,6 @@ class Replica(threading.Thread):
 
     def _admit(self, routed: dict):
         return admit(routed, self.hosted, self.settings)
-
-    def _expected_ms(self, rows: int) -> float:
-        """A run's expected time: the profile, at the speed this replica has been measuring."""
-        return self.hosted.variant.latency_at(rows) * self.slowdown
-
-    def _observe_speed(self, rows: int, compute_ms: float) -> None:
-        profiled = self.hosted.variant.latency_at(rows)
-        if profiled > 0:  # smoothed: one slow run (a GC pause) does not doom a queue
-            self.slowdown = 0.8 * self.slowdown + 0.2 * max(compute_ms / profiled, 1.0)
 
     def _split_late(self, batch: list[dict]) -> tuple[list[dict], list[tuple[str, dict]]]:
         """Queries past their deadline are answered DEADLINE_EXCEEDED without running."""

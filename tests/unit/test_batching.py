@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infaas.consumers.batching import ArrivalRate, BatchPolicy, doomed, pack, wait_budget_ms
+from infaas.consumers.batching import ArrivalRate, BatchPolicy, pack, wait_budget_ms
 
 B8 = BatchPolicy(batch_size=8, max_delay_ms=5.0, margin_ms=1.0)
 
@@ -60,18 +60,3 @@ def test_pack_never_splits_a_query():
     assert pack([3, 1], 2) == [[0], [1]]
     assert pack([], 8) == []
 
-
-def test_queries_that_cannot_finish_in_time_are_doomed_at_once():
-    latency = lambda rows: 10.0 * rows  # noqa: E731 - 10 ms per row
-    # three single-row runs from t=0: they finish at 10, 20, 30 ms
-    runs = pack([1, 1, 1], 1)
-    assert doomed([50.0, 50.0, 25.0], [1, 1, 1], runs, 0.0, latency) == {2}
-    # the second is doomed; without it the third runs from 10 ms and makes its 25 ms deadline
-    assert doomed([50.0, 15.0, 25.0], [1, 1, 1], runs, 0.0, latency) == {1}
-    assert doomed([None, None, None], [1, 1, 1], runs, 0.0, latency) == set()
-
-
-def test_dropping_a_doomed_query_can_save_the_rest_of_its_batch():
-    latency = lambda rows: 10.0 * rows  # noqa: E731
-    # one run of 3 rows takes 30 ms; the 5 ms query cannot make it, the others make 20 ms without it
-    assert doomed([5.0, 20.0, 20.0], [1, 1, 1], [[0, 1, 2]], 0.0, latency) == {0}
