@@ -248,10 +248,11 @@ class Pipeline:
 
     def kill(self) -> None:
         """Escalation (a second stop signal): SIGKILL every service now, and the workers the
-        scaler started, which would otherwise be left waiting to notice that `serve` is gone."""
-        self._stopping.set()
-        with self._lock:
-            services = list(self.services.values())
+        scaler started, which would otherwise be left waiting to notice that `serve` is gone.
+
+        It runs in a signal handler, which may have interrupted this thread inside `stop()` while
+        it held the stopping event's lock or ours: it takes no lock (the stop already began)."""
+        services = list(self.services.copy().values())
         for service in services:
             if service.alive:
                 service.proc.kill()

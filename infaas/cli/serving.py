@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -273,6 +274,8 @@ class _StopSignals:
             self.escalated = True
             print(f"infaas: signal {signum} while stopping: killing the services", file=sys.stderr, flush=True)
             self.pipeline.kill()
+            # Nothing is left to wait for: exit now rather than in the graceful stop's timeouts.
+            os._exit(130)
 
 
 def cmd_scaler(args, settings) -> int:

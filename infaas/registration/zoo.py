@@ -200,6 +200,7 @@ class Zoo:
     models: tuple  # entries with .name and .architecture
     export: Callable[..., dict[str, Path]]  # (directory, quick, names, step) -> {model: onnx path}
     training_share: float  # the share of the progress bar training takes (the rest: registering)
+    model_prefix: str = ""  # model names are global: the zoos' models must not collide (`logreg` in both)
 
 
 def zoos() -> dict[str, Zoo]:
@@ -207,7 +208,7 @@ def zoos() -> dict[str, Zoo]:
     from . import zoo_mnist1d
     return {"digits": Zoo("digits", TASK, APP, ZOO, export_zoo, 0.1),
             "mnist1d": Zoo("mnist1d", zoo_mnist1d.TASK, zoo_mnist1d.APP, zoo_mnist1d.ZOO, zoo_mnist1d.export_zoo,
-                           0.5)}
+                           0.5, model_prefix="m1d-")}
 
 
 DEMO_ZOO = "mnist1d"  # what `infaas zoo build` and the demo register by default
@@ -243,7 +244,8 @@ def build_zoo(settings: Settings, quick: bool = False, names: tuple[str, ...] | 
                 if on_model:
                     on_model(name)
                 reports.append(register_model(settings, chosen.app, chosen.task, by_name[name].architecture, path,
-                                              folder / "validation.npz", public=True, quick=quick, name=name,
+                                              folder / "validation.npz", public=True, quick=quick,
+                                              name=chosen.model_prefix + name,
                                               store=store, on_progress=progress.registering(index, name)))
             progress.finish()
     finally:

@@ -71,10 +71,11 @@ def test_the_quick_zoo_registers_under_its_own_task(settings, store, tmp_path, m
     monkeypatch.setattr(zoo_mnist1d, "SAMPLES", SMALL)
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     reports = build_zoo(narrow, quick=True, names=("logreg", "cnn-small"), store=store, zoo="mnist1d")
-    assert [r.model.model for r in reports] == ["logreg", "cnn-small"]
+    # model names are global: the mnist1d zoo's are prefixed, so both zoos register side by side
+    assert [r.model.model for r in reports] == ["m1d-logreg", "m1d-cnn-small"]
     task = store.get_task(zoo_mnist1d.TASK)
     assert (task.input_name, task.input_shape, task.num_classes) == ("signal", (40,), 10)
-    assert {v.model for v in store.variants_for_task(zoo_mnist1d.TASK)} == {"logreg", "cnn-small"}
+    assert {v.model for v in store.variants_for_task(zoo_mnist1d.TASK)} == {"m1d-logreg", "m1d-cnn-small"}
     assert zoos()["mnist1d"].task != zoos()["digits"].task  # the test suite's digits zoo is untouched
     with pytest.raises(ValueError, match="unknown zoo 'nope'"):
         build_zoo(narrow, zoo="nope", store=store)
