@@ -182,6 +182,8 @@ class Scaler:
             return
         started = self.backend.start_workers(spec.hardware, missing, spec.preload)
         log.info("started %d initial %s worker(s): %s", missing, spec.hardware, ", ".join(started))
+        for worker_id in started:  # coming until they report: replicas waiting for them need no other worker
+            self.starting[worker_id] = (spec.hardware, now_ms())
         self.backend.wait_ready(started, spec.ready_timeout_s)
 
     def _reporting(self, hardware: str) -> int:
