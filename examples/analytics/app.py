@@ -131,25 +131,22 @@ def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: f
     results = app.topic(*[settings.results_topic(a) for a in apps], value_serializer="raw", key_serializer="raw")
     load = app.topic(settings.topic("load"), value_serializer="raw", key_serializer="raw")
 
-    @app.agent(results)
-    async def answers(stream: faust.Stream) -> None:
+    async def decoded(stream: faust.Stream, name: str):
+        """The stream's records of schema `name`; undecodable bytes are logged and skipped."""
         async for event in stream.events():
             try:
-                result = codec.decode_as("Result", event.value)
+                yield codec.decode_as(name, event.value)
             except DecodeError as err:
-                log.warning("ignoring undecodable result: %s", err.reason)
-                continue
-            key, part = from_result(result, cost_per_query)
-            count(key, part, result["completed_at"])
+                log.warning("ignoring an undecodable %s: %s", name, err.reason)
+
+    @app.agent(results)
+    async def answers(stream: faust.Stream) -> None:
+        async for result in decoded(stream, "Result"):
+            count(*from_result(result, cost_per_query), result["completed_at"])
 
     @app.agent(load)
     async def variant_load(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            try:
-                window = codec.decode_as("LoadWindow", event.value)
-            except DecodeError as err:
-                log.warning("ignoring undecodable load window: %s", err.reason)
-                continue
+        async for window in decoded(stream, "LoadWindow"):
             counted = from_load(window, cost_per_query)
             if counted is not None:
                 count(*counted, window["window_start"])
