@@ -3,8 +3,9 @@
 Deleting a model (all its versions, or its newest) goes in an order that loses no query:
 1. its variant rows go, so dispatchers and the scaler stop choosing them at their next catalogue
    refresh (every `CATALOG_GRACE_S` at most), and the gateway reports the name unknown;
-2. after that grace, every worker hosting one of them is told to UNLOAD it: a worker first serves
-   what is queued for the variant (drain), then unloads;
+2. a worker that sees a hosted variant gone from the catalogue drains and unloads it on its own; after
+   that grace, every worker still hosting one is also told to UNLOAD it: a worker first serves what is
+   queued for the variant (drain), then unloads;
 3. once no worker reports hosting any of them, the rows left (profiles, model versions, the task if it
    has no model left) and the repository objects nobody else references are removed, and the
    variants' topics deleted.
@@ -65,11 +66,14 @@ def delete_model(settings: Settings, model: str, version: int | None = None,
         variants = store.variants_for_model(task, model) if newest in doomed else []
         deletion.variants = [v.variant_id for v in variants]
         if variants:
+            hosting = _hosting(store, set(deletion.variants))  # workers may unload on their own from now on
             store.delete_variants(task, deletion.variants)
             say(f"{len(variants)} variants out of the catalogue; waiting {CATALOG_GRACE_S:g} s for the services "
                 "to refresh theirs")
             time.sleep(CATALOG_GRACE_S)  # no service is told; each rereads the catalogue on its own clock
-            deletion.unloaded_from = _unload_everywhere(settings, store, set(deletion.variants), say)
+            for variant, workers in _unload_everywhere(settings, store, set(deletion.variants), say).items():
+                hosting[variant] = sorted(set(hosting.get(variant, [])) | set(workers))
+            deletion.unloaded_from = hosting
             store.delete_profiles({v.base_id for v in variants})
         for number in doomed:
             store.delete_model(task, model, number)

@@ -36,6 +36,12 @@ LOAD_RETRY_S = 3.0  # how often a failed load is tried again
 DRAIN_S = 60.0  # longest wait for a variant's queue to empty before it is unloaded anyway
 
 
+def close_executor(executor) -> None:
+    close = getattr(executor, "close", None)
+    if close:
+        close()
+
+
 class Worker:
     """The process: hosted variants, the control loop and the heartbeat."""
 
@@ -67,6 +73,7 @@ class Worker:
         self._catalog_at = 0.0
         self._failed_loads: dict[str, int] = {}  # variant -> replicas wanted
         self._draining: set[str] = set()  # variants to unload once their queue here is served
+        self._reloading: set[str] = set()  # variants whose new model version is being opened
         self._last_retry = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -110,8 +117,6 @@ class Worker:
 
     # --- variants -----------------------------------------------------------------------------
     def load(self, variant_id: str, replicas: int = 1) -> HostedVariant | None:
-        from ..repository import Repository
-        from .executors import open_executor
         self._draining.discard(variant_id)  # wanted again: a pending unload is cancelled
         with self._lock:
             if variant_id in self.hosted:
@@ -131,17 +136,68 @@ class Worker:
                 log.error("cannot load %s: %.0f MB hosted + %.0f MB needed > budget %.0f MB", variant_id, used,
                           variant.peak_memory_mb, self.memory_budget_mb)
                 return None
-            started = time.monotonic()
-            path = Repository.from_settings(self.settings).fetch(variant.artifact)
-            executor = open_executor(variant, path)
-            load_ms = (time.monotonic() - started) * 1000
-            task = catalog.tasks[variant.task]
-            hosted = HostedVariant(variant, task, executor, load_ms, variant.peak_memory_mb,
-                            run_lock=None if getattr(executor, "thread_safe", True) else threading.Lock())
+            hosted = self._open(variant, catalog.tasks[variant.task])
             self.hosted[variant_id] = hosted
             self.set_replicas(variant_id, replicas)
-            self._record_event(f"loaded {variant_id} in {load_ms:.0f} ms with {replicas} replica(s)")
+            self._record_event(f"loaded {variant_id} in {hosted.load_ms:.0f} ms with {replicas} replica(s)")
             return hosted
+
+    def _open(self, variant, task) -> HostedVariant:
+        """The variant's artifact fetched and opened (not yet serving)."""
+        from ..repository import Repository
+        from .executors import open_executor
+        started = time.monotonic()
+        executor = open_executor(variant, Repository.from_settings(self.settings).fetch(variant.artifact))
+        load_ms = (time.monotonic() - started) * 1000
+        return HostedVariant(variant, task, executor, load_ms, variant.peak_memory_mb,
+                             run_lock=None if getattr(executor, "thread_safe", True) else threading.Lock())
+
+    def follow_catalog(self) -> None:
+        """Keep what is hosted in step with the catalogue. A variant that left it (its model deleted,
+        or a new version without it) is drained and unloaded; one whose model has a new version is
+        reloaded: the new artifact is opened beside the old, its replicas join the variant's group,
+        then the old replicas finish their batch and leave, so no query fails during the switch."""
+        catalog = self.catalog()
+        with self._lock:
+            hosted = dict(self.hosted)
+        for variant_id, current in hosted.items():
+            newest = catalog.variants.get(variant_id)
+            if newest is None:
+                if variant_id not in self._draining:
+                    self._record_event(f"{variant_id} left the catalogue: draining, then unloading")
+                self.drain_then_unload(variant_id)
+            elif (newest.model_version, newest.artifact) != (current.variant.model_version, current.variant.artifact) \
+                    and variant_id not in self._reloading:
+                self._reloading.add(variant_id)
+                threading.Thread(target=self._reload, args=(current, newest, catalog.tasks[newest.task]),
+                                 name=f"reload-{variant_id}", daemon=True).start()
+
+    def _reload(self, old: HostedVariant, variant, task) -> None:
+        variant_id = variant.variant_id
+        try:
+            fresh = self._open(variant, task)
+            with self._lock:
+                if self.hosted.get(variant_id) is not old:  # unloaded or replaced meanwhile
+                    close_executor(fresh.executor)
+                    return
+                self.hosted[variant_id] = fresh
+                self.set_replicas(variant_id, len(old.replicas))
+            self._retire(old)
+            self._record_event(f"reloaded {variant_id}: version {old.variant.model_version} -> "
+                               f"{variant.model_version} in {fresh.load_ms:.0f} ms")
+        except Exception:  # the old version keeps serving; tried again at the next catalogue check
+            log.exception("reloading %s (version %s) failed", variant_id, variant.model_version)
+        finally:
+            self._reloading.discard(variant_id)
+
+    @staticmethod
+    def _retire(hosted: HostedVariant) -> None:
+        """Stop a replaced version's replicas (each finishes and commits its batch), then close it."""
+        for replica in hosted.replicas:
+            replica.stopping.set()
+        for replica in hosted.replicas:
+            replica.join(timeout=30)
+        close_executor(hosted.executor)
 
     def set_replicas(self, variant_id: str, count: int) -> None:
         with self._lock:
@@ -185,9 +241,7 @@ class Worker:
                 return
             self.set_replicas(variant_id, 0)
             hosted = self.hosted.pop(variant_id)
-            close = getattr(hosted.executor, "close", None)
-            if close:
-                close()
+            close_executor(hosted.executor)
             self._record_event(f"unloaded {variant_id}")
 
     def catalog(self, max_age_s: float = 5.0):
@@ -299,6 +353,10 @@ class Worker:
             except Exception:  # e.g. Kafka refused the new consumer: next time
                 log.exception("replacing a dead replica failed")
             self._report()
+            try:
+                self.follow_catalog()
+            except Exception as err:  # the store away: what is hosted keeps serving
+                log.warning("catalogue check failed: %s", err)
             if self._failed_loads and time.monotonic() - self._last_retry > LOAD_RETRY_S:
                 self._last_retry = time.monotonic()
                 try:

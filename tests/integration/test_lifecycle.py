@@ -102,3 +102,80 @@ def _wait_hosting(store, variant_id: str, timeout_s: float = 30.0) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+# --- a new version under load ----------------------------------------------------------------------
+SWITCH_TASK, SWITCH_MODEL = "lifecycle-switch", "switching-tiny"
+
+
+def test_new_version_takes_over_under_load_without_a_failed_query(narrow, tmp_path):
+    """Queries flow to a model while version 2 is registered: every one is answered OK; answers come
+    from version 1 until version 2 is registered (rows written after its profiling), then from
+    version 2, which the worker loaded beside version 1 before retiring it."""
+    import threading
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from infaas.client import InfaasClient
+    from infaas.serve import Pipeline, ServeOptions
+    from tests.unit.test_executors import tiny_model
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "val.npz", inputs=rng.standard_normal((40, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, 40))
+    paths = [tiny_model(tmp_path / f"v{v}.onnx", inputs=8, classes=3, seed=v) for v in (1, 2)]
+    probes = rng.standard_normal((200, 8)).astype(np.float32)
+    tops = [ort.InferenceSession(str(p)).run(None, {"x": probes})[0].argmax(axis=1) for p in paths]
+    row = int(np.flatnonzero(tops[0] != tops[1])[0])  # an input the two versions answer differently
+    x, answer_of = probes[row:row + 1], {int(tops[0][row]): 1, int(tops[1][row]): 2}
+
+    first = register_model(narrow, APP, SWITCH_TASK, "tiny", paths[0], tmp_path / "val.npz", name=SWITCH_MODEL,
+                           quick=True)
+    variant_id = first.variants[0].variant_id
+    running = Pipeline(narrow, ServeOptions(workers=1, preload=[variant_id], scaler=False, ready_timeout_s=150),
+                       env=settings_env(narrow))
+    logs_before = {p: p.stat().st_size for p in running.log_dir.glob("*.log")}  # earlier runs' lines
+    running.start()
+    answers: list = []  # (version that answered, result), in the order the results arrived
+    stop = threading.Event()
+
+    def load(client: InfaasClient) -> None:
+        while not stop.is_set():
+            futures = [client.submit(x, model=SWITCH_MODEL) for _ in range(5)]
+            for future in futures:
+                result = client.wait(future)
+                answers.append((answer_of.get(int(result.prediction[0])) if result.ok else None, result))
+
+    try:
+        with InfaasClient(narrow, app_id=APP, timeout_s=60) as client:
+            sender = threading.Thread(target=load, args=(client,), daemon=True)
+            sender.start()
+            _wait_for(lambda: sum(v == 1 for v, _ in answers) >= 20, 120, "version 1 answering")
+            registered_at = len(answers)  # no version-2 row exists yet: every answer so far is version 1's
+            second = register_model(narrow, APP, SWITCH_TASK, "tiny", paths[1], tmp_path / "val.npz",
+                                    name=SWITCH_MODEL, quick=True)
+            assert second.model.version == 2 and {v.variant_id for v in second.variants} >= {variant_id}
+            _wait_for(lambda: sum(v == 2 for v, _ in answers[registered_at:]) >= 30, 120, "version 2 answering")
+            stop.set()
+            sender.join(90)
+    finally:
+        stop.set()
+        running.stop()
+    failed = [r for v, r in answers if v is None]
+    assert not failed, f"{len(failed)} of {len(answers)} queries failed, e.g. {failed[0].status}: {failed[0].error}"
+    versions = [v for v, _ in answers]
+    assert set(versions[:registered_at]) == {1}  # nothing switched before version 2 was registered
+    switched = versions.index(2)
+    assert set(versions[switched + 20:]) == {2}, "version 1 still answered well after version 2 took over"
+    new_lines = "".join(p.read_bytes()[logs_before.get(p, 0):].decode(errors="replace")
+                        for p in running.log_dir.glob("*worker*.log"))
+    assert f"reloaded {variant_id}: version 1 -> 2" in new_lines
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    import time
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
