@@ -151,6 +151,7 @@ def ensure_core_topics(settings: Settings) -> list[str]:
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 SERVICE_PRINCIPAL = "infaas-service"
+ANALYTICS_RETENTION = {"retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
 def app_principal(app_id: str) -> str:
@@ -212,18 +213,47 @@ def app_acls(settings: Settings, app_id: str) -> list:
               for operation in ("READ", "DESCRIBE")]]
 
 
+def analytics_names(settings: Settings, name: str) -> tuple[str, str]:
+    """An analytics app's own Faust application id (its consumer group, and the prefix of its
+    changelog topics) and its output topic."""
+    return f"{settings.topic_prefix}-analytics-{name}", f"{settings.topic('analytics')}.{name}"
+
+
+def analytics_acls(settings: Settings, name: str, apps: list[str]) -> list:
+    """A streaming-analytics principal reads the load and scaling streams and the results of the apps
+    named (their own topics and their `.`-suffixed ones), and nothing else of infaas; it owns its
+    Faust application's group and changelog topics, and writes (and reads) its output topic."""
+    principal = app_principal(name)
+    group, output = analytics_names(settings, name)
+    readable = [(settings.topic("load"), "LITERAL"), (settings.topic("scaling"), "LITERAL"),
+                *[(topic, pattern) for app in apps
+                  for topic, pattern in ((settings.results_topic(app), "LITERAL"),
+                                         (settings.results_topic(app) + ".", "PREFIXED"))]]
+    return [*[_acl("TOPIC", topic, pattern, principal, operation)
+              for topic, pattern in readable for operation in ("READ", "DESCRIBE")],
+            _acl("GROUP", group, "LITERAL", principal, "READ"),
+            _acl("TOPIC", group + "-", "PREFIXED", principal, "ALL"),
+            *[_acl("TOPIC", output, "LITERAL", principal, operation) for operation in ("WRITE", "READ", "DESCRIBE")]]
+
+
+def provision_analytics(settings: Settings, name: str, apps: list[str]) -> list[str]:
+    """An analytics principal's ACLs and output topic (idempotent); returns the topics created."""
+    create_acls(settings, analytics_acls(settings, name, apps))
+    return ensure_topics(settings, {analytics_names(settings, name)[1]: TopicSpec(1, ANALYTICS_RETENTION)})
+
+
 def create_acls(settings: Settings, bindings: list) -> None:
     """Add ACLs (adding one that exists is a no-op)."""
     client = admin(settings)
     _admin_request("create ACLs", client, client.create_acls(bindings).values())
 
 
-def delete_acls(settings: Settings, bindings: list) -> None:
-    """Remove exactly these ACLs (removing one that does not exist is a no-op)."""
+def delete_principal_acls(settings: Settings, principal: str) -> None:
+    """Remove every ACL that names the principal (an app's, whatever kind of app it was)."""
     client = admin(settings)
-    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
-                                b.permission_type) for b in bindings]
-    _admin_request("delete ACLs", client, client.delete_acls(filters).values())
+    anything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{principal}", None,
+                                AclOperation.ANY, AclPermissionType.ANY)
+    _admin_request("delete ACLs", client, client.delete_acls([anything]).values())
 
 
 def provision_app(settings: Settings, app_id: str) -> list[str]:

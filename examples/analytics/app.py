@@ -12,7 +12,9 @@ topics: a restarted app resumes its open windows), and once a window is over it 
 and writes it to Cassandra (`analytics_windows`). Cost is each OK answer priced at its variant's
 cost per query from the catalogue. It is built the way the load monitor keeps its windows
 (`infaas/streams/monitor.py`); in secure mode it runs as a principal made by
-`infaas app create NAME --analytics --apps A,B`.
+`infaas app create NAME --analytics --apps A,B`: run it with `--name NAME` (its own Faust group and
+output topic `infaas.analytics.NAME`) and `--no-cassandra` (that principal has no Cassandra role,
+so windows go to the topic only, unpriced).
 """
 
 from __future__ import annotations
@@ -69,20 +71,23 @@ def analytics_record(scope: str, key: str, window_s: int, start_ms: int, w: dict
 
 
 # --- the Faust application ---------------------------------------------------------------------------
-def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: float = 5.0):
+def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: float = 5.0,
+             name: str | None = None, cassandra: bool = True):
+    """`name`: an analytics app made by `infaas app create NAME --analytics` (its own Faust group and
+    output topic `infaas.analytics.NAME`); `cassandra=False`: publish to the topic only."""
     import faust
 
     from infaas.store import BufferedWriter, Store
     from infaas.streams.faust_support import faust_app
     from infaas.views import Catalog
 
-    app = faust_app(settings, "analytics")
+    app = faust_app(settings, "analytics" if name is None else f"analytics-{name}")
     codec = default_codec()
-    output = settings.topic("analytics")
-    bus.ensure_topics(settings, {output: bus.TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+    output = settings.topic("analytics") if name is None else bus.analytics_names(settings, name)[1]
+    bus.ensure_topics(settings, {output: bus.TopicSpec(1, bus.ANALYTICS_RETENTION),
                                  **{settings.results_topic(a): bus.TopicSpec(settings.result_partitions) for a in apps}})
     producer = bus.producer(settings)
-    writer = BufferedWriter(Store(settings))
+    writer = BufferedWriter(Store(settings)) if cassandra else None
     cost_per_query: dict[str, float] = {}
     clock = {"ms": 0, "closed_until": 0}  # the newest event time seen; windows ending before it less grace close
 
@@ -103,6 +108,8 @@ def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: f
         "cleanup.policy": "compact,delete", "retention.ms": str(20 * window_s * 1000)})})
 
     def refresh_costs() -> None:
+        if not cassandra:  # no catalogue to price from: cost stays 0
+            return
         try:
             with Store(settings, connect_timeout=3.0) as store:
                 for variant in Catalog.load(store).variants.values():
@@ -160,7 +167,8 @@ def make_app(settings: Settings, apps: list[str], window_s: int = 60, grace_s: f
                 continue
             record = analytics_record(*key, window_s, start_ms, window)
             producer.produce(output, key=key[1].encode(), value=codec.encode("AnalyticsWindow", record))
-            writer.submit("put_analytics_window", record)
+            if writer is not None:
+                writer.submit("put_analytics_window", record)
             table.table[(key, window_range)] = {**window, "published": True}
             log.info("%s %s from %d: %d answered, SLO %.1f%%, %.2f q/s, $%.6f", key[0], key[1], start_ms,
                      record["answered"], 100 * record["slo_attainment"], record["throughput_qps"],
@@ -175,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apps", required=True, help="comma-separated app ids whose results to analyse")
     parser.add_argument("--window", type=int, default=60, help="tumbling window, seconds")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds a window stays open for late events")
+    parser.add_argument("--name", help="run as the analytics app NAME (`infaas app create NAME --analytics --apps "
+                                       "...`): its own group, and output topic infaas.analytics.NAME")
+    parser.add_argument("--no-cassandra", action="store_true",
+                        help="publish to the topic only, unpriced (a principal without a Cassandra role)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from infaas.streams.faust_support import run_app
     settings = load_settings()
     apps = [a.strip() for a in args.apps.split(",") if a.strip()]
-    return run_app(make_app(settings, apps, args.window, args.grace), "analytics")
+    app = make_app(settings, apps, args.window, args.grace, args.name, cassandra=not args.no_cassandra)
+    return run_app(app, "analytics")
 
 
 if __name__ == "__main__":

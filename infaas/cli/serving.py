@@ -21,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("--print-credentials", action="store_true",
                    help="secure stack: give the app's principal a new password and print it as shell exports "
                         "(the only time it is shown)")
+    p.add_argument("--analytics", action="store_true",
+                   help="a streaming-analytics app: it reads infaas.load, infaas.scaling and the results of the "
+                        "apps named in --apps (on a secure stack nothing else), and sends no queries")
+    p.add_argument("--apps", default="", help="with --analytics: comma-separated apps whose results it may read")
     p.set_defaults(handler=cmd_app_create)
     asub.add_parser("list", help="registered applications").set_defaults(handler=cmd_app_list)
     from .ecosystem import add_app_delete
@@ -138,6 +142,10 @@ def cmd_app_create(args, settings) -> int:
     except ValueError as err:
         print(f"infaas: {err}", file=sys.stderr)
         return 2
+    read_apps = [a.strip() for a in args.apps.split(",") if a.strip()]
+    if read_apps and not args.analytics:
+        print("infaas: --apps is for an analytics app (--analytics)", file=sys.stderr)
+        return 2
     admin = credentials.admin_settings(settings)  # the local secure stack's admin, if that is where we point
     secure = bool(admin.kafka_sasl_mechanism)
     if args.print_credentials and not secure:
@@ -145,22 +153,36 @@ def cmd_app_create(args, settings) -> int:
               file=sys.stderr)
         return 2
     with Store(admin) as store:  # a StoreError or BusError is reported by the CLI (InfaasError)
-        store.put_app(args.app_id, args.description)
+        unknown = [a for a in read_apps if store.get_app(a) is None]
+        if unknown:
+            print(f"infaas: no app {', '.join(unknown)}: create it first, or leave it out of --apps", file=sys.stderr)
+            return 2
+        description = args.description or (f"analytics: reads load, scaling and the results of "
+                                            f"{', '.join(read_apps) or 'no app'}" if args.analytics else "")
+        store.put_app(args.app_id, description)
     if secure:
-        _secure_app(admin, args.app_id, args.print_credentials)
+        _secure_app(admin, args.app_id, args.print_credentials, read_apps if args.analytics else None)
     print(f"infaas: app {args.app_id} created", file=sys.stderr if args.print_credentials else sys.stdout)
     return 0
 
 
-def _secure_app(admin, app_id: str, print_credentials: bool) -> None:
-    """The app's principal, ACLs and results topic; a new password only when it is to be printed."""
+def _secure_app(admin, app_id: str, print_credentials: bool, analytics_of: list[str] | None = None) -> None:
+    """The app's principal, ACLs and results topic (an analytics app: its read ACLs and output topic);
+    a new password only when it is to be printed."""
     import secrets
 
     from .. import bus
     from .infra import credential_exports
     principal = bus.app_principal(app_id)
-    created = bus.provision_app(admin, app_id)
-    note = f"infaas: principal User:{principal}: write {admin.topic('queries')}, read {admin.results_topic(app_id)}"
+    if analytics_of is None:
+        created = bus.provision_app(admin, app_id)
+        note = f"infaas: principal User:{principal}: write {admin.topic('queries')}, read {admin.results_topic(app_id)}"
+    else:
+        created = bus.provision_analytics(admin, app_id, analytics_of)
+        group, output = bus.analytics_names(admin, app_id)
+        readable = [admin.topic("load"), admin.topic("scaling"), *map(admin.results_topic, analytics_of)]
+        note = (f"infaas: principal User:{principal}: read {', '.join(readable)}; its own group {group} and "
+                f"topics {group}-*; write and read {output}")
     print(note + (f" (created {', '.join(created)})" if created else ""), file=sys.stderr)
     if print_credentials:
         password = secrets.token_urlsafe(24)

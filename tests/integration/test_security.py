@@ -220,6 +220,82 @@ def test_app_create_is_idempotent_and_without_the_flag_shows_no_password(secure,
     assert cli(own, "app", "create", "Bad_Name").returncode == 2
 
 
+# --- the third kind of user: streaming analytics ------------------------------------------------
+ANALYST = "acme-watch"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "analytics" / "app.py"
+
+
+@pytest.fixture(scope="module")
+def analyst(secure, apps):
+    """An analytics app over acme's results, made through the CLI; its client settings."""
+    own, output = secure
+    refused = cli(own, "app", "create", "watch-nothing", "--analytics", "--apps", "no-such-app")
+    assert refused.returncode == 2 and "no app no-such-app" in refused.stderr
+    made = cli(own, "app", "create", ANALYST, "--analytics", "--apps", APP, "--print-credentials")
+    assert made.returncode == 0, made.stderr
+    output.append(made.stderr)
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in made.stdout.splitlines())
+    return own.replace(**{k.removeprefix("INFAAS_").lower(): shlex.split(v)[0] for k, v in exports.items()})
+
+
+def test_an_analytics_principal_reads_load_scaling_and_the_named_results_only(secure, analyst):
+    own, _ = secure
+    admin = credentials.admin_settings(own)
+    readable = [own.topic("load"), own.topic("scaling"), own.results_topic(APP)]
+    for topic in (*readable, own.results_topic(RIVAL)):
+        assert deliver(admin, topic, f"for analytics on {topic}".encode()) is None
+    for topic in readable:
+        assert f"for analytics on {topic}".encode() in read_all(analyst, topic), topic
+    for topic in (own.results_topic(RIVAL), own.topic("queries"), own.topic("control"), own.topic("metrics")):
+        assert authorization_error(analyst, topic) == "TOPIC_AUTHORIZATION_FAILED", topic
+    for topic in (own.topic("queries"), own.topic("load"), own.results_topic(APP)):  # it never writes infaas's topics
+        error = deliver(analyst, topic, b"forged", **{"message.timeout.ms": 10000})
+        assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (topic, error)
+    assert deliver(analyst, bus.analytics_names(own, ANALYST)[1], b"its own output") is None
+
+
+def test_the_analytics_example_runs_as_the_analytics_principal(secure, analyst, tmp_path):
+    """The Faust example, with the analytics principal's credentials only: its group, changelog and
+    output topic are its own; it counts acme's answers into a window and publishes it."""
+    from infaas.schemas.codec import default_codec
+    from tests.integration.test_analytics import result
+    own, _ = secure
+    admin, codec, window_s = credentials.admin_settings(own), default_codec(), 2
+    log = (tmp_path / "analytics.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--apps", APP, "--name", ANALYST, "--window",
+                             str(window_s), "--grace", "1", "--no-cassandra"], env=env_of(analyst),
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert any("analytics ready" in line for line in proc.stdout), f"it exited ({proc.wait()}); see {log.name}"
+        start = (int(time.time() * 1000) // (window_s * 1000) - 5) * window_s * 1000
+        answers = [result("a", "OK", "v", 10.0, start + 100), result("b", "BAD_INPUT", "v", 0.0, start + 500),
+                   result("c", "OK", "v", 30.0, start + 3 * window_s * 1000)]  # the last one closes the window
+        producer = bus.producer(admin)
+        for answer in answers:
+            producer.produce(own.results_topic(APP), codec.encode("Result", {**answer, "app_id": APP}))
+        producer.flush(10)
+        window, records, deadline = [], [], time.monotonic() + 60
+        while not window and time.monotonic() < deadline:
+            records = [codec.decode_as("AnalyticsWindow", value)
+                       for value in read_all(analyst, bus.analytics_names(own, ANALYST)[1], seconds=2)
+                       if value != b"its own output"]  # what the test above wrote
+            window = [r for r in records if (r["scope"], r["key"], r["window_start"]) == ("APP", APP, start)]
+        assert window and (window[-1]["answered"], window[-1]["ok"]) == (2, 1), records
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+def test_deleting_the_analytics_app_removes_its_acls_and_output_topic(secure, analyst):
+    own, output = secure
+    assert authorization_error(analyst, own.topic("load")) is None
+    done = cli(own, "app", "delete", ANALYST)
+    output += [done.stdout, done.stderr]
+    assert done.returncode == 0 and bus.analytics_names(own, ANALYST)[1] in done.stdout, done.stderr
+    assert authorization_error(analyst, own.topic("load")) == "TOPIC_AUTHORIZATION_FAILED"
+
+
 # --- tenancy through the pipeline -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def private_variant(secure, apps, tmp_path_factory):
