@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -177,6 +177,21 @@ def set_scram_password(settings: Settings, user: str, password: str) -> None:
     client = admin(settings)
     _admin_request(f"set the SCRAM credential of {user}", client,
                    client.alter_user_scram_credentials([upsert]).values())
+
+
+def authenticates(settings: Settings, timeout: float = 10.0) -> bool:
+    """Do these settings' credentials log in to Kafka? False when the broker refuses them; BusError
+    when it cannot be asked (unreachable)."""
+    refusals: list[KafkaError] = []
+    client = AdminClient({**settings.kafka_client_config(), "error_cb": refusals.append})
+    try:
+        client.list_topics(timeout=timeout)
+        return True
+    except KafkaException as err:
+        client.poll(1.0)  # serves the error callback, which names an authentication failure
+        if any(e.code() == KafkaError._AUTHENTICATION for e in [*refusals, err.args[0]]):
+            return False
+        raise BusError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {err.args[0].str()}") from None
 
 
 def has_scram_user(settings: Settings, user: str) -> bool:

@@ -13,11 +13,21 @@ The requirements come in the request's `parameters` (`min_accuracy`, `latency_ms
 response's `parameters` say what served it (`variant`, `accuracy`, `latency_ms`, `queue_ms`,
 `compute_ms`). A query travels as any client's does (`InfaasClient`), with the reply topic
 `<prefix>.results.<app>.gateway` shared by the gateway's replicas (each drops the others' results).
+
+On a plain stack every request acts for the app given at start (`--app`). On a secure stack (SASL
+settings) each request must carry HTTP basic credentials, an app id and that app's password (the one
+`infaas app create APP --print-credentials` set): the gateway checks them by logging in to Kafka as the
+app's principal, and then sends that app's queries with the app's own credentials, so Kafka's ACLs
+hold for the gateway exactly as for the app's own clients. Health endpoints need no credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -29,6 +39,7 @@ import numpy as np
 from aiohttp import web
 
 from . import bus, metrics
+from .catalog import NAME_RE
 from .client import InfaasClient, QueryNotSent, QueryResult, QueryTimeout
 from .settings import Settings
 from .store import Store, StoreError
@@ -48,6 +59,7 @@ MAX_BODY_BYTES = 32 << 20
 MAX_ROWS = 1024
 CATALOG_REFRESH_S = 5.0
 MISS_REFRESH_S = 1.0  # an unknown name refreshes the catalogue at most this often
+REFUSED_RETRY_S = 5.0  # refused credentials are not checked against Kafka again for this long
 
 
 class BadRequest(Exception):
@@ -72,8 +84,8 @@ class Names:
     """The catalogue (apps, tasks, models, variants), refreshed in the background, and the
     registered output signature of each model (read once from its ONNX file)."""
 
-    def __init__(self, settings: Settings, app_id: str):
-        self.settings, self.app_id = settings, app_id
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self.catalog = Catalog()
         self.models: dict[str, Any] = {}  # model name -> ModelInfo of its newest version
         self.refreshed_at = 0.0
@@ -88,8 +100,9 @@ class Names:
                 newest[model.model] = model
         self.catalog, self.models, self.refreshed_at = catalog, newest, time.monotonic()
 
-    def resolve(self, name: str) -> Target | None:
-        catalog, app = self.catalog, self.app_id
+    def resolve(self, name: str, app: str) -> Target | None:
+        """What the name means for this app (another app's private model is unknown to it)."""
+        catalog = self.catalog
         variant = catalog.variants.get(name)
         if variant is not None and variant.visible_to(app):
             return Target("variant", name, variant.task, variant.model, str(variant.model_version))
@@ -260,12 +273,47 @@ def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def unauthorized(message: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="infaas"'},
+                                text=json.dumps({"error": message}), content_type="application/json")
+
+
+def basic_credentials(header: str | None) -> tuple[str, str]:
+    """(app id, password) from an `Authorization: Basic ...` header; 401 when absent or malformed."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        raise unauthorized("this gateway needs HTTP basic credentials: the app id and its password "
+                           "(`infaas app create APP --print-credentials`)")
+    try:
+        app, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise unauthorized("malformed basic credentials") from None
+    if not colon or not NAME_RE.fullmatch(app):
+        raise unauthorized("malformed basic credentials: expected APP:PASSWORD with a valid app id")
+    return app, password
+
+
+@dataclass
+class AppSession:
+    """An authenticated app's client: its queries go out with its own Kafka credentials."""
+    digest: bytes  # of the password that logged in (the password itself is not kept here)
+    client: InfaasClient
+
+
+def _digest(app: str, password: str) -> bytes:
+    return hashlib.sha256(f"{app}\0{password}".encode()).digest()
+
+
 # --- the service -------------------------------------------------------------------------------------
 class Gateway:
     def __init__(self, settings: Settings, app_id: str = "demo", timeout_s: float = 30.0):
         self.settings, self.app_id, self.timeout_s = settings, app_id, timeout_s
-        self.names = Names(settings, app_id)
-        self.client: InfaasClient | None = None
+        self.secure = bool(settings.kafka_sasl_mechanism)
+        self.names = Names(settings)
+        self.client: InfaasClient | None = None  # plain stack: the one app's
+        self.sessions: dict[str, AppSession] = {}  # secure stack: per authenticated app
+        self._refused: dict[bytes, float] = {}  # digests of refused credentials -> when
+        self._login_lock = asyncio.Lock()
         self.admin = bus.admin(settings)
         self.counts = {"requests": 0, "bad_requests": 0}
         self._refreshing: asyncio.Task | None = None
@@ -274,16 +322,53 @@ class Gateway:
     async def start(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.names.refresh)
-        self.client = await loop.run_in_executor(None, lambda: InfaasClient(
-            self.settings, self.app_id, reply_topic=f"{self.settings.results_topic(self.app_id)}.gateway",
-            timeout_s=self.timeout_s))
+        if not self.secure:
+            self.client = await loop.run_in_executor(None, self._client, self.settings, self.app_id)
         self._refreshing = asyncio.create_task(self._refresh_loop())
+
+    def _client(self, settings: Settings, app: str) -> InfaasClient:
+        reply = f"{self.settings.results_topic(app)}.gateway"
+        bus.ensure_topics(self.settings, {reply: bus.TopicSpec(self.settings.result_partitions)})  # as the service
+        return InfaasClient(settings, app, reply_topic=reply, timeout_s=self.timeout_s)
 
     async def stop(self, _app: web.Application | None = None) -> None:
         if self._refreshing:
             self._refreshing.cancel()
-        if self.client:
-            await asyncio.get_running_loop().run_in_executor(None, self.client.close)
+        loop = asyncio.get_running_loop()
+        for client in [self.client, *(s.client for s in self.sessions.values())]:
+            if client is not None:
+                await loop.run_in_executor(None, client.close)
+
+    async def caller(self, request: web.Request) -> tuple[str, InfaasClient | None]:
+        """The app a request acts for, and its client: the gateway's own app on a plain stack; on a
+        secure stack the app whose credentials the request carries (401 when there are none, or
+        Kafka refuses them)."""
+        if not self.secure:
+            return self.app_id, self.client
+        app, password = basic_credentials(request.headers.get("Authorization"))
+        digest = _digest(app, password)
+        async with self._login_lock:  # one login per app at a time; the others then find its session
+            session = self.sessions.get(app)
+            if session is not None and hmac.compare_digest(session.digest, digest):
+                return app, session.client
+            if time.monotonic() - self._refused.get(digest, -REFUSED_RETRY_S) < REFUSED_RETRY_S:
+                raise unauthorized(f"credentials of app {app} refused")
+            client = await asyncio.get_running_loop().run_in_executor(None, self._login, app, password)
+            if client is None:
+                self._refused[digest] = time.monotonic()
+                log.warning("refused credentials for app %s", app)
+                raise unauthorized(f"credentials of app {app} refused")
+            self._refused.pop(digest, None)
+            old, self.sessions[app] = self.sessions.get(app), AppSession(digest, client)
+        if old is not None:  # its password changed: the old client goes
+            await asyncio.get_running_loop().run_in_executor(None, old.client.close)
+        log.info("app %s logged in", app)
+        return app, client
+
+    def _login(self, app: str, password: str) -> InfaasClient | None:
+        """A client with the app's own credentials, if Kafka accepts them."""
+        own = self.settings.replace(kafka_sasl_username=bus.app_principal(app), kafka_sasl_password=password)
+        return self._client(own, app) if bus.authenticates(own) else None
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -296,11 +381,11 @@ class Gateway:
         except StoreError as err:
             log.warning("catalogue refresh failed (the previous one stays in use): %s", err)
 
-    async def resolve(self, name: str) -> Target | None:
-        target = self.names.resolve(name)
+    async def resolve(self, name: str, app: str) -> Target | None:
+        target = self.names.resolve(name, app)
         if target is None and time.monotonic() - self.names.refreshed_at > MISS_REFRESH_S:
             await self._refresh()  # registered since the last refresh?
-            target = self.names.resolve(name)
+            target = self.names.resolve(name, app)
         return target
 
     def dispatcher_consuming(self) -> bool:
@@ -335,7 +420,8 @@ class Gateway:
         return web.json_response({"name": "infaas", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        target = await self.resolve(request.match_info["name"])
+        app, _ = await self.caller(request)
+        target = await self.resolve(request.match_info["name"], app)
         if target is None:
             return json_error(404, f"unknown model {request.match_info['name']!r:.100}")
         task = self.names.catalog.tasks[target.task]
@@ -349,7 +435,8 @@ class Gateway:
             "outputs": outputs})
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        target = await self.resolve(request.match_info["name"])
+        app, _ = await self.caller(request)
+        target = await self.resolve(request.match_info["name"], app)
         if target is None:
             return json_error(404, f"unknown model {request.match_info['name']!r:.100}")
         return web.json_response({"name": target.name, "ready": True})
@@ -357,13 +444,14 @@ class Gateway:
     async def infer(self, request: web.Request) -> web.Response:
         self.counts["requests"] += 1
         name = request.match_info["name"]
+        app, client = await self.caller(request)
         try:
             body = await request.read()
             parsed, binary = split_body(body, request.headers.get("Inference-Header-Content-Length"))
-            target = await self.resolve(name)
+            target = await self.resolve(name, app)
             if target is None:
                 return json_error(404, f"unknown model {name!r:.100}: no variant, model or task of that name "
-                                       f"for app {self.app_id}")
+                                       f"for app {app}")
             input_name, array = parse_input(parsed, binary)
             task = self.names.catalog.tasks[target.task]
             if input_name != task.input_name:
@@ -380,7 +468,7 @@ class Gateway:
             log.info("bad request for %.100s: %s", name, err)
             return json_error(400, str(err))
         try:
-            result = await self.client.aquery(array, **target.query_fields, **requirements)
+            result = await client.aquery(array, **target.query_fields, **requirements)
         except QueryTimeout as err:
             return json_error(504, str(err))
         except QueryNotSent as err:
@@ -431,8 +519,9 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000, app_id: s
         bound = runner.addresses[0][1] if runner.addresses else port
         metrics.serve_endpoint(settings, "gateway")
         metrics.mark_ready()
-        print(f"infaas gateway ready (pid {__import__('os').getpid()}, http://{host}:{bound}/v2, app "
-              f"{app_id})", flush=True)
+        acting = "each app with its HTTP basic credentials" if gateway.secure else f"app {app_id}"
+        print(f"infaas gateway ready (pid {__import__('os').getpid()}, http://{host}:{bound}/v2, {acting})",
+              flush=True)
         try:
             await asyncio.Event().wait()
         finally:

@@ -7,7 +7,8 @@ def register(sub) -> None:
     p = sub.add_parser("gateway", help="the Open Inference Protocol (KServe V2) over HTTP, in front of the pipeline")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: a free port (printed in the readiness line)")
-    p.add_argument("--app", default="demo", help="the application the gateway's queries are sent as")
+    p.add_argument("--app", default="demo", help="the application the gateway's queries are sent as (plain stack; "
+                                                 "on a secure stack each request authenticates as its app, HTTP basic)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a result (then 504)")
     p.set_defaults(handler=cmd_gateway)
     register_status(sub)

@@ -25,6 +25,7 @@ from infaas.client import InfaasClient
 from infaas.launcher import LaunchError
 from infaas.registration import RegistrationError, register_model
 from infaas.registration.validate import check_model, load_validation
+from infaas.schemas.codec import default_codec
 from infaas.serve import Pipeline, ServeOptions
 from infaas.store import Store, StoreError
 from tests.conftest import free_port
@@ -340,6 +341,65 @@ def test_a_private_model_is_unknown_to_other_apps_and_served_to_its_own(secure, 
         served = client.query(x, model=PRIVATE_MODEL)
     assert served.ok, served.error
     assert served.variant == private_variant and served.prediction.shape == (1,)
+
+
+@pytest.fixture(scope="module")
+def gateway(secure, pipeline):
+    """`infaas gateway` with the services' credentials; yields its host:port."""
+    from infaas.scaler.processes import ServiceProcess
+    own, _ = secure
+    services = credentials.service_settings(own)
+    process = ServiceProcess("gateway", ["gateway", "--port", "0", "--timeout", "60"],
+                             own.state_dir / "logs" / "test-gateway", env_of(services)).start()
+    try:
+        process.wait_ready(120)
+        assert "each app with its HTTP basic credentials" in process.ready_line
+        yield process.ready_line.split("http://")[1].split("/v2")[0]
+    finally:
+        process.stop()
+
+
+def test_the_gateway_authenticates_each_app_and_sends_as_it(secure, apps, gateway):
+    import base64
+
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+    own, _ = secure
+
+    def basic(app: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{app}:{password}".encode()).decode()}
+
+    def infer(client, headers):
+        tensor = triton.InferInput("x", [1, 8], "FP32")
+        tensor.set_data_from_numpy(np.random.default_rng(3).standard_normal((1, 8)).astype(np.float32))
+        return client.infer(PRIVATE_MODEL, [tensor], headers=headers)
+
+    def refused(call) -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        return raised.value.status(), raised.value.message()
+
+    rival, mine = apps[RIVAL], apps[APP]
+    with triton.InferenceServerClient(gateway, network_timeout=90, connection_timeout=30) as client:
+        assert client.is_server_live()  # health needs no credentials
+        assert refused(lambda: infer(client, {}))[0] == "401"
+        assert refused(lambda: infer(client, basic(RIVAL, "not-the-password")))[0] == "401"
+        assert refused(lambda: infer(client, basic(RIVAL, mine.kafka_sasl_password)))[0] == "401"  # acme's password
+        assert refused(lambda: client.get_model_metadata(PRIVATE_MODEL, headers=basic(APP, mine.kafka_sasl_password)))[0] == "404"
+        assert refused(lambda: infer(client, basic(APP, mine.kafka_sasl_password)))[0] == "404"  # private to the rival
+        meta = client.get_model_metadata(PRIVATE_MODEL, headers=basic(RIVAL, rival.kafka_sasl_password))
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}]
+        served = infer(client, basic(RIVAL, rival.kafka_sasl_password))
+        assert served.as_numpy("probabilities").shape == (1, 3)
+        assert served.get_response()["parameters"]["variant"].startswith(PRIVATE_MODEL)
+    # What reached Kafka: the rival's query, as the rival, replying to the rival's gateway topic.
+    queries = [default_codec().decode_as("Query", v)
+               for v in read_all(credentials.admin_settings(own), own.topic("queries"), 3.0, own.query_partitions)
+               if v[:2] == b"\xc3\x01"]
+    sent = [q for q in queries if q["model"] == PRIVATE_MODEL and q["reply_topic"].endswith(".gateway")]
+    assert sent and {(q["app_id"], q["reply_topic"]) for q in sent} <= {
+        (APP, own.results_topic(APP) + ".gateway"), (RIVAL, own.results_topic(RIVAL) + ".gateway")}
+    assert any(q["app_id"] == RIVAL for q in sent)
 
 
 # --- Cassandra ----------------------------------------------------------------------------------------
