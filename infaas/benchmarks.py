@@ -2,11 +2,13 @@
 (and `infaas bench overload`: goodput and shedding beyond capacity, at the end of this file).
 
 1. Selection: decision latency (p50/p99) with 100, 1,000 and 4,032 variants in one task.
-2. Dispatcher: sustained queries/s of one dispatcher process (queries pre-loaded in Kafka).
+2. Dispatcher: sustained queries/s of one dispatcher process, then of two sharing the queries
+   topic (queries pre-loaded in Kafka), with the CPU each process and the broker spent per query.
 3. End-to-end overhead at low load: a variant-specific query through the pipeline versus the same
    variant run directly with its executor on the same input, one query at a time.
 4. Throughput: the whole pipeline flooded with queries for one variant versus that variant's raw
-   executor throughput at its batch size on the same cores.
+   executor throughput at its batch size on the same cores, with the CPU the broker, the dispatcher and
+   the worker spent per query (from /proc), the model's own execution time taken out of the worker's.
 Each prints its numbers; all of them go to a JSON file. Runs use a topic prefix of their own
 (`<prefix>-bench`), deleted at the end.
 """
@@ -37,6 +39,7 @@ from .settings import Settings
 from .tensors import to_tensor
 
 TASK = "digits-classification"
+PARTS = ("selection", "dispatcher", "variants", "gateway")
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -88,10 +91,48 @@ def time_decisions(snapshot: Snapshot, requests: list[Request], decisions: int) 
     return timings
 
 
+# --- CPU per query ---------------------------------------------------------------------------------
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far, from /proc (0 when it is unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+class CpuMeter:
+    """CPU seconds that named processes spend between `start` and `stop`. The broker is measured when
+    it runs on this machine (the local stack); elsewhere it is left out."""
+
+    def __init__(self, settings: Settings, pids: dict[str, int | None]):
+        from .launcher import running_pid
+        self.pids = {**pids, "broker": running_pid(settings, "kafka")}
+        self.pids = {name: pid for name, pid in self.pids.items() if pid is not None}
+        self.spent: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.spent = {name: cpu_seconds(pid) - self._at[name] for name, pid in self.pids.items()}
+        return self.spent
+
+    def us_per_query(self, queries: int, subtract: dict[str, float] | None = None) -> dict[str, float]:
+        """Microseconds per query by process (`subtract`: seconds to take off a process first), and total."""
+        per = {name: 1e6 * max(spent - (subtract or {}).get(name, 0.0), 0.0) / max(queries, 1)
+               for name, spent in self.spent.items()}
+        return {**per, "total": sum(per.values())}
+
+
 # --- 2. dispatcher throughput ---------------------------------------------------------------------
 def bench_dispatcher(settings: Settings, inputs: np.ndarray, queries: int = 20_000,
-                     say: Callable[[str], None] = print) -> dict:
-    """Pre-load `queries` in the queries topic, start one dispatcher, time until all are routed."""
+                     say: Callable[[str], None] = print, processes: int = 1) -> dict:
+    """Pre-load `queries` in the queries topic, start `processes` dispatchers, and once all are ready
+    time the rest until every query is routed (what was routed while they joined is not counted)."""
     from confluent_kafka import TopicPartition
 
     from .scaler.processes import ServiceProcess
@@ -110,22 +151,36 @@ def bench_dispatcher(settings: Settings, inputs: np.ndarray, queries: int = 20_0
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
-    service = ServiceProcess("bench-dispatcher", ["dispatcher"], settings.state_dir / "logs" / "bench",
-                             {**os.environ, **settings.as_env()}).start()
+    consumer = bus.consumer(settings, f"{settings.topic_prefix}-dispatcher")
+    partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic).topics[topic].partitions]
+    first = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))  # an earlier run's
+
+    def routed() -> int:
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)) - first
+
+    services = [ServiceProcess(f"bench-dispatcher-{i + 1}", ["dispatcher"], settings.state_dir / "logs" / "bench",
+                               {**os.environ, **settings.as_env()}).start() for i in range(processes)]
     try:
-        service.wait_ready(120)
-        consumer = bus.consumer(settings, f"{settings.topic_prefix}-dispatcher")
-        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic).topics[topic].partitions]
-        started, done = time.monotonic(), 0
+        for service in services:
+            service.wait_ready(120)
+        meter = CpuMeter(settings, {f"dispatcher-{i + 1}": s.pid for i, s in enumerate(services)}).start()
+        started, at_start = time.monotonic(), routed()
+        done = at_start
         while done < queries and time.monotonic() - started < 300:
             time.sleep(0.25)
-            done = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+            done = routed()
         elapsed = time.monotonic() - started
-        consumer.close()
+        meter.stop()
     finally:
-        service.stop()
-    say(f"dispatcher: {done} queries routed in {elapsed:.1f} s")
-    return {"queries": done, "seconds": elapsed, "queries_per_s": done / elapsed}
+        consumer.close()
+        for service in services:
+            service.stop()
+    timed = done - at_start
+    cpu = meter.us_per_query(timed)
+    say(f"dispatcher x{processes}: {timed} queries routed in {elapsed:.1f} s once ready ({at_start} while joining); "
+        f"CPU per query: {', '.join(f'{k} {v:.0f} us' for k, v in cpu.items())}")
+    return {"processes": processes, "queries": timed, "seconds": elapsed, "queries_per_s": timed / elapsed,
+            "cpu_us_per_query": cpu}
 
 
 # --- 3 and 4. the pipeline against the raw executor ---------------------------------------------
@@ -161,12 +216,17 @@ def bench_raw_throughput(executor, variant: Variant, inputs: np.ndarray, seconds
     return rows / (time.perf_counter() - started)
 
 
-def bench_pipeline_throughput(client: InfaasClient, variant: Variant, inputs: np.ndarray, n: int = 5000) -> float:
+def bench_pipeline_throughput(client: InfaasClient, variant: Variant, inputs: np.ndarray, n: int = 5000,
+                              meter: CpuMeter | None = None) -> float:
+    if meter is not None:
+        meter.start()
     started = time.perf_counter()
     futures = [client.submit(inputs[i % len(inputs)][None], variant=variant.variant_id) for i in range(n)]
     client.flush()
     results = [client.wait(f, timeout_s=300) for f in futures]
     elapsed = time.perf_counter() - started
+    if meter is not None:
+        meter.stop()
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} of {n} queries failed, e.g. {failed[0].status}: {failed[0].error}")
@@ -174,46 +234,72 @@ def bench_pipeline_throughput(client: InfaasClient, variant: Variant, inputs: np
 
 
 def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = None,
-                   say: Callable[[str], None] = print) -> dict:
-
+                   say: Callable[[str], None] = print, parts: tuple[str, ...] = PARTS) -> dict:
     from .loadgen import validation_inputs
     from .registration.zoo import ensure_zoo
     bench = settings.replace(topic_prefix=f"{settings.topic_prefix}-bench-{uuid.uuid4().hex[:6]}")
     bus.ensure_core_topics(bench)
     ensure_zoo(settings, quick=True, zoo="digits", say=say)  # the dispatcher benchmark queries its task
     inputs = validation_inputs(settings, TASK)
-    report: dict = {"machine": _machine()}
+    report: dict = {"machine": _machine(), "parts": list(parts)}
     try:
-        say("1/4 selection decision latency ...")
-        report["selection"] = bench_selection(decisions=5_000 if quick else 20_000)
-        for size, row in report["selection"].items():
-            say(f"  {size:5d} variants: p50 {row['p50_us']:.1f} us, p99 {row['p99_us']:.1f} us (median of "
-                f"{len(row['p99_us_per_round'])} rounds; p99 per round "
-                f"{', '.join(f'{x:.0f}' for x in row['p99_us_per_round'])} us)")
-        say("2/4 dispatcher throughput ...")
-        report["dispatcher"] = bench_dispatcher(bench, inputs, 5_000 if quick else 20_000, say)
-        say(f"  {report['dispatcher']['queries_per_s']:.0f} queries/s")
-        report["variants"] = {}
-        zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, say=say)}  # the demo's mnist1d zoo
-        rows = pick_variants(zoo, quick) + [("compute-bound reference", v) for v in heavy_variants(settings)]
-        chosen = [v for _, v in rows]
-        inputs_of = {TASK: inputs, "bench-heavy": inputs}
-        inputs_of.update({v.task: validation_inputs(settings, v.task) for v in zoo.values()})
-        pipeline = Pipeline(bench, ServeOptions(workers=1, preload=[v.variant_id for v in chosen], scaler=False),
-                            env={**os.environ, **bench.as_env()})
-        pipeline.start()
-        try:
-            with InfaasClient(bench, app_id="demo", timeout_s=120) as client:
-                for row, variant in rows:
-                    say(f"pipeline vs raw executor: {row}")
-                    measured = measure_variant(bench, client, variant, inputs_of[variant.task], quick, say)
-                    report["variants"][variant.variant_id] = {"row": row, **measured}
-                report["gateway"] = bench_gateway(bench, client, chosen[0], inputs_of[chosen[0].task], quick, say)
-        finally:
-            pipeline.stop()
+        if "selection" in parts:
+            say("1/4 selection decision latency ...")
+            report["selection"] = bench_selection(decisions=5_000 if quick else 20_000)
+            for size, row in report["selection"].items():
+                say(f"  {size:5d} variants: p50 {row['p50_us']:.1f} us, p99 {row['p99_us']:.1f} us (median of "
+                    f"{len(row['p99_us_per_round'])} rounds; p99 per round "
+                    f"{', '.join(f'{x:.0f}' for x in row['p99_us_per_round'])} us)")
+        if "dispatcher" in parts:
+            say("2/4 dispatcher throughput ...")
+            report["dispatcher"] = bench_dispatcher(bench, inputs, 5_000 if quick else 20_000, say)
+            say(f"  {report['dispatcher']['queries_per_s']:.0f} queries/s")
+            # Two processes share the queries topic's partitions; on this machine's cores, with the broker
+            # beside them, the gain is bounded by the cores left, which the report states.
+            report["dispatcher_2"] = bench_dispatcher(bench, inputs, 5_000 if quick else 20_000, say, processes=2)
+            report["dispatcher_2"]["cores"] = os.cpu_count()
+            say(f"  {report['dispatcher_2']['queries_per_s']:.0f} queries/s with two dispatchers "
+                f"({report['dispatcher_2']['queries_per_s'] / report['dispatcher']['queries_per_s']:.2f}x one; "
+                f"{os.cpu_count()} cores)")
+        if {"variants", "gateway"} & set(parts):
+            bench_variants(settings, bench, inputs, quick, say, report, parts)
     finally:
         bus.delete_prefixed_topics(bench)
     return write_report(report, out or Path("bench-results") / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json", say)
+
+
+def bench_variants(settings: Settings, bench: Settings, inputs: np.ndarray, quick: bool, say: Callable[[str], None],
+                   report: dict, parts: tuple[str, ...]) -> None:
+    """3 and 4 (and the gateway) on one running pipeline that hosts every variant measured."""
+    from .loadgen import validation_inputs
+    from .registration.zoo import ensure_zoo
+    report["variants"] = {}
+    zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, say=say)}  # the demo's mnist1d zoo
+    rows = pick_variants(zoo, quick) + [("compute-bound reference", v) for v in heavy_variants(settings)]
+    if "variants" not in parts:
+        rows = rows[:1]  # the gateway only needs one variant
+    chosen = [v for _, v in rows]
+    inputs_of = {TASK: inputs, "bench-heavy": inputs}
+    inputs_of.update({v.task: validation_inputs(settings, v.task) for v in zoo.values()})
+    pipeline = Pipeline(bench, ServeOptions(workers=1, preload=[v.variant_id for v in chosen], scaler=False),
+                        env={**os.environ, **bench.as_env()})
+    pipeline.start()
+    try:
+        with InfaasClient(bench, app_id="demo", timeout_s=120) as client:
+            if "variants" in parts:
+                pids = {("worker" if "worker" in name else name): s.pid for name, s in pipeline.services.items()
+                        if name == "dispatcher" or "worker" in name}
+                for row, variant in rows:
+                    say(f"pipeline vs raw executor: {row}")
+                    measured = measure_variant(bench, client, variant, inputs_of[variant.task], quick, say,
+                                               CpuMeter(bench, pids))
+                    report["variants"][variant.variant_id] = {"row": row, **measured}
+                tiny = report["variants"][rows[0][1].variant_id]
+                report["cpu_us_per_query"] = {**tiny["cpu_us_per_query"], "variant": rows[0][1].variant_id}
+            if "gateway" in parts:
+                report["gateway"] = bench_gateway(bench, client, chosen[0], inputs_of[chosen[0].task], quick, say)
+    finally:
+        pipeline.stop()
 
 
 def write_report(report: dict, out: Path, say: Callable[[str], None]) -> dict:
@@ -259,7 +345,7 @@ def heavy_variants(settings: Settings) -> list[Variant]:
 
 
 def measure_variant(settings: Settings, client: InfaasClient, variant: Variant, inputs: np.ndarray, quick: bool,
-                    say: Callable[[str], None]) -> dict:
+                    say: Callable[[str], None], meter: CpuMeter) -> dict:
     executor = raw_executor(settings, variant)
     try:
         client.query(inputs[:1], variant=variant.variant_id)  # the replica has joined and warmed up
@@ -270,12 +356,16 @@ def measure_variant(settings: Settings, client: InfaasClient, variant: Variant, 
             f"p99 {overhead['overhead_p99_ms']:.2f} ms")
         say(f"4/4 throughput, {variant.variant_id} ...")
         raw = bench_raw_throughput(executor, variant, inputs, 2.0 if quick else 5.0)
-        piped = bench_pipeline_throughput(client, variant, inputs, int(min(5000, max(200, raw * (3 if quick else 10)))))
+        flood = int(min(5000, max(200, raw * (3 if quick else 10))))
+        piped = bench_pipeline_throughput(client, variant, inputs, flood, meter)
+        # The worker's CPU less the model's own: the flood's rows at the raw executor's rate (one thread).
+        cpu = meter.us_per_query(flood, subtract={"worker": flood / raw})
         say(f"  raw executor {raw:.0f} rows/s at batch {variant.batch_size}; pipeline {piped:.0f} queries/s "
-            f"({100 * piped / raw:.1f}% of raw)")
+            f"({100 * piped / raw:.1f}% of raw); service CPU per query: "
+            f"{', '.join(f'{k} {v:.0f} us' for k, v in cpu.items())}")
     finally:
         executor.close()
-    return {"overhead": overhead, "raw_rows_per_s": raw, "pipeline_queries_per_s": piped,
+    return {"overhead": overhead, "raw_rows_per_s": raw, "pipeline_queries_per_s": piped, "cpu_us_per_query": cpu,
             "pipeline_share_of_raw": piped / raw, "batch_size": variant.batch_size,
             "latency_at_batch_ms": variant.latency_at(variant.batch_size)}
 

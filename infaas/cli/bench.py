@@ -56,15 +56,23 @@ def add_pipeline(actions) -> None:
                                             "pipeline vs raw executor throughput (writes JSON)")
     p.add_argument("--quick", action="store_true", help="fewer decisions and queries")
     p.add_argument("--out", help="JSON file (default bench-results/pipeline-<time>.json)")
+    p.add_argument("--only", help="comma-separated parts to run: selection, dispatcher, variants (the pipeline vs "
+                                  "the raw executor, with CPU per query; builds the mnist1d zoo if missing), gateway")
     p.set_defaults(handler=cmd_pipeline)
 
 
 def cmd_pipeline(args, settings) -> int:
+    import sys
     from pathlib import Path
 
-    from ..benchmarks import run_benchmarks
+    from ..benchmarks import PARTS, run_benchmarks
+    parts = PARTS if not args.only else tuple(p.strip() for p in args.only.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"infaas: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
     run_benchmarks(settings, quick=args.quick, out=Path(args.out) if args.out else None,
-                   say=lambda msg: print(f"infaas: {msg}", flush=True))
+                   say=lambda msg: print(f"infaas: {msg}", flush=True), parts=parts)
     return 0
 
 
