@@ -274,10 +274,12 @@ def bench_variants(settings: Settings, bench: Settings, inputs: np.ndarray, quic
     from .loadgen import validation_inputs
     from .registration.zoo import ensure_zoo
     report["variants"] = {}
-    zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, say=say)}  # the demo's mnist1d zoo
-    rows = pick_variants(zoo, quick) + [("compute-bound reference", v) for v in heavy_variants(settings)]
-    if "variants" not in parts:
-        rows = rows[:1]  # the gateway only needs one variant
+    if "variants" in parts:
+        zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, say=say)}  # the demo's mnist1d zoo
+        rows = pick_variants(zoo, quick) + [("compute-bound reference", v) for v in heavy_variants(settings)]
+    else:  # the gateway alone: one small variant of the digits zoo, which the dispatcher part uses too
+        zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, zoo="digits", say=say)}
+        rows = pick_variants(zoo, quick)[:1]
     chosen = [v for _, v in rows]
     inputs_of = {TASK: inputs, "bench-heavy": inputs}
     inputs_of.update({v.task: validation_inputs(settings, v.task) for v in zoo.values()})
