@@ -51,7 +51,6 @@ def core_topics(settings: Settings) -> dict[str, TopicSpec]:
                                                "min.cleanable.dirty.ratio": "0.1"}),
         settings.topic("scaling"): TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
         settings.topic("control"): TopicSpec(1, {"retention.ms": day_ms}),
-        settings.topic("offline"): TopicSpec(1, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
     }
 
 
