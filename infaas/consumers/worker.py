@@ -71,6 +71,7 @@ class Worker:
         self.offline = None
         self._catalog = None
         self._catalog_at = 0.0
+        self._catalog_tried_at = 0.0
         self._failed_loads: dict[str, int] = {}  # variant -> replicas wanted
         self._draining: set[str] = set()  # variants to unload once their queue here is served
         self._reloading: set[str] = set()  # variants whose new model version is being opened
@@ -248,7 +249,8 @@ class Worker:
         """The catalogue (variants, tasks), refreshed from Cassandra when older than `max_age_s`;
         while Cassandra is away the last one serves, so loading a known variant still works."""
         from ..views import Catalog
-        if self._catalog is None or time.monotonic() - self._catalog_at > max_age_s:
+        if self._catalog is None or time.monotonic() - self._catalog_tried_at > max_age_s:
+            self._catalog_tried_at = time.monotonic()  # while Cassandra is away, tried again only this often
             try:
                 self._catalog = Catalog.load(self.store)
                 self._catalog_at = time.monotonic()
