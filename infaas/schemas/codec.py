@@ -216,6 +216,20 @@ def _walker(schema: Any, named: dict[str, Walk]) -> Walk:
         return lambda data, pos: named[schema](data, pos)  # a named type defined earlier
     if isinstance(schema, list):
         branches = [_walker(branch, named) for branch in schema]
+        if len(branches) == 2 and schema[0] == "null":
+            second = branches[1]
+
+            def optional(data: bytes, pos: int) -> int:
+                """The common ["null", X]: index 0 or 1 is one byte (zigzag 0x00 or 0x02); anything
+                else is out of range, and read in full for the message."""
+                index = data[pos]
+                if index == 0:
+                    return pos + 1
+                if index == 2:
+                    return second(data, pos + 1)
+                index, _ = _varint(data, pos)
+                raise DecodeError(f"union branch {index} is out of range 0..1")
+            return optional
 
         def union(data: bytes, pos: int) -> int:
             index, pos = _varint(data, pos)
