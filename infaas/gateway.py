@@ -347,15 +347,21 @@ class Gateway:
             return self.app_id, self.client
         app, password = basic_credentials(request.headers.get("Authorization"))
         digest = _digest(app, password)
-        async with self._login_lock:  # one login per app at a time; the others then find its session
-            session = self.sessions.get(app)
-            if session is not None and hmac.compare_digest(session.digest, digest):
-                return app, session.client
+        client = self._logged_in(app, digest)
+        if client is not None:
+            return app, client
+        async with self._login_lock:  # one login at a time; requests waiting then find its session
+            client = self._logged_in(app, digest)
+            if client is not None:
+                return app, client
             if time.monotonic() - self._refused.get(digest, -REFUSED_RETRY_S) < REFUSED_RETRY_S:
                 raise unauthorized(f"credentials of app {app} refused")
             client = await asyncio.get_running_loop().run_in_executor(None, self._login, app, password)
             if client is None:
-                self._refused[digest] = time.monotonic()
+                now = time.monotonic()
+                if len(self._refused) > 10_000:  # many wrong passwords: keep only the recent ones
+                    self._refused = {d: at for d, at in self._refused.items() if now - at < REFUSED_RETRY_S}
+                self._refused[digest] = now
                 log.warning("refused credentials for app %s", app)
                 raise unauthorized(f"credentials of app {app} refused")
             self._refused.pop(digest, None)
@@ -364,6 +370,10 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, old.client.close)
         log.info("app %s logged in", app)
         return app, client
+
+    def _logged_in(self, app: str, digest: bytes) -> InfaasClient | None:
+        session = self.sessions.get(app)
+        return session.client if session is not None and hmac.compare_digest(session.digest, digest) else None
 
     def _login(self, app: str, password: str) -> InfaasClient | None:
         """A client with the app's own credentials, if Kafka accepts them."""
