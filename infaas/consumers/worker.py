@@ -168,7 +168,7 @@ class Worker:
                     self._record_event(f"{variant_id} left the catalogue: draining, then unloading")
                 self.drain_then_unload(variant_id)
             elif (newest.model_version, newest.artifact) != (current.variant.model_version, current.variant.artifact) \
-                    and variant_id not in self._reloading:
+                    and variant_id not in self._reloading and newest.task in catalog.tasks:
                 self._reloading.add(variant_id)
                 threading.Thread(target=self._reload, args=(current, newest, catalog.tasks[newest.task]),
                                  name=f"reload-{variant_id}", daemon=True).start()
