@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .. import metrics
 from ..catalog import NAME_RE
-from ..policies.selection import Decision, Request, select
+from ..policies.selection import OK, Decision, Request, least_utilized_worker, select
 from ..policies.snapshot import ACTIVE, Snapshot, VariantLive
 from ..schemas.codec import DecodeError, EncodeError, default_codec
 from ..schemas.messages import DeadLetter, Result, WorkerCommand
@@ -69,6 +69,8 @@ class Dispatcher:
         self.counts = {"routed": 0, "rejected": 0, "dead": 0, "loads": 0}
         self._memo_of: Snapshot | None = None
         self._decisions: dict[Request, Decision] = {}
+        # Cold variants routed to while no worker of their hardware was ready: loaded once one is.
+        self.unplaced: dict[str, str] = {}  # variant -> the reason it was chosen
 
     # --- entry point --------------------------------------------------------------------------
     def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
@@ -98,6 +100,8 @@ class Dispatcher:
         out = []
         if decision.load_on is not None:
             out.append(self._load_command(decision, snapshot))
+        elif not snapshot.live_of(decision.variant_id).loaded:
+            self.unplaced.setdefault(decision.variant_id, decision.reason)
         deadline = record["sent_at"] + int(request.latency_ms) if request.latency_ms is not None else None
         stamp = {"variant_id": decision.variant_id, "deadline_at": deadline, "dispatched_at": now_ms(),
                  "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
@@ -170,6 +174,23 @@ class Dispatcher:
         if len(tasks) > 1:
             raise Rejected("BAD_INPUT", f"the query's task, model and variant disagree (tasks {sorted(tasks)})")
         return tasks.pop()
+
+    def place_unplaced(self) -> list[Outgoing]:
+        """LOAD commands for the cold variants that queries wait on with no worker asked to load them
+        (they were routed before any worker of their hardware was ready); called on a timer, since
+        no further query may come."""
+        snapshot, out = self.view.snapshot, []
+        for variant_id, reason in list(self.unplaced.items()):
+            variant = snapshot.variants.get(variant_id)
+            if variant is None or snapshot.live_of(variant_id).loaded:  # gone, or loaded by someone else
+                self.unplaced.pop(variant_id)
+                continue
+            worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
+            if worker is not None:
+                self.unplaced.pop(variant_id)
+                decision = Decision(OK, variant_id, f"{reason}; queries wait on it", load_on=worker.worker_id)
+                out.append(self._load_command(decision, snapshot))
+        return out
 
     # --- outputs ------------------------------------------------------------------------------
     def _load_command(self, decision: Decision, snapshot: Snapshot) -> Outgoing:
@@ -336,6 +357,12 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
                 tracker.send(outgoing, list(events))
         finally:
             tracker.close()
+
+    @app.timer(interval=1.0)
+    async def place_unplaced() -> None:
+        for command in dispatcher.place_unplaced():
+            producer.produce(command.topic, key=command.key, value=command.value)
+        producer.poll(0)
 
     return app
 

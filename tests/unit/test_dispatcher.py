@@ -172,3 +172,19 @@ def worker_report(reported_at: int, queue_len: int) -> dict:
     return {"worker_id": "w1", "hardware": "cpu", "host": "h", "pid": 1, "reported_at": reported_at,
             "interval_ms": 1000, "cpu_util": 0.5, "gpu_util": None, "memory_mb": 100.0, "memory_budget_mb": 2048.0,
             "variants": [metrics]}
+
+
+def test_a_cold_variant_chosen_before_any_worker_is_ready_is_loaded_once_one_is(dispatcher, base_settings):
+    """A query routed while no worker had reported waits in the variant's topic: the dispatcher
+    remembers the variant and asks the first ready worker to load it, even if no other query comes."""
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers={}, at_ms=1)
+    out = handle(dispatcher, min_accuracy=0.97)
+    assert [o.topic for o in out] == [base_settings.variant_topic(LARGE.variant_id)]  # routed, nobody told
+    assert dispatcher.place_unplaced() == []  # still no worker
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=2)
+    commands = dispatcher.place_unplaced()
+    assert [o.topic for o in commands] == [base_settings.topic("control")]
+    command = CODEC.decode_as("WorkerCommand", commands[0].value)
+    assert (command["action"], command["variant_id"], command["worker_id"]) == ("LOAD", LARGE.variant_id, "w2")
+    assert "queries wait on it" in command["reason"]
+    assert dispatcher.place_unplaced() == []  # asked once
