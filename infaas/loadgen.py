@@ -35,6 +35,7 @@ class Arrival:
     min_accuracy: float | None = None
     label: str = ""  # requirement class, for reports
     variant: str | None = None  # variant-specific (the task is then not sent)
+    rows: int = 1  # samples in the query's input (a client scoring a batch of them at once)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class LoadRun:
             if delay > 0:
                 time.sleep(delay)
             pool = self.inputs[arrival.task]
-            sample = pool[self._rng.integers(len(pool))][None, ...]
+            sample = pool[(self._rng.integers(len(pool)) + np.arange(arrival.rows)) % len(pool)]
             sent_at = time.monotonic()
             if arrival.variant:
                 future = self.client.submit(sample, variant=arrival.variant, latency_ms=arrival.latency_ms)
@@ -151,7 +152,7 @@ class LoadRun:
                 stats.label_variants[(arrival.label, result.variant)] += 1
                 variant = self.variants.get(result.variant)
                 if variant is not None:
-                    stats.cost_usd += variant.cost_per_1k / 1000.0
+                    stats.cost_usd += variant.cost_per_1k / 1000.0 * arrival.rows
                 stats.accuracy_sum += result.accuracy or 0.0
             if self.on_result:
                 self.on_result(stats)

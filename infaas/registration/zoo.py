@@ -201,6 +201,7 @@ class Zoo:
     export: Callable[..., dict[str, Path]]  # (directory, quick, names, step) -> {model: onnx path}
     training_share: float  # the share of the progress bar training takes (the rest: registering)
     model_prefix: str = ""  # model names are global: the zoos' models must not collide (`logreg` in both)
+    batch_sizes: tuple[int, ...] = ()  # the batch sizes its variants get (empty: the settings')
 
 
 def zoos() -> dict[str, Zoo]:
@@ -208,7 +209,7 @@ def zoos() -> dict[str, Zoo]:
     from . import zoo_mnist1d
     return {"digits": Zoo("digits", TASK, APP, ZOO, export_zoo, 0.1),
             "mnist1d": Zoo("mnist1d", zoo_mnist1d.TASK, zoo_mnist1d.APP, zoo_mnist1d.ZOO, zoo_mnist1d.export_zoo,
-                           0.5, model_prefix="m1d-")}
+                           0.5, model_prefix="m1d-", batch_sizes=zoo_mnist1d.BATCH_SIZES)}
 
 
 DEMO_ZOO = "mnist1d"  # what `infaas zoo build` and the demo register by default
@@ -243,15 +244,33 @@ def build_zoo(settings: Settings, quick: bool = False, names: tuple[str, ...] | 
             for index, (name, path) in enumerate(files.items()):
                 if on_model:
                     on_model(name)
-                reports.append(register_model(settings, chosen.app, chosen.task, by_name[name].architecture, path,
-                                              folder / "validation.npz", public=True, quick=quick,
-                                              name=chosen.model_prefix + name,
-                                              store=store, on_progress=progress.registering(index, name)))
+                entry = by_name[name]
+                reports.append(register_model(model_settings(settings, chosen, entry), chosen.app, chosen.task,
+                                              entry.architecture, path, folder / "validation.npz", public=True,
+                                              quick=quick, name=chosen.model_prefix + name, store=store,
+                                              on_progress=progress.registering(index, name)))
             progress.finish()
     finally:
         if own:
             store.close()
     return reports
+
+
+def model_settings(settings: Settings, zoo: Zoo, entry) -> Settings:
+    """The variants a zoo registers for one model, where the settings leave the choice open (at their
+    defaults): the zoo's batch sizes, and the model's optimizers (`entry.optimizers`; a zoo leaves out
+    an optimizer all of whose variants of that model another optimizer's variants dominate)."""
+    changes: dict[str, tuple] = {}
+    if zoo.batch_sizes and _is_default(settings, "variant_batch_sizes"):
+        changes["variant_batch_sizes"] = zoo.batch_sizes
+    optimizers = getattr(entry, "optimizers", ())
+    if optimizers and _is_default(settings, "variant_optimizers"):
+        changes["variant_optimizers"] = optimizers
+    return settings.replace(**changes) if changes else settings
+
+
+def _is_default(settings: Settings, name: str) -> bool:
+    return getattr(settings, name) == Settings.__dataclass_fields__[name].default
 
 
 class _ZooProgress:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..consumers.executors import OPTIMIZERS
 from .zoo import OnnxGraph
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,15 @@ APP = "demo"
 INPUT = "signal"
 LENGTH = 40  # samples per signal (mnist1d's final_seq_length)
 SAMPLES = 6000  # generated signals: 80% train, 20% held out
-SHIFT = 16  # the CNN trains on signals shifted up to this much; its TTA variant averages every such shift
+SHIFT = 16  # the CNNs train on signals shifted up to this much; the TTA model averages shifts within it
+# The variants registered per model: batch sizes 1 (latency), 8 and 32 (throughput) are enough for
+# the profile's linear fit and for the scaler's batching choices; each more one is profiled and its
+# accuracy measured on the whole validation set, for every optimizer.
+BATCH_SIZES = (1, 8, 32)
+# Untuned TVM runs these 1-D convolutions 9-20x slower than ONNX Runtime at the same accuracy (its
+# variants of the CNNs were all dominated, and measuring them took most of the zoo's build time);
+# cnn-small's TVM variants still exercise and profile TVM's convolution path.
+WITHOUT_TVM = tuple(o for o in OPTIMIZERS if o != "tvm")
 # Step = (what, units done in this model, units in this model): one zoo-wide progress bar.
 Step = Callable[[str, int, int], None]
 
@@ -59,6 +68,7 @@ class ZooModel:
     architecture: str
     build: Callable[[np.ndarray, np.ndarray, bool, int, Step], object]  # (x, y, quick, seed, step) -> ModelProto
     units: Callable[[bool], int]  # progress units its training takes
+    optimizers: tuple[str, ...] = ()  # the optimizers its variants are built with (empty: all)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -170,47 +180,38 @@ def _shifted(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndar
     return padded[np.arange(len(x))[:, None], starts[:, None] + np.arange(x.shape[1])]
 
 
-_TRAINED: dict = {}  # (net, quick, seed, data digest) -> weights: a TTA model reuses its base's training
-
-
-def _trained(net: ConvNet, x, y, quick: bool, seed: int, step: Step, name: str) -> list:
-    import hashlib
-    key = (net, quick, seed, hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
-    if key not in _TRAINED:
-        _TRAINED.clear()  # one network's weights at a time are enough
-        _TRAINED[key] = _train(net, x, y, quick, seed, step, name)
-    return _TRAINED[key]
-
-
 def _convnet(name: str, net: ConvNet, shifts: tuple[int, ...] = ()):
-    """The trained network as ONNX; with `shifts`, test-time augmentation: the logits averaged over
+    """The trained network as ONNX. With `shifts`, test-time augmentation: the logits averaged over
     copies of the signal shifted by each offset (zero-padded), which the translations in mnist1d
     make a real accuracy gain, bought with compute."""
     def build(x, y, quick: bool, seed: int, step: Step):
-        params = _trained(net, x, y, quick, seed, step, name)
+        params = _train(net, x, y, quick, seed, step, name)
         graph = OnnxGraph(INPUT, LENGTH, scale=None)
         if shifts:
             _shifted_copies(graph, shifts)
-        if net.channels:
-            graph.op("Reshape", graph.const("signal_shape", np.array([-1, 1, LENGTH], np.int64)))
-        pad = net.kernel // 2
-        for i, ((w, b), pool) in enumerate(zip(params, net.pool, strict=False)):
-            graph.op("Conv", graph.const(f"k{i}", w), graph.const(f"kb{i}", b), pads=[pad, pad])
-            graph.op("Relu")
-            if pool:
-                graph.op("MaxPool", kernel_shape=[2], strides=[2])
-        if net.channels:
-            graph.op("Flatten", axis=1)
-        dense = params[len(net.channels):]
-        for i, (w, b) in enumerate(dense):
-            graph.dense(i, w, b, relu=i < len(dense) - 1)
+        _network(graph, net, params)
         if shifts:  # [copies * N, 10] -> mean over the copies -> [N, 10]
             graph.op("Reshape", graph.const("copies_shape", np.array([len(shifts), -1, 10], np.int64)))
             graph.op("ReduceMean", axes=[0], keepdims=0)
-        if shifts:
-            step(name, 1, 1)
         return graph.model(name)
     return build
+
+
+def _network(graph: OnnxGraph, net: ConvNet, params: list) -> None:
+    """[N, LENGTH] -> logits [N, 10]."""
+    if net.channels:
+        graph.op("Reshape", graph.const("signal_shape", np.array([-1, 1, LENGTH], np.int64)))
+    pad = net.kernel // 2
+    for i, ((w, b), pool) in enumerate(zip(params, net.pool, strict=False)):
+        graph.op("Conv", graph.const(f"k{i}", w), graph.const(f"kb{i}", b), pads=[pad, pad])
+        graph.op("Relu")
+        if pool:
+            graph.op("MaxPool", kernel_shape=[2], strides=[2])
+    if net.channels:
+        graph.op("Flatten", axis=1)
+    dense = params[len(net.channels):]
+    for i, (w, b) in enumerate(dense):
+        graph.dense(i, w, b, relu=i < len(dense) - 1)
 
 
 def _shifted_copies(graph: OnnxGraph, shifts: tuple[int, ...]) -> None:
@@ -235,19 +236,24 @@ def _units(net: ConvNet | None) -> Callable[[bool], int]:
     return (lambda quick: 1) if net is None else (lambda quick: net.quick_epochs if quick else net.epochs)
 
 
-def _net_model(name: str, architecture: str, net: ConvNet, shifts: tuple[int, ...] = ()) -> ZooModel:
-    units = _units(None if shifts else net)  # a TTA model reuses the weights its base was trained to
-    return ZooModel(name, architecture, _convnet(name, net, shifts), units)
+def _net_model(name: str, architecture: str, net: ConvNet, shifts: tuple[int, ...] = (),
+               optimizers: tuple[str, ...] = ()) -> ZooModel:
+    return ZooModel(name, architecture, _convnet(name, net, shifts), _units(net), optimizers)
 
 
 CNN = ConvNet((32, 64, 64), (False, True, True), max_shift=SHIFT)
+CNN_LARGE = ConvNet((64, 128, 128), (False, True, True), max_shift=SHIFT)  # 4x the cnn's multiply-adds
+TTA_SHIFTS = tuple(range(-SHIFT, SHIFT + 1))  # every shift the network trained on: 33 copies
+# Its int8 variants ran 4x slower than fp32 at the same top-1 (ConvInteger, dynamic quantization).
+ORT_FP32 = tuple(o for o in WITHOUT_TVM if o != "ort-int8")
 # Ordered fastest to most accurate; each step buys accuracy with compute (see the zoo table in README).
 ZOO = (
     ZooModel("logreg", "logistic-regression", _logistic, _units(None)),
     _net_model("mlp", "mlp-256x256", ConvNet((), (), hidden=(256, 256), epochs=30)),
     _net_model("cnn-small", "cnn1d-16x16x16", ConvNet((16, 16, 16), (True, True, True))),
-    _net_model("cnn", "cnn1d-32x64x64", CNN),
-    _net_model("cnn-tta", f"cnn1d-32x64x64-tta{2 * SHIFT + 1}", CNN, shifts=tuple(range(-SHIFT, SHIFT + 1))),
+    _net_model("cnn", "cnn1d-32x64x64", CNN, optimizers=WITHOUT_TVM),
+    _net_model("cnn-large-tta", f"cnn1d-64x128x128-tta{len(TTA_SHIFTS)}", CNN_LARGE, shifts=TTA_SHIFTS,
+               optimizers=ORT_FP32),
 )
 
 
@@ -260,7 +266,6 @@ def export_zoo(directory: Path, quick: bool = False, names: tuple[str, ...] | No
     (the held-out split) into `directory`. The same seed gives the same bytes."""
     import onnx
     step = step or (lambda *a: None)
-    _TRAINED.clear()  # weights are shared within one export only: every export trains from scratch
     chosen = [entry for entry in ZOO if not names or entry.name in names]
     total = DATA_UNITS + sum(entry.units(quick) for entry in chosen)
     step("generating mnist1d", 0, total)

@@ -38,8 +38,8 @@ def test_same_seed_same_bytes_and_accuracies(tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_graphs_use_standard_operators_and_real_convolutions(tmp_path):
-    files = zoo_mnist1d.export_zoo(tmp_path, quick=True, samples=SMALL, names=("logreg", "cnn", "cnn-tta"))
+def test_graphs_use_standard_operators_and_real_convolutions(tmp_path, monkeypatch):
+    files = zoo_mnist1d.export_zoo(tmp_path, quick=True, samples=SMALL, names=("logreg", "cnn", "cnn-large-tta"))
     for name, path in files.items():
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
@@ -48,21 +48,24 @@ def test_graphs_use_standard_operators_and_real_convolutions(tmp_path):
         assert ("Conv" in ops) == name.startswith("cnn")
     conv = next(i for i in onnx.load(str(files["cnn"])).graph.initializer if i.name == "k0")
     assert tuple(conv.dims) == (32, 1, 5)  # trained kernels: 32 filters over the 1-channel signal
-    weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(files["cnn"])).graph.initializer}
-    tta = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(files["cnn-tta"])).graph.initializer}
-    assert all((tta[name] == value).all() for name, value in weights.items())  # the same trained network
-    # test-time augmentation: the TTA model's logits are the mean of the CNN's over the shifted signals
+    tta = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(files["cnn-large-tta"])).graph.initializer}
+    assert tta["k0"].shape == (64, 1, 5) and tta["k2"].shape == (128, 128, 5)  # the larger network
+    # test-time augmentation: the TTA model's logits are the mean of its network's over the shifted signals
     import numpy as np
+    large = zoo_mnist1d.CNN_LARGE
+    weights = [(tta[f"k{i}"], tta[f"kb{i}"]) for i in range(len(large.channels))] + [(tta["w0"], tta["b0"])]
+    monkeypatch.setattr(zoo_mnist1d, "_train", lambda *args: weights)
+    alone = zoo_mnist1d._convnet("large", large)(None, None, True, 0, lambda *a: None)
     with np.load(tmp_path / "validation.npz") as data:
         x = data["inputs"][:16]
-    cnn = ort.InferenceSession(str(files["cnn"]), providers=["CPUExecutionProvider"])
+    network = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"])
     shift = zoo_mnist1d.SHIFT
     padded = np.pad(x, ((0, 0), (shift, shift)))
-    copies = [padded[:, shift - s: shift - s + zoo_mnist1d.LENGTH] for s in range(-shift, shift + 1)]
-    logits = np.mean([np.log(cnn.run(["probabilities"], {"signal": c})[0]) for c in copies], axis=0)
+    copies = [padded[:, shift - s: shift - s + zoo_mnist1d.LENGTH] for s in zoo_mnist1d.TTA_SHIFTS]
+    logits = np.mean([np.log(network.run(["probabilities"], {"signal": c})[0]) for c in copies], axis=0)
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
-    got = ort.InferenceSession(str(files["cnn-tta"]), providers=["CPUExecutionProvider"]).run(
+    got = ort.InferenceSession(str(files["cnn-large-tta"]), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"signal": x})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
 

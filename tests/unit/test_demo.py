@@ -67,3 +67,23 @@ def test_static_cost_is_simulated_with_the_static_policy():
     assert 0 < cheap < dear  # provisioned for the peak: more load, more replicas, more cost
     adaptive = demo.static_cost(Settings(), variants, many, classes, max_workers=8, policy="infaas")
     assert 0 < adaptive != dear  # the same simulation under the infaas policy: a different bill
+
+
+def test_each_class_demands_what_only_its_own_model_serves():
+    variants = [_variant("logreg", 0.311, 0.01), _variant("cnn", 0.9575, 0.1), _variant("cnn", 0.9583, 0.2, 8),
+                _variant("large", 0.9791, 3.0), _variant("large", 0.9783, 2.5, 8)]
+    fast, balanced, accurate = demo.requirement_classes(variants)
+    assert fast.min_accuracy is None and fast.rows == 1
+    assert balanced.min_accuracy == 0.9575  # every cnn variant qualifies, logreg does not
+    assert accurate.min_accuracy == 0.9783 > 0.9583  # only the large model's variants
+    assert accurate.rows == demo.ACCURATE_ROWS > 1
+
+
+def test_static_cost_counts_every_row_of_a_query():
+    from dataclasses import replace
+    classes = [RequirementClass("accurate", 1.0, 250.0, 0.95, "")]
+    variants = [_variant("cnn-tta", 0.97, 5.0), _variant("cnn-tta", 0.97, 2.5, 8)]
+    single = arrivals_from_trace(BUNDLED_TRACE, 60.0, 20.0, classes)
+    batched = [replace(a, rows=8) for a in single]
+    one, eight = (demo.static_cost(Settings(), variants, a, classes, max_workers=8) for a in (single, batched))
+    assert 0 < one < eight
