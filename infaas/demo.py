@@ -259,19 +259,16 @@ def actions_table(actions: list[dict]) -> Table:
 
 
 def warm_up(client: InfaasClient, classes: list[RequirementClass], inputs: np.ndarray, console: Console,
-            tries: int = 4, timeout_s: float = 15.0) -> None:
-    """One query per class without a deadline, so the variants they pick are loaded before timing.
-    Asked again when unanswered: a query that arrives before the dispatcher has heard from any
-    worker is routed to its variant with no worker asked to load it, and waits there."""
+            timeout_s: float = 120.0) -> None:
+    """One query per class without a deadline, so the variants they pick are loaded before timing (a
+    query that comes before any worker has reported waits until the first one loads its variant)."""
     for c in classes:
-        for attempt in range(1, tries + 1):
-            try:
-                result = client.query(inputs[:c.rows], task=TASK, min_accuracy=c.min_accuracy, timeout_s=timeout_s)
-            except QueryTimeout:
-                console.print(f"  warm-up {c.label}: no answer within {timeout_s:g} s (try {attempt}/{tries})")
-                continue
-            console.print(f"  warm-up {c.label}: {result.status} via {result.variant}")
-            break
+        try:
+            result = client.query(inputs[:c.rows], task=TASK, min_accuracy=c.min_accuracy, timeout_s=timeout_s)
+        except QueryTimeout:
+            console.print(f"  warm-up {c.label}: no answer within {timeout_s:g} s")
+            continue
+        console.print(f"  warm-up {c.label}: {result.status} via {result.variant}")
 
 
 def _refresh(live: Live, dashboard: Dashboard, run: LoadRun, stop: threading.Event) -> None:
