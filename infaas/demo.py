@@ -202,6 +202,7 @@ def run_demo(settings: Settings, duration_s: float = 150.0, mean_qps: float = 40
     if not launcher.is_up(settings):
         console.print("starting the local stack ...")
         launcher.up(settings, say=lambda m: console.print(f"  {m}"))
+    launcher.initialize(settings)  # the keyspace and topics of these settings (idempotent)
     variants = {v.variant_id: v for v in ensure_zoo(settings, quick, say=console.print)}
     classes = requirement_classes(list(variants.values()))
     arrivals = arrivals_from_trace(trace or default_trace(), duration_s, mean_qps, classes)

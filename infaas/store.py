@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
+from cassandra import ConsistencyLevel, InvalidRequest, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionException
@@ -146,7 +146,14 @@ class Store:
             with self._lock:
                 stmt = self._prepared.get(cql)
                 if stmt is None:
-                    stmt = self.session.prepare(cql)
+                    try:
+                        stmt = self.session.prepare(cql)
+                    except InvalidRequest as err:
+                        if f"keyspace {self.keyspace} does not exist" in str(err):
+                            where = f"{','.join(self.settings.cassandra_hosts)}:{self.settings.cassandra_port}"
+                            raise StoreError(f"keyspace {self.keyspace} does not exist in Cassandra at {where}: "
+                                             "run `infaas init` to create it (setting keyspace)") from None
+                        raise
                     self._prepared[cql] = stmt
         return stmt
 

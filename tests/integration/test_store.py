@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from infaas.catalog import ModelInfo, ProfilePoint, TaskInfo, Variant
 from infaas.store import BufferedWriter, Store, now_ms
 from tests.conftest import free_port
@@ -130,3 +132,10 @@ def test_buffered_writer_keeps_rows_while_cassandra_is_away(settings):
         assert (writer.pending, writer.rejected, writer.written) == (1, 0, 0)
     finally:
         writer.close(timeout=0)
+
+
+def test_a_missing_keyspace_is_a_clear_error(settings):
+    from infaas.store import StoreError
+    with Store(settings.replace(keyspace="no_such_keyspace_here")) as store:
+        with pytest.raises(StoreError, match="keyspace no_such_keyspace_here does not exist .*run `infaas init`"):
+            store.list_apps()
