@@ -39,6 +39,10 @@ MAX_ECHO = 256
 MAX_TEXT = 1000
 # 9999-12-31T23:59:59.999Z: a later sent_at is no time, and its deadline would overflow an Avro long.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
+# A variant routed to within this window that is now unloaded is checked for queries left in its
+# topic, once its last routed query has had time to be delivered.
+STRANDED_WINDOW_MS = 120_000
+DELIVERED_AFTER_MS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class Dispatcher:
         self._decisions: dict[Request, Decision] = {}
         # Cold variants routed to while no worker of their hardware was ready: loaded once one is.
         self.unplaced: dict[str, str] = {}  # variant -> the reason it was chosen
+        self.routed_at: dict[str, int] = {}  # variant -> when a query was last routed to it (ms)
 
     # --- entry point --------------------------------------------------------------------------
     def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
@@ -102,6 +107,7 @@ class Dispatcher:
             out.append(self._load_command(decision, snapshot))
         elif not snapshot.live_of(decision.variant_id).loaded:
             self.unplaced.setdefault(decision.variant_id, decision.reason)
+        self.routed_at[decision.variant_id] = snapshot.at_ms
         deadline = record["sent_at"] + int(request.latency_ms) if request.latency_ms is not None else None
         stamp = {"variant_id": decision.variant_id, "deadline_at": deadline, "dispatched_at": now_ms(),
                  "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
@@ -174,6 +180,16 @@ class Dispatcher:
         if len(tasks) > 1:
             raise Rejected("BAD_INPUT", f"the query's task, model and variant disagree (tasks {sorted(tasks)})")
         return tasks.pop()
+
+    def unloaded_since_routed(self) -> list[str]:
+        """Variants routed to within STRANDED_WINDOW_MS that no worker hosts now: a query routed just
+        before its variant was unloaded (retired, or its worker gone) may still wait in its topic."""
+        snapshot = self.view.snapshot
+        for variant_id, at in list(self.routed_at.items()):
+            if snapshot.at_ms - at > STRANDED_WINDOW_MS:
+                del self.routed_at[variant_id]
+        return [v for v, at in self.routed_at.items() if snapshot.at_ms - at >= DELIVERED_AFTER_MS
+                and v not in self.unplaced and not snapshot.live_of(v).loaded]
 
     def place_unplaced(self) -> list[Outgoing]:
         """LOAD commands for the cold variants that queries wait on with no worker asked to load them
@@ -360,6 +376,15 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
 
     @app.timer(interval=1.0)
     async def place_unplaced() -> None:
+        loop = asyncio.get_running_loop()
+        for variant_id in dispatcher.unloaded_since_routed():
+            left = await loop.run_in_executor(None, bus.uncommitted_queries, settings, variant_id)
+            if left == 0:  # nothing stranded; a new route starts the watch again
+                dispatcher.routed_at.pop(variant_id, None)
+            else:
+                log.warning("%d queries wait in the topic of %s, which no worker hosts now: loading it", left,
+                            variant_id)
+                dispatcher.unplaced.setdefault(variant_id, "queries were left in its topic when it was unloaded")
         for command in dispatcher.place_unplaced():
             producer.produce(command.topic, key=command.key, value=command.value)
         producer.poll(0)

@@ -188,3 +188,17 @@ def test_a_cold_variant_chosen_before_any_worker_is_ready_is_loaded_once_one_is(
     assert (command["action"], command["variant_id"], command["worker_id"]) == ("LOAD", LARGE.variant_id, "w2")
     assert "queries wait on it" in command["reason"]
     assert dispatcher.place_unplaced() == []  # asked once
+
+
+def test_a_variant_unloaded_after_queries_were_routed_to_it_is_watched_for_stranded_ones(dispatcher):
+    from infaas.policies.snapshot import ACTIVE, VariantLive
+    loaded = {LARGE.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w2",))}
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, live=loaded, workers=WORKERS, at_ms=10_000)
+    handle(dispatcher, min_accuracy=0.97)
+    assert dispatcher.unloaded_since_routed() == []  # still loaded
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=12_000)
+    assert dispatcher.unloaded_since_routed() == []  # unloaded, but the routed query may still be in flight
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=16_000)
+    assert dispatcher.unloaded_since_routed() == [LARGE.variant_id]
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=10_000 + 121_000)
+    assert dispatcher.unloaded_since_routed() == [] and dispatcher.routed_at == {}  # past the window
