@@ -119,30 +119,24 @@ def replicas_for(variant: Variant, demand: float, config: PolicyConfig, slo_ms: 
 
 def trend_demand_rows(live: VariantLive, recent: tuple[float, ...], config: PolicyConfig) -> float:
     """Rows/s the arrival rate reaches `trend_horizon_s` ahead on its least-squares trend over the last
-    `trend_windows` windows, when rising (never below the latest window): scale up before the level.
-    A slope within `trend_sigmas` standard errors of zero is noise, not a trend (Poisson arrivals at a
-    few queries/s swing by their square root every second, and 5 s ahead that is several replicas)."""
+    `trend_windows` windows, when rising (never below the latest window): scale up before the level."""
     samples = (*recent, live.qps)[-max(config.trend_windows, 2):]
     if len(samples) < 3:
         return live.qps * live.avg_rows
     n = len(samples)
     mean_x, mean_y = (n - 1) / 2.0, sum(samples) / n
-    spread = sum((x - mean_x) ** 2 for x in range(n))
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(samples)) / spread
-    residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(samples)) / (n - 2)
-    if slope <= config.trend_sigmas * math.sqrt(residual / spread):
-        return live.qps * live.avg_rows
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in enumerate(samples))
+             / sum((x - mean_x) ** 2 for x in range(n)))
     projected = mean_y + slope * ((n - 1 - mean_x) + config.trend_horizon_s)
     return max(live.qps, projected) * live.avg_rows
 
 
 def scale_up_demand(live: VariantLive, recent: tuple[float, ...], config: PolicyConfig) -> float:
-    """Rows/s the replicas must carry now: the level (and backlog); SLO-first, the latest window or the
-    mean of the last `trend_windows`, whichever is higher, or the rising trend (`trend_demand_rows`)."""
+    """Rows/s the replicas must carry now: the level (and backlog); SLO-first, also the rising trend."""
+    level = demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s)
     if not config.slo_first:
-        return demand_rows(live, recent, config.scale_up_windows, config.queue_drain_s)
-    smooth = demand_rows(live, recent, config.trend_windows)
-    return max(smooth, trend_demand_rows(live, recent, config)) + backlog_rows(live, config.queue_drain_s)
+        return level
+    return max(level, trend_demand_rows(live, recent, config) + backlog_rows(live, config.queue_drain_s))
 
 
 def hardware_of(variant_or_name: Variant | str, config: PolicyConfig) -> Hardware:

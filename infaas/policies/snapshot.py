@@ -148,7 +148,6 @@ class PolicyConfig:
     scale_down_hold_s: float = 60.0  # and removes a replica only after being low this long
     trend_windows: int = 5  # scale-up extrapolates the arrival rate's trend over this many windows
     trend_horizon_s: float = 5.0  # this far ahead (about a load and a tick)
-    trend_sigmas: float = 2.0  # a trend counts when its slope is this many standard errors above zero
     # Warm pool: idle workers kept per hardware kind, `warm_pool_sigmas` standard deviations of the
     # workers its variants needed over the peak window, at most `warm_pool_share` of the kind's workers
     # in use (at least one) and `warm_pool_max`; billed like any worker.

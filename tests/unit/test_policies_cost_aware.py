@@ -175,24 +175,3 @@ def test_a_class_on_a_dear_active_variant_prefetches_a_cheaper_one_once_the_acti
     # A class that needs 0.75: SMALL is out; CPU is not 1.5x cheaper than BIG_GPU per row: no prefetch.
     strict = select(on_big(4), replace(request, min_accuracy=0.75))
     assert strict.variant_id == BIG_GPU.variant_id and strict.prefetch is None
-
-
-def test_scale_up_does_not_chase_one_second_noise():
-    # CPU with a 300 ms SLO: 10 rows/s a replica planned at 0.67. Three replicas carry 20 rows/s.
-    # (The noise filter is on the trend; the level is the latest second's, as before.)
-    from infaas.policies.capacity import scale_up_demand, trend_demand_rows
-    state = live(3, 16.0, demand_slo_ms=300.0, workers=("w1", "w2", "w3"))
-    noisy = (9.0, 3.0, 8.0, 4.0)  # then 16: Poisson swings around 8, not a rise
-    assert trend_demand_rows(state, noisy, CONFIG) == pytest.approx(16.0)  # slope 1.9, within 2 x its 2.9 error
-    # The latest second (16 rows/s; the 5 s mean is 8) fits the three replicas (20 rows/s).
-    assert scale_up_demand(state, noisy, CONFIG) == pytest.approx(16.0)
-    workers = [worker(f"w{i}", util=0.5, hosts={CPU.variant_id: 1}) for i in (1, 2, 3)]
-    lives = {CPU.variant_id: state}
-    assert "ADD_REPLICA" not in kinds(decide(_settled(lives, workers, {CPU.variant_id: noisy}), CONFIG))
-    # A steady rise (4, 7, 10, 13, 16) is a trend: 16 + 3 x 5 s ahead = 31 rows/s, 5 replicas.
-    rising = (4.0, 7.0, 10.0, 13.0)
-    assert trend_demand_rows(state, rising, CONFIG) == pytest.approx(31.0)
-    assert kinds(decide(_settled(lives, workers, {CPU.variant_id: rising}), CONFIG)).count("ADD_REPLICA") == 2
-    # A second above what they carry (25 rows/s > 20) scales up at once.
-    burst = {CPU.variant_id: replace(state, qps=25.0)}
-    assert "ADD_REPLICA" in kinds(decide(_settled(burst, workers, {CPU.variant_id: noisy}), CONFIG))
