@@ -85,19 +85,35 @@ def _since(previous_since: int, low: bool, now_ms: int) -> int:
     return previous_since or max(now_ms, 1)  # 0 means "not low", so a low reading at t=0 counts from 1 ms
 
 
+def strictest_demands(old: VariantLive | None, state: VariantLive, now_ms: int, config: PolicyConfig) -> dict:
+    """The highest accuracy and tightest SLO demanded over about the last `peak_window_s`: the previous
+    window's, unless the current report's are as strict or that window has passed (then the current
+    report starts a new one)."""
+    accuracy, slo = state.demand_accuracy, state.demand_slo_ms
+    if old is None or not old.window_since_ms or now_ms - old.window_since_ms >= config.peak_window_s * 1000:
+        return {"window_accuracy": accuracy, "window_slo_ms": slo, "window_since_ms": now_ms}
+    kept_accuracy = max(old.window_accuracy, accuracy)
+    kept_slo = min(s for s in (old.window_slo_ms, slo) if s > 0) if (old.window_slo_ms or slo) else 0.0
+    stricter = accuracy >= old.window_accuracy and (not old.window_slo_ms or 0 < slo <= old.window_slo_ms)
+    return {"window_accuracy": kept_accuracy, "window_slo_ms": kept_slo,
+            "window_since_ms": now_ms if stricter else old.window_since_ms}
+
+
 def track(previous: Snapshot | None, new: Snapshot, config: PolicyConfig | None = None) -> Snapshot:
-    """`new` with `low_since_ms` carried over from `previous` (or started, or cleared)."""
+    """`new` with `low_since_ms` carried over from `previous` (or started, or cleared), and the strictest
+    demands of the window (`strictest_demands`)."""
     config = config or PolicyConfig()
     live = dict(new.live)
     for variant_id, state in new.live.items():
         variant = new.variants.get(variant_id)
         if variant is None:
             continue
-        before = previous.live_of(variant_id).low_since_ms if previous is not None else 0
+        before = previous.live_of(variant_id) if previous is not None else None
         low = variant_is_low(variant, state, config, new.demand.get(variant_id, ()))
-        since = _since(before, low, new.at_ms)
-        if since != state.low_since_ms:
-            live[variant_id] = dataclasses.replace(state, low_since_ms=since)
+        since = _since(before.low_since_ms if before else 0, low, new.at_ms)
+        tracked = dataclasses.replace(state, low_since_ms=since, **strictest_demands(before, state, new.at_ms, config))
+        if tracked != state:
+            live[variant_id] = tracked
     workers = dict(new.workers)
     for worker_id, worker in new.workers.items():
         old = previous.workers.get(worker_id) if previous is not None else None

@@ -75,7 +75,16 @@ from .capacity import (
     usable_batch,
 )
 from .monitoring import variant_is_low
-from .snapshot import INACTIVE, INTERFERED, OVERLOADED, PolicyConfig, Snapshot, VariantLive, WorkerLive
+from .snapshot import (
+    ACTIVE,
+    INACTIVE,
+    INTERFERED,
+    OVERLOADED,
+    PolicyConfig,
+    Snapshot,
+    VariantLive,
+    WorkerLive,
+)
 
 POLICIES = ("infaas", "static", "replica-only")
 INFAAS, STATIC, REPLICA_ONLY = POLICIES
@@ -306,6 +315,8 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     recent = snapshot.demand.get(variant_id, ())
     now = scale_up_demand(live, recent, config)
     scaling_up = scale_delta(variant, now, replicas, config, slo) > 0
+    if config.slo_first and not scaling_up:
+        return downgrade(snapshot, config, ledger, variant_id)
     demand = now if scaling_up else peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
     capacity = replicas * replica_throughput(variant, slo, config.slo_batch_factor)
     if not scaling_up and demand > config.downgrade_load_share * capacity:
@@ -334,11 +345,106 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     return actions
 
 
+def downgrade(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_id: str) -> list[Action]:
+    """SLO-first DOWNGRADE: move a settled variant's traffic to a cheaper way of serving it, judged on the
+    peak of the last `peak_window_s` (the load has fallen for that long, not for a second):
+      * into a loaded variant of the task that meets the traffic's accuracy and SLO under load and has
+        room for both peaks on the replicas it has, when staying costs more than `upgrade_cost_ratio` x
+        the share of those replicas the traffic takes (a lightly used replica that each class of a task
+        would keep loaded otherwise; not a CPU class onto a dearer GPU), and only off replicas dearer
+        than the ratio x the task's cheapest (a GPU: one CPU replica is not worth undoing a split), or else
+      * onto the cheapest variant not loaded that meets them, when staying costs more than
+        `upgrade_cost_ratio` x moving in whole replicas, and the target is cheaper per row too.
+    Hysteresis, so that it does not flap: the variant has served for `scale_down_hold_s` first; the
+    peak, not the level, is priced (the upgrade rule prices the level, and only while scaling up, on
+    the same ratio: moving back needs the load to grow by the ratio squared); a merge needs room for
+    both peaks without a new replica, so the merged variant is not overloaded by the traffic it took."""
+    variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
+    if snapshot.at_ms - live.loaded_at_ms < config.scale_down_hold_s * 1000:
+        return []
+    # The strictest demands of the window: a class that sent nothing this second still needs its accuracy.
+    slo = live.strictest_slo_ms or config.slo_batch_factor * variant.latency_at(variant.batch_size)
+    accuracy = live.strictest_accuracy or variant.accuracy
+    recent = snapshot.demand.get(variant_id, ())
+    demand = peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+    replicas = live.replicas + live.unplaced
+    stay = replicas_for(variant, demand, config, slo) * replica_price_per_hour(variant, config)
+    # Merges are for replicas on dear hardware (a GPU that each class would keep); on the task's cheapest
+    # hardware one replica is worth less than the split it would undo (selection's `_split_off`).
+    cheapest = float(task_arrays(snapshot, variant.task, config).price.min())
+    dear = replica_price_per_hour(variant, config) > config.upgrade_cost_ratio * cheapest
+    merge = _merge_target(snapshot, config, variant, live, demand, slo, accuracy) if dear else None
+    # Worth it when staying costs more than the ratio x the share of the target's replicas the traffic takes.
+    if merge is not None and stay > config.upgrade_cost_ratio * merge[1].share_cost:
+        target, total = merge
+        reason = (f"peak {demand:.1f} rows/s fits the spare capacity of {target.variant_id} "
+                  f"({total.replicas} replicas carry both peaks; its share ${total.share_cost:.3f}/h, staying "
+                  f"${stay:.3f}/h): one loaded variant fewer")
+        first = ledger.place(target, 1.0)
+        return [Action(DOWNGRADE_VARIANT, reason, variant_id, target.variant_id, worker_id=first,
+                       hardware=target.hardware, from_count=replicas, to_count=1)]
+    cheaper = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=False, accuracy=accuracy)
+    if cheaper is None:
+        return []
+    count = replicas_for(cheaper, demand, config, slo)
+    move = count * replica_price_per_hour(cheaper, config)
+    if stay <= config.upgrade_cost_ratio * move or _row_cost(cheaper, config, slo) >= _row_cost(variant, config, slo):
+        return []  # not the ratio cheaper in whole replicas, or no cheaper per row (rounding alone: it would flap)
+    load = demand / (count * replica_throughput(cheaper, slo, config.slo_batch_factor))
+    reason = (f"peak {demand:.1f} rows/s over {peak_windows(config)} s: staying costs ${stay:.3f}/h > "
+              f"{config.upgrade_cost_ratio:g} x ${move:.3f}/h; moving to {count} x {cheaper.variant_id}")
+    actions = [Action(DOWNGRADE_VARIANT, reason, variant_id, cheaper.variant_id, worker_id=ledger.place(cheaper, load),
+                      hardware=cheaper.hardware, from_count=replicas, to_count=count)]
+    return actions + [_add_replica(ledger, cheaper, load, i, f"part of the move from {variant_id}")
+                      for i in range(1, count)]
+
+
+def _row_cost(variant: Variant, config: PolicyConfig, slo: float) -> float:
+    """$/h per row/s at the target utilization (fluid capacity)."""
+    per_replica = replica_throughput(variant, slo, config.slo_batch_factor) * target_utilization(variant, config, slo)
+    return replica_price_per_hour(variant, config) / per_replica if per_replica > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class _Merged:
+    replicas: int  # the target's replicas now, which carry both peaks
+    share_cost: float  # $/h of the share of those replicas the moved traffic takes (at the target utilization)
+
+
+def _merge_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant, live: VariantLive, demand: float,
+                  slo: float, accuracy: float) -> tuple[Variant, _Merged] | None:
+    """The loaded variant of the task, ACTIVE and settled, that meets the traffic's accuracy and SLO under
+    load and whose replicas carry its own peak and `demand` at the target utilization; the one where
+    the moved traffic's share costs least (then the most replicas: the most room)."""
+    best: tuple[tuple[float, int, str], Variant, _Merged] | None = None
+    for other_id, other in snapshot.live.items():
+        target = snapshot.variants.get(other_id)
+        if (target is None or other_id == variant.variant_id or target.task != variant.task
+                or other.status != ACTIVE or other.loading or other.unplaced or other.moving_to
+                or other.replicas <= 0 or target.accuracy < accuracy or target.batch_size < live.avg_rows
+                or not (target.public or target.app_id == variant.app_id)):
+            continue
+        tightest = min(slo, other.strictest_slo_ms) if other.strictest_slo_ms > 0 else slo
+        if usable_batch(target, tightest, config.slo_batch_factor) == 0:
+            continue
+        own = peak_demand_rows(other, snapshot.demand.get(other_id, ()), config.queue_drain_s, peak_windows(config))
+        if replicas_for(target, own + demand, config, tightest) > other.replicas:
+            continue  # no room for both peaks: merging would need a replica, or overload it
+        share = demand / (replica_throughput(target, tightest, config.slo_batch_factor)
+                          * target_utilization(target, config, tightest))
+        cost = share * replica_price_per_hour(target, config)
+        key = (cost, -other.replicas, other_id)
+        if best is None or key < best[0]:
+            best = (key, target, _Merged(other.replicas, cost))
+    return (best[1], best[2]) if best else None
+
+
 def _cheapest_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant, live: VariantLive,
-                     demand: float, slo: float, faster_only: bool) -> Variant | None:
-    """The cheapest variant that is not loaded and meets the traffic's accuracy and SLO under load."""
+                     demand: float, slo: float, faster_only: bool, accuracy: float = 0.0) -> Variant | None:
+    """The cheapest variant that is not loaded and meets the traffic's accuracy (`accuracy`, else the last
+    report's demand) and SLO under load."""
     arrays = task_arrays(snapshot, variant.task, config)
-    accuracy = live.demand_accuracy or variant.accuracy
+    accuracy = accuracy or live.demand_accuracy or variant.accuracy
     usable, throughput, useful = arrays.throughput(slo, config.slo_batch_factor)
     ok = ((arrays.accuracy >= accuracy) & (arrays.batch >= live.avg_rows) & (usable >= 1)
           & np.isfinite(throughput) & (arrays.public | (arrays.app == variant.app_id)))

@@ -4,16 +4,21 @@
    app, with accuracy >= the demand and a batch size >= the query's rows, within the cost cap.
 2. Latency estimate: the profile's linear fit `latency(b) = slope*b + intercept`, plus, for a
    loaded variant, the wait for the batches already queued ahead of the query.
-3. Prefer an ACTIVE variant (neither overloaded nor interfered) that meets the SLO, the cheapest.
-4. Otherwise the INACTIVE variant with the lowest `load + inference latency` whose load and
-   inference fit the SLO, to be loaded on the least utilized worker of its hardware; among those
-   whose hardware has a ready worker, if any (the others would first wait for a worker to start).
+3. Prefer an ACTIVE variant (neither overloaded nor interfered) that meets the SLO, and meets it
+   under load (`capacity.usable_batch` >= 1: a query may wait for the batch in service), the
+   cheapest (`slo_cost`: what a row costs at the batch the SLO allows, at the planned utilization).
+4. Otherwise the cheapest INACTIVE variant (`slo_cost`; ties: the least load + inference latency)
+   whose load and inference fit the SLO and that meets it under load, to be loaded on the least
+   utilized worker of its hardware; among those whose hardware has a ready worker, if any (the
+   others would first wait for a worker to start). Not the fastest: nothing would move a class off
+   a costly variant while it keeps it busy (the scaler's DOWNGRADE judges settled load only).
+   If none meets the SLO under load: steps 3 and 4 again with the SLO met when idle.
 5. Otherwise an OVERLOADED variant that meets the SLO (the scaler is already on it).
-6. Otherwise the loaded variant (active or overloaded) with the shortest estimate, late as it is:
-   a cold variant whose load exceeds the query's slack would serve it later still, and loading one
-   per burst leaves the scaler chasing variants instead of adding replicas.
-7. Only when nothing loaded meets the accuracy: the cold variant with the lowest load + inference
-   latency whose inference meets the SLO (step 4's order), so the task gets one.
+6. Otherwise NO_FEASIBLE_VARIANT at once: a cold variant whose load exceeds the query's slack
+   would serve it late, and loading one per burst leaves the scaler chasing variants instead of
+   adding replicas.
+7. Only when nothing loaded meets the accuracy: the cheapest cold variant whose inference meets
+   the SLO, so the task gets one.
    INTERFERED variants never get new queries.
 
 Step 3 scans the (few) loaded variants in Python; step 4 is a vectorized scan over a per-task
@@ -23,14 +28,27 @@ index precomputed when profiles change, so a decision is O(candidates) with a sm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..catalog import Variant
-from .snapshot import ACTIVE, INACTIVE, INTERFERED, OVERLOADED, Snapshot, WorkerLive
+from .capacity import slack_utilization, usable_batch
+from .snapshot import (
+    ACTIVE,
+    INACTIVE,
+    INTERFERED,
+    OVERLOADED,
+    PolicyConfig,
+    Snapshot,
+    VariantLive,
+    WorkerLive,
+)
 
 OK, UNKNOWN_MODEL, NO_FEASIBLE_VARIANT = "OK", "UNKNOWN_MODEL", "NO_FEASIBLE_VARIANT"
+# Selection has no config of its own: the scaler's defaults (SLO batch factor, utilization bounds) price
+# a variant as the scaler will provision it.
+_SCALER = PolicyConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,10 @@ class Decision:
     reason: str = ""
     estimated_ms: float = 0.0
     load_on: str | None = None  # worker asked to load the (inactive) variant, if any
+    # A cheaper variant to load for this class while the query goes to `variant_id` (`_split_off`): once
+    # it serves, step 3 sends the class there. `prefetch_on`: the worker asked (None: the next one).
+    prefetch: str | None = None
+    prefetch_on: str | None = None
     best_accuracy_within_slo: float | None = None
     fastest_latency_ms: float | None = None
 
@@ -101,6 +123,23 @@ class CandidateIndex:
             self._latency[batch] = latency
         return latency
 
+    def slo_cost(self, slo_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        """(`slo_cost` of every candidate, whether it meets the SLO under load), cached per SLO."""
+        key = ("slo cost", slo_ms)
+        cached = self._latency.get(key)
+        if cached is None:
+            pairs = [slo_cost(v, slo_ms) for v in self.variants]
+            cached = self._latency[key] = (np.array([c for c, _ in pairs], dtype=np.float64),
+                                           np.array([fits for _, fits in pairs], dtype=bool))
+        return cached
+
+    @property
+    def replica_price(self) -> np.ndarray:
+        price = self._latency.get("replica price")
+        if price is None:
+            price = self._latency["replica price"] = np.array([replica_price_per_hour(v) for v in self.variants])
+        return price
+
     def load_and_latency(self, batch: int) -> np.ndarray:
         """What an inactive variant costs the query: load + inference latency (cached per batch)."""
         key = ("load", batch)
@@ -131,11 +170,17 @@ class LiveIndex:
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
-        loaded = tuple((i, live.status, queue_wait_ms(index.variants[i], live.queue_len, live.replicas, live.batch_ms),
-                        index.variants[i]) for i, live in enumerate(lives) if live.status != INACTIVE)
+        loaded = tuple((i, live.status, _wait_ms(index.variants[i], live), index.variants[i])
+                       for i, live in enumerate(lives) if live.status != INACTIVE)
         ready = {w.hardware for w in snapshot.workers.values() if w.ready}
         return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
                    np.array([v.hardware in ready for v in index.variants], dtype=bool))
+
+
+def _wait_ms(variant: Variant, live: VariantLive) -> float:
+    """The queue ahead, and the load (at most `load_ms` more) while none of its replicas serves yet."""
+    loading = variant.load_ms if live.replicas > 0 and live.loading >= live.replicas else 0.0
+    return queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms) + loading
 
 
 def _scope_variants(snapshot: Snapshot, request: Request) -> list[Variant]:
@@ -211,6 +256,22 @@ def estimated_queue(variant: Variant, replicas: int, reported: int, routed_since
     return math.ceil(max(reported + routed_since - max(drained, 0.0), 0.0))
 
 
+def slo_cost(variant: Variant, slo_ms: float, config: PolicyConfig = _SCALER) -> tuple[float, bool]:
+    """What serving a row on this variant costs for traffic with this SLO, and whether it meets the SLO
+    under load. `cost_per_1k` assumes full batches; under an SLO a replica runs the largest batch
+    the SLO allows (`usable_batch`) and is planned at the SLO's slack (`slack_utilization`), so a
+    big-batch variant is dearer, and a fast one on costly hardware no cheaper, than its profile says.
+    No SLO: `cost_per_1k`. Not meeting it under load: the cost at batch 1, full utilization."""
+    full = variant.latency_at(variant.batch_size)
+    if slo_ms == math.inf or slo_ms <= 0 or full <= 0:
+        return variant.cost_per_1k, True
+    batch = usable_batch(variant, slo_ms, config.slo_batch_factor)
+    latency = variant.latency_at(max(batch, 1))
+    utilization = slack_utilization(latency, slo_ms, config) if batch else 1.0
+    per_row = variant.cost_per_1k * variant.batch_size / full  # price per ms of a replica, per 1k rows
+    return per_row * latency / max(batch, 1) / utilization, batch >= 1
+
+
 def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 0.0) -> WorkerLive | None:
     """The ready worker of that hardware with the lowest utilization that has room for the variant."""
     fits = [w for w in snapshot.workers.values()
@@ -231,10 +292,7 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     accurate = index.prefix(min_acc)
     latency = index.latency(batch)
 
-    best = _best_loaded(live, accurate, batch, slo, max_cost, ACTIVE)
-    if best is not None:
-        return Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost", best[1])
-
+    cost, under_load = index.slo_cost(slo)
     head = slice(0, accurate)
     bounds = np.ones(accurate, dtype=bool)
     if slo != math.inf:
@@ -242,11 +300,23 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     if max_cost != math.inf:
         bounds &= index.cost[head] <= max_cost
     in_time = index.load_and_latency(batch)[head] <= slo
-    cold = _load_cold(snapshot, index, live, head, bounds & in_time, latency, batch)
+    best = _best_loaded(live, accurate, batch, slo, max_cost, cost, under_load, ACTIVE)
+    if best is not None:
+        decision = Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost", best[1])
+        return _split_off(snapshot, index, live, head, bounds & under_load[head], cost, batch, decision)
+    cold = _load_cold(snapshot, index, live, head, bounds & in_time & under_load[head], cost, latency, batch)
+    if cold is not None:
+        return cold
+    # Nothing loaded or loadable meets the SLO under load: what meets it when idle, loaded first.
+    best = _best_loaded(live, accurate, batch, slo, max_cost, cost, None, ACTIVE)
+    if best is not None:
+        return Decision(OK, best[0].variant_id, "active variant meeting the requirements at least cost "
+                        "(none meets the SLO under load)", best[1])
+    cold = _load_cold(snapshot, index, live, head, bounds & in_time, cost, latency, batch)
     if cold is not None:
         return cold
 
-    best = _best_loaded(live, accurate, batch, slo, max_cost, OVERLOADED)
+    best = _best_loaded(live, accurate, batch, slo, max_cost, cost, None, OVERLOADED)
     if best is not None:
         return Decision(OK, best[0].variant_id, "overloaded variant (no other meets the requirements)", best[1])
     # Nothing answers in time. With no accurate enough variant loaded at all, the best cold one is
@@ -254,15 +324,16 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     # query is answered NO_FEASIBLE_VARIANT at once: never routed to miss its deadline in a queue,
     # nor to a cold variant whose load takes longer than its slack.
     if not any(position < accurate for position, *_ in live.loaded):
-        cold = _load_cold(snapshot, index, live, head, bounds, latency, batch)
+        cold = _load_cold(snapshot, index, live, head, bounds, cost, latency, batch)
         if cold is not None:
             return cold
     return _infeasible(index, latency, batch, accurate, min_acc, slo, max_cost)
 
 
 def _load_cold(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head: slice, bounds: np.ndarray,
-               latency: np.ndarray, batch: int) -> Decision | None:
-    """The inactive variant within `bounds` with the least load + inference latency, a ready worker's first."""
+               cost: np.ndarray, latency: np.ndarray, batch: int) -> Decision | None:
+    """The cheapest inactive variant within `bounds` (`slo_cost`; ties: the least load + inference
+    latency), a ready worker's first."""
     # A variant whose hardware has a ready worker loads now; any other waits for a new worker
     # (20-30 s) before its load starts, which load + inference latency does not count.
     inactive, ready = live.loadable(index, batch)
@@ -271,14 +342,52 @@ def _load_cold(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head:
         feasible = inactive[head] & bounds
     if not feasible.any():
         return None
-    position = int(np.argmin(np.where(feasible, index.load_and_latency(batch)[head], np.inf)))
+    cheapest = np.flatnonzero(feasible & (cost[head] <= cost[head][feasible].min() * (1 + 1e-9)))
+    position = int(cheapest[np.argmin(index.load_and_latency(batch)[head][cheapest])])
     variant = index.variants[position]
     worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
-    reason = "inactive variant with the least load + inference latency"
+    reason = "the cheapest inactive variant that meets the requirements"
     if worker is None:
         reason += f" (no ready {variant.hardware} worker: one has to start first)"
     return Decision(OK, variant.variant_id, reason, float(variant.load_ms + latency[position]),
                     load_on=worker.worker_id if worker else None)
+
+
+def replica_price_per_hour(variant: Variant) -> float:
+    """What a replica of the variant costs per hour, from its profile's `cost_per_1k` (full batches)."""
+    full = variant.latency_at(variant.batch_size)
+    return variant.cost_per_1k * variant.batch_size * 3600.0 / full if full > 0 else 0.0
+
+
+def _split_off(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head: slice, bounds: np.ndarray,
+               cost: np.ndarray, batch: int, decision: Decision) -> Decision:
+    """`decision` (an active variant), with a cheaper variant to prefetch for the class if there is one.
+
+    An active variant that meets every demand takes every class of its task, so the cheaper variants
+    the less demanding classes allow would never load, and it would scale out at its own price. The
+    cheapest cold variant that meets the class under load (`bounds`) and can load now (a ready worker)
+    is prefetched when it serves a row for less than the active one by `upgrade_cost_ratio`, and moving
+    all of the active variant's replicas to it would save that ratio x one replica of it: a class riding
+    on a few lightly used replicas costs little to keep there, while every variant loaded for a class
+    costs a replica at least, a whole GPU on a GPU (the scaler's merge folds such a variant back once
+    it is lightly used; the ratio keeps the two apart). The query itself stays on the active variant:
+    the load would make it late."""
+    ratio = _SCALER.upgrade_cost_ratio
+    active = snapshot.variants[decision.variant_id or ""]
+    position = next(p for p, _, _, v in live.loaded if v is active)
+    _, ready = live.loadable(index, batch)
+    spend = snapshot.live_of(active.variant_id).replicas * replica_price_per_hour(active)
+    # What moving the whole active spend to the cheaper variant would save must pay for `ratio` replicas
+    # of it: a class's share then plausibly fills the one it starts with.
+    saving = spend * np.maximum(1.0 - cost[head] / cost[position], 0.0)
+    feasible = ready[head] & bounds & (cost[head] * ratio < cost[position]) & (index.replica_price[head] * ratio <= saving)
+    if not feasible.any():
+        return decision
+    cheaper = _load_cold(snapshot, index, live, head, feasible, cost, index.latency(batch), batch)
+    if cheaper is None:
+        return decision
+    return replace(decision, prefetch=cheaper.variant_id, prefetch_on=cheaper.load_on,
+                   reason=f"{decision.reason}; prefetching {cheaper.variant_id}, at least {ratio:g}x cheaper per row")
 
 
 def select_offline(snapshot: Snapshot, request: Request) -> Decision:
@@ -303,17 +412,19 @@ def select_offline(snapshot: Snapshot, request: Request) -> Decision:
                     variant.latency_at(variant.batch_size))
 
 
-def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cost: float,
-                 *statuses: str) -> tuple[Variant, float] | None:
-    """Among loaded variants in `statuses` meeting every requirement: the cheapest, then the fastest
-    (no SLO, `slo` infinite: the fastest, then the cheapest)."""
+def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cost: float, cost: np.ndarray,
+                 fits: np.ndarray | None, *statuses: str) -> tuple[Variant, float] | None:
+    """Among loaded variants in `statuses` meeting every requirement (and `fits`, if given: the SLO under
+    load): the cheapest (`cost`, aligned with the index: `slo_cost`), then the fastest (no SLO, `slo`
+    infinite: the fastest, then the cheapest)."""
     best = None
     for position, state, wait, variant in live.loaded:
         if (state not in statuses or position >= accurate or variant.batch_size < batch
+                or (fits is not None and not fits[position])
                 or variant.cost_per_1k > max_cost):
             continue
         estimate = variant.latency_at(batch) + wait
-        key = (variant.cost_per_1k, estimate) if slo != math.inf else (estimate, variant.cost_per_1k)
+        key = (float(cost[position]), estimate) if slo != math.inf else (estimate, variant.cost_per_1k)
         if estimate <= slo and (best is None or key < best[0]):
             best = (key, estimate, variant)
     return (best[2], best[1]) if best else None

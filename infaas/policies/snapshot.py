@@ -40,6 +40,20 @@ class VariantLive:
     moving_to: str = ""  # an upgrade/downgrade target being loaded; this variant retires once it serves
     batch_ms: float = 0.0  # a full batch's execution time as its replicas measured it (0: not measured)
     named: bool = False  # queries named this variant (model-/variant-specific): vertical scaling never moves them
+    # The strictest demands over the last `peak_window_s` (monitoring.track carries them; 0: unknown): one
+    # report's are those of the few queries of a second, and a downgrade judged on them drops a class.
+    window_accuracy: float = 0.0
+    window_slo_ms: float = 0.0
+    window_since_ms: int = 0  # when the window's strictest demands were seen
+
+    @property
+    def strictest_accuracy(self) -> float:
+        return max(self.window_accuracy, self.demand_accuracy)
+
+    @property
+    def strictest_slo_ms(self) -> float:
+        slos = [s for s in (self.window_slo_ms, self.demand_slo_ms) if s > 0]
+        return min(slos) if slos else 0.0
 
     @property
     def loaded(self) -> bool:

@@ -413,6 +413,8 @@ class Simulator:
                 snapshot = snapshot.with_changes(live={**snapshot.live, sv.variant.variant_id: belief})
             sv.retiring = False
             lookup[request_class] = sv.index
+            if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
+                snapshot = self._prefetch(decision, float(w.arrival_ms[first + first_seen[position]]), snapshot)
         routed = lookup[classes]
         self.served_by[first:last] = routed
         order = np.argsort(routed, kind="stable")
@@ -431,6 +433,15 @@ class Simulator:
             sv.demand_accuracy = float(w.accuracy_demand[ids].max())
             sv.demand_slo = float(w.deadline_ms[ids].min())
         self.cursor = last
+
+    def _prefetch(self, decision: selection.Decision, at: float, snapshot: Snapshot) -> Snapshot:
+        """Load the cheaper variant selection named for a class (its queries go there once it serves)."""
+        variant = self.catalog[_required(decision.prefetch, decision)]
+        self._apply(Action(LOAD_VARIANT, "dispatcher: " + decision.reason, variant.variant_id,
+                           worker_id=decision.prefetch_on, hardware=variant.hardware, to_count=1), at)
+        belief = VariantLive(status=ACTIVE, replicas=1, loading=1, loaded_at_ms=int(at),
+                             workers=(decision.prefetch_on,) if decision.prefetch_on else ())
+        return snapshot.with_changes(live={**snapshot.live, variant.variant_id: belief})
 
     # ------------------------------------------------------------ serving
 

@@ -108,6 +108,8 @@ class Dispatcher:
         elif not snapshot.live_of(decision.variant_id).loaded:
             self.unplaced.setdefault(decision.variant_id, decision.reason)
         self.routed_at[decision.variant_id] = snapshot.at_ms
+        if decision.prefetch is not None and decision.prefetch_on is not None:  # a cheaper variant for the class
+            out.append(self._load_command(decision, snapshot, decision.prefetch, decision.prefetch_on))
         deadline = record["sent_at"] + int(request.latency_ms) if request.latency_ms is not None else None
         stamp = {"variant_id": decision.variant_id, "deadline_at": deadline, "dispatched_at": now_ms(),
                  "estimated_ms": float(decision.estimated_ms), "reason": decision.reason}
@@ -209,15 +211,19 @@ class Dispatcher:
         return out
 
     # --- outputs ------------------------------------------------------------------------------
-    def _load_command(self, decision: Decision, snapshot: Snapshot) -> Outgoing:
-        """Ask a worker to load the chosen inactive variant; route on as if it were loading."""
-        self.view.believe(decision.variant_id, VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,),
-                                                           loaded_at_ms=snapshot.at_ms))
+    def _load_command(self, decision: Decision, snapshot: Snapshot, variant_id: str | None = None,
+                      worker_id: str | None = None) -> Outgoing:
+        """Ask a worker to load the chosen inactive variant (or the one to prefetch, `variant_id` on
+        `worker_id`); route on as if it were loading."""
+        variant_id, worker_id = variant_id or decision.variant_id, worker_id or decision.load_on
+        prefetch = variant_id != decision.variant_id  # not routed to until it serves: counted as loading
+        self.view.believe(variant_id, VariantLive(status=ACTIVE, replicas=1, workers=(worker_id,),
+                                                  loaded_at_ms=snapshot.at_ms, loading=int(prefetch)))
         self.counts["loads"] += 1
-        command = WorkerCommand(command_id=uuid.uuid4().hex, at=now_ms(), action="LOAD", worker_id=decision.load_on,
-                                hardware=None, variant_id=decision.variant_id, replicas=1,
+        command = WorkerCommand(command_id=uuid.uuid4().hex, at=now_ms(), action="LOAD", worker_id=worker_id,
+                                hardware=None, variant_id=variant_id, replicas=1,
                                 reason=f"dispatcher: {decision.reason}")
-        return Outgoing(self.settings.topic("control"), decision.load_on.encode(), command.encode(self.codec))
+        return Outgoing(self.settings.topic("control"), worker_id.encode(), command.encode(self.codec))
 
     def _reply_error(self, record: dict, rejected: Rejected) -> list[Outgoing]:
         decision = rejected.decision

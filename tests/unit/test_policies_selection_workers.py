@@ -18,8 +18,10 @@ def test_an_inactive_variant_that_can_load_now_beats_one_that_needs_a_new_worker
     decision = select(cpu_only, request)
     assert decision.variant_id == CPU.variant_id and decision.load_on == "w1"  # not 505 ms + a 20-30 s VM start
     with_gpu = Snapshot(CATALOG, workers={"w1": WorkerLive("w1", "cpu"), "g1": WorkerLive("g1", "gpu-a100")}, at_ms=1)
-    assert select(with_gpu, request).variant_id == FAST_GPU.variant_id  # least load + latency, as before
+    assert select(with_gpu, request).variant_id == CPU.variant_id  # both load now: the cheaper, not the faster
+    only_gpu_ready = Snapshot(CATALOG, workers={"g1": WorkerLive("g1", "gpu-a100")}, at_ms=1)
+    assert select(only_gpu_ready, request).variant_id == FAST_GPU.variant_id  # the one that loads now
     nothing = Snapshot(CATALOG, at_ms=1)
     decision = select(nothing, request)
-    assert decision.variant_id == FAST_GPU.variant_id and decision.load_on is None
+    assert decision.variant_id == CPU.variant_id and decision.load_on is None
     assert "has to start first" in decision.reason
