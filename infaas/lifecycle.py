@@ -141,8 +141,8 @@ def _delete_topics(settings: Settings, topics: list[str]) -> list[str]:
 
 
 def delete_app(settings: Settings, app_id: str) -> list[str]:
-    """Remove an app that owns no model: its row, its results topics or analytics output topic (on a
-    secure stack also every ACL of its principal). Returns the topics deleted."""
+    """Remove an app that owns no model: its row, its results topics or its analytics output and
+    changelog topics (on a secure stack also every ACL of its principal). Returns the topics deleted."""
     with Store(settings) as store:
         if store.get_app(app_id) is None:
             raise LifecycleError(f"no app {app_id!r}")
@@ -151,8 +151,9 @@ def delete_app(settings: Settings, app_id: str) -> list[str]:
             raise LifecycleError(f"app {app_id!r} owns model(s) {', '.join(owned)}: delete them first "
                                  "(`infaas models delete MODEL`)")
         store.delete_app(app_id)
-    own, (_, analytics_output) = settings.results_topic(app_id), bus.analytics_names(settings, app_id)
-    topics = [t for t in bus.existing_topics(settings) if t in (own, analytics_output) or t.startswith(own + ".")]
+    own, (analytics_group, analytics_output) = settings.results_topic(app_id), bus.analytics_names(settings, app_id)
+    topics = [t for t in bus.existing_topics(settings) if t in (own, analytics_output)
+              or t.startswith((own + ".", analytics_group + "-"))]  # an analytics app's changelogs too
     if settings.kafka_sasl_mechanism:
         bus.delete_principal_acls(settings, bus.app_principal(app_id))
     return _delete_topics(settings, topics)
