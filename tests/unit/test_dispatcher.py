@@ -138,14 +138,8 @@ def test_queries_routed_since_the_last_report_count_in_the_queue_until_the_repli
                                                                                                monkeypatch):
     """Reports come once a second: on the report alone, a dispatcher would send a second's worth of
     queries to a full variant, then none for a second while its replicas idle."""
-    now = int(time.time() * 1000)
-    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: now / 1000, monotonic=time.monotonic))
+    now = large_active_and_idle(dispatcher.view, base_settings, monkeypatch)
     view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
-    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
-             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
-             "demand_slo_ms": 0.0, "updated_at": now}
-    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
-    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now, queue_len=0)))
 
     def routed_to_large() -> bool:
         view._rebuild()  # as the feed thread does every 0.1 s while a queue is left
@@ -162,6 +156,33 @@ def test_queries_routed_since_the_last_report_count_in_the_queue_until_the_repli
     assert routed_to_large()
     view._rebuild()
     assert view.snapshot.live_of(LARGE.variant_id).queue_len == 0
+
+
+def test_a_routed_query_counts_in_the_next_decision_before_any_reestimate(dispatcher, base_settings, monkeypatch):
+    """The feed thread re-estimates queues every 0.1 s: a burst arriving in between (6 queries at 60 q/s)
+    must not all be admitted on one queue length, or a batch-1 variant gets runs beyond its SLO."""
+    large_active_and_idle(dispatcher.view, base_settings, monkeypatch)
+    view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
+    view._rebuild()
+    routed = 0
+    while routed < 100 and handle(dispatcher, min_accuracy=0.97, latency_ms=50.0,
+                                  inputs=one_row)[-1].topic == base_settings.variant_topic(LARGE.variant_id):
+        routed += 1
+    assert routed == 28 and view.snapshot.live_of(LARGE.variant_id).queue_len == 28  # as with a rebuild each
+    view._rebuild()  # the feed thread's estimate agrees: nothing counted twice
+    assert view.snapshot.live_of(LARGE.variant_id).queue_len == 28
+
+
+def large_active_and_idle(view, base_settings, monkeypatch) -> int:
+    """LARGE active on one replica with an empty queue as of now, a frozen clock (nothing drains); now."""
+    now = int(time.time() * 1000)
+    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: now / 1000, monotonic=time.monotonic))
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
+             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
+             "demand_slo_ms": 0.0, "updated_at": now}
+    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now, queue_len=0)))
+    return now
 
 
 def worker_report(reported_at: int, queue_len: int) -> dict:
