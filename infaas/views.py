@@ -5,8 +5,9 @@ compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed a
 
 A variant's queue in the snapshot is an estimate for now, not the last report's figure: the queries
 this process routed since the report are added and the replicas' drain since then subtracted
-(`estimated_queue`), re-estimated every 0.1 s while any queue is left. The drain goes at the speed
-the replicas measured (`exec_ms` in their workers' reports), which co-located load slows.
+(`estimated_queue`), re-estimated every 0.1 s while any queue is left and for the routed variant at
+each routed query. The drain goes at the pace the replicas measured (`service_ms` in their workers'
+reports: the time a batch holds a replica, its run, results and commit), which co-located load slows.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class SystemView:
         self._last_report = 0.0  # monotonic time of the last worker report
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
         self._queues: dict[str, tuple[int, dict[str, int]]] = {}  # worker id -> (reported at, variant -> queue)
-        # worker id -> variant -> (exec_ms, avg_batch) of the latest report interval that ran batches
+        # worker id -> variant -> (ms a batch held its replica, avg_batch) of the latest interval that ran batches
         self._speeds: dict[str, dict[str, tuple[float, float]]] = {}
         self._routed: dict[str, deque[int]] = {}  # variant -> when this process routed queries to it (ms)
         self._queued = False  # some variant's estimated queue was not empty at the last rebuild
@@ -195,8 +196,9 @@ class SystemView:
                                                  {m["variant_id"]: m["queue_len"] for m in record["variants"]})
             speeds = self._speeds.setdefault(record["worker_id"], {})
             for m in record["variants"]:
-                if m["exec_ms"] > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
-                    speeds[m["variant_id"]] = (m["exec_ms"], m["avg_batch"])
+                held = m["service_ms"] or m["exec_ms"]  # the model run alone from a worker that predates service_ms
+                if held > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
+                    speeds[m["variant_id"]] = (held, m["avg_batch"])
             self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:

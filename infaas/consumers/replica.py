@@ -132,7 +132,7 @@ class Replica(threading.Thread):
         return items
 
     def _serve(self, items: list[tuple]) -> None:
-        queries, answered = [], []
+        began, queries, answered = now_ms(), [], []
         for _, routed in items:
             if routed is not None:  # None: dead-lettered already
                 outcome = self._admit(routed)
@@ -156,9 +156,12 @@ class Replica(threading.Thread):
                 answered.append((topic, result))
         self._commit_if_delivered(items)
         statuses = [result.status for _, result in answered]
+        # The replica is busy for all of this, not only the model runs: under contention producing,
+        # delivering and committing added 6-18 ms to a 30-50 ms run at batch 1 (measured), and a
+        # queue drained at the run time alone is drained faster than it is.
         self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
                                    missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
-                                   exec_ms=exec_ms)
+                                   exec_ms=exec_ms, busy_ms=now_ms() - began if batches else 0.0)
         self._update_lag()
 
     def _commit_if_delivered(self, items: list[tuple]) -> None:

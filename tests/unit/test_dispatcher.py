@@ -215,7 +215,7 @@ def large_active_and_idle(view, base_settings, monkeypatch) -> int:
 
 def worker_report(reported_at: int, queue_len: int) -> dict:
     metrics = {"variant_id": LARGE.variant_id, "replicas": 1, "served": 0, "errors": 0, "deadline_missed": 0,
-               "qps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "avg_latency_ms": 0.0, "exec_ms": 0.0,
+               "qps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "avg_latency_ms": 0.0, "exec_ms": 0.0, "service_ms": 0.0,
                "queue_len": queue_len, "avg_batch": 0.0, "memory_mb": 10.0, "avg_rows": 1.0,
                "demand_accuracy": 0.0, "demand_slo_ms": 0.0}
     return {"worker_id": "w1", "hardware": "cpu", "host": "h", "pid": 1, "reported_at": reported_at,
