@@ -67,7 +67,7 @@ def variant_report(hosted: HostedVariant, elapsed_s: float) -> dict:
     metrics.observe_latencies(hosted.variant.variant_id, taken["latencies"])  # Prometheus histogram
     latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
     # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
-    queue = sum(r.lag for r in hosted.replicas)
+    queue = sum(r.waiting for r in hosted.replicas)
     handled = taken["served"] + taken["deadline_missed"] + taken["errors"]
     arrived = max(handled + queue - hosted.last_queue, 0)
     hosted.last_queue = queue
