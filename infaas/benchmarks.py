@@ -484,9 +484,10 @@ def offer(client: InfaasClient, x: np.ndarray, rate: float, seconds: float) -> l
     return [(at, future.result(180)) for at, future in sent]
 
 
-def served_rate(results: list) -> float:
-    """Goodput: answers within the SLO (OK) per second, from the first query sent to the last answer."""
-    ok = [r for _, r in results if r.ok]
+def served_rate(results: list, slo_ms: float | None = None) -> float:
+    """OK answers per second, from the first query sent to the last answer; with `slo_ms`, only those
+    the client received within it (goodput: an answer after its SLO is of no use to the client)."""
+    ok = [r for at, r in results if r.ok and (slo_ms is None or (r.received_at - at) * 1000 <= slo_ms)]
     return len(ok) / max(max(r.received_at for _, r in results) - results[0][0], 1e-9)
 
 
@@ -526,8 +527,10 @@ def overload_phase(client: InfaasClient, x: np.ndarray, rate: float, seconds: fl
     for _, r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     shed = [(r.received_at - at) * 1000 for at, r in results if r.status in SHED]
+    late = sum(r.ok and (r.received_at - at) * 1000 > OVERLOAD_SLO_MS for at, r in results)
     return {"offered_qps": len(results) / seconds, "sent": len(results), "statuses": statuses,
-            "goodput_qps": served_rate(results), "finished_at": max(r.received_at for _, r in results),
+            "goodput_qps": served_rate(results), "within_slo_qps": served_rate(results, OVERLOAD_SLO_MS),
+            "ok_after_slo": late, "finished_at": max(r.received_at for _, r in results),
             "shed_latency_p50_ms": float(np.percentile(shed, 50)) if shed else None,
             "shed_latency_p99_ms": float(np.percentile(shed, 99)) if shed else None}
 
@@ -543,6 +546,7 @@ def overload_pair(settings: Settings, services: dict, client: InfaasClient, vari
     three = overload_phase(client, x, 3 * capacity, seconds)
     return {"profiled_capacity_qps": capacity, "1x": one, "3x": three,
             "goodput_3x_vs_1x": three["goodput_qps"] / one["goodput_qps"] if one["goodput_qps"] else 0.0,
+            "within_slo_3x_vs_1x": three["within_slo_qps"] / one["within_slo_qps"] if one["within_slo_qps"] else 0.0,
             "rss_mb_before_3x": rss_before, "rss_mb_after_3x": {name: rss_mb(s.pid) for name, s in services.items()},
             "peak_rss_mb": {name: rss_mb(s.pid, "VmHWM") for name, s in services.items()}}
 
@@ -596,6 +600,8 @@ def overload_summary(pair: dict) -> str:
     p99 = three["shed_latency_p99_ms"]
     growth = {name: pair["rss_mb_after_3x"][name] - pair["rss_mb_before_3x"][name] for name in pair["rss_mb_after_3x"]}
     return (f"  goodput 1x {one['goodput_qps']:.1f} q/s, 3x {three['goodput_qps']:.1f} q/s "
-            f"(3x/1x {pair['goodput_3x_vs_1x']:.2f}); 3x statuses {three['statuses']}; shed p99 "
+            f"(3x/1x {pair['goodput_3x_vs_1x']:.2f}; within the SLO {one['within_slo_qps']:.1f} and "
+            f"{three['within_slo_qps']:.1f} q/s, {pair['within_slo_3x_vs_1x']:.2f}); 3x statuses {three['statuses']}, "
+            f"{three['ok_after_slo']} OK after the SLO; shed p99 "
             + (f"{p99:.0f} ms (SLO {OVERLOAD_SLO_MS:g} ms)" if p99 is not None else "-")
             + "; RSS MB after 3x " + ", ".join(f"{n} {v:.0f} ({growth[n]:+.0f})" for n, v in pair["rss_mb_after_3x"].items()))

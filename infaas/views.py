@@ -5,8 +5,9 @@ compacted `infaas.state` topic, worker loads from `infaas.metrics`). Both feed a
 
 A variant's queue in the snapshot is an estimate for now, not the last report's figure: the queries
 this process routed since the report are added and the replicas' drain since then subtracted
-(`estimated_queue`), re-estimated every 0.1 s while any queue is left. The drain goes at the speed
-the replicas measured (`exec_ms` in their workers' reports), which co-located load slows.
+(`estimated_queue`), re-estimated every 0.1 s while any queue is left and for the routed variant at
+each routed query. The drain goes at the pace the replicas measured (`service_ms` in their workers'
+reports: the time a batch holds a replica, its run, results and commit), which co-located load slows.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class SystemView:
         self._last_report = 0.0  # monotonic time of the last worker report
         self._workers: dict[str, tuple[int, WorkerLive]] = {}  # id -> (seen at, state)
         self._queues: dict[str, tuple[int, dict[str, int]]] = {}  # worker id -> (reported at, variant -> queue)
-        # worker id -> variant -> (exec_ms, avg_batch) of the latest report interval that ran batches
+        # worker id -> variant -> (ms a batch held its replica, avg_batch) of the latest interval that ran batches
         self._speeds: dict[str, dict[str, tuple[float, float]]] = {}
         self._routed: dict[str, deque[int]] = {}  # variant -> when this process routed queries to it (ms)
         self._queued = False  # some variant's estimated queue was not empty at the last rebuild
@@ -195,8 +196,9 @@ class SystemView:
                                                  {m["variant_id"]: m["queue_len"] for m in record["variants"]})
             speeds = self._speeds.setdefault(record["worker_id"], {})
             for m in record["variants"]:
-                if m["exec_ms"] > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
-                    speeds[m["variant_id"]] = (m["exec_ms"], m["avg_batch"])
+                held = m["service_ms"] or m["exec_ms"]  # the model run alone from a worker that predates service_ms
+                if held > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
+                    speeds[m["variant_id"]] = (held, m["avg_batch"])
             self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
@@ -208,10 +210,30 @@ class SystemView:
         self._dirty.set()
 
     def note_routed(self, variant_id: str) -> None:
-        """A query was routed to the variant (called by the dispatcher, from its own thread)."""
-        self._routed.setdefault(variant_id, deque()).append(int(time.time() * 1000))
+        """A query was routed to the variant (called by the dispatcher, from its own thread). The
+        snapshot counts it at once, for the next query's decision: a snapshot re-estimated only every
+        `REESTIMATE_S` admits everything that arrives meanwhile on one queue length (a burst of 6 at
+        60 q/s, each 0.1 s, measured), and a variant of batch 1 then gets several runs more than its
+        SLO allows, shed late at the worker as DEADLINE_EXCEEDED."""
+        now = int(time.time() * 1000)
+        with self._lock:  # appended and counted in one step, so a rebuild never counts it twice
+            self._routed.setdefault(variant_id, deque()).append(now)
+            if self.estimate_queues:
+                self._count_routed(variant_id, now)
         if not self._dirty.is_set():
             self._dirty.set()
+
+    def _count_routed(self, variant_id: str, now: int) -> None:
+        snapshot = self.snapshot
+        state = snapshot.live.get(variant_id)
+        if state is None or not state.loaded:
+            return
+        reports = [self._queues[wid] for wid in snapshot.workers if wid in self._queues]
+        monitor = self._live.get(variant_id)  # the snapshot's own queue is an estimate already
+        estimate = self._queue_now(variant_id, state, monitor.queue_len if monitor else 0, snapshot.workers,
+                                   reports, now)
+        if estimate is not state:
+            self.snapshot = snapshot.with_changes(live={**snapshot.live, variant_id: estimate}, at_ms=now)
 
     def believe(self, variant_id: str, live: VariantLive, for_s: float = 30.0) -> None:
         """Record a local belief (e.g. "being loaded") until the monitor reports or it expires."""
@@ -248,28 +270,45 @@ class SystemView:
             self.on_change(snapshot)
 
     def _estimate_queues(self, live: dict[str, VariantLive], workers: dict, now: int) -> dict[str, VariantLive]:
-        """Each loaded variant's queue now: the latest reports of its workers (else the monitor's
-        state), plus what was routed here since, less the drain since (`estimated_queue`)."""
+        """Each loaded variant's queue now (`_queue_now`)."""
         reports = [self._queues[wid] for wid in workers if wid in self._queues]
         queued = False
         for variant_id in set(self._routed) | set(live):
             state = live.get(variant_id)
-            variant = self.catalog.variants.get(variant_id)
-            routed = self._routed.get(variant_id)
-            seen = [(at, queues[variant_id]) for at, queues in reports if variant_id in queues]
-            as_of = max((at for at, _ in seen), default=self._state_at.get(variant_id, now - STALE_STATE_MS))
-            while routed and routed[0] < as_of:  # already counted in the reported queue
-                routed.popleft()
-            if state is None or variant is None or not state.loaded:
+            if state is None or not state.loaded:
+                self._drop_reported(variant_id, reports, now)
                 continue
-            reported = sum(q for _, q in seen) if seen else state.queue_len
-            batch_ms = self._observed_batch_ms(variant, workers)
-            queue = estimated_queue(variant, state.replicas, reported, len(routed or ()), now - as_of, batch_ms)
-            queued = queued or queue > 0
-            if queue != state.queue_len or batch_ms != state.batch_ms:
-                live[variant_id] = dataclasses.replace(state, queue_len=queue, batch_ms=batch_ms)
+            live[variant_id] = self._queue_now(variant_id, state, state.queue_len, workers, reports, now)
+            queued = queued or live[variant_id].queue_len > 0
         self._queued = queued
         return live
+
+    def _drop_reported(self, variant_id: str, reports: list, now: int) -> tuple[int | None, int]:
+        """(the queue its workers reported, None without a report; as of when). The variant's routed
+        times before then are dropped: the report counted them."""
+        seen = [(at, queues[variant_id]) for at, queues in reports if variant_id in queues]
+        as_of = max((at for at, _ in seen), default=self._state_at.get(variant_id, now - STALE_STATE_MS))
+        routed = self._routed.get(variant_id)
+        while routed and routed[0] < as_of:
+            routed.popleft()
+        return (sum(q for _, q in seen) if seen else None), as_of
+
+    def _queue_now(self, variant_id: str, state: VariantLive, monitor_queue: int, workers: dict, reports: list,
+                   now: int) -> VariantLive:
+        """A loaded variant's `state` with its queue now: the latest reports of its workers (else the
+        monitor's `monitor_queue`), plus what was routed here since, less the drain since
+        (`estimated_queue`), at its observed batch time."""
+        reported, as_of = self._drop_reported(variant_id, reports, now)
+        variant = self.catalog.variants.get(variant_id)
+        if variant is None:
+            return state
+        reported = monitor_queue if reported is None else reported
+        batch_ms = self._observed_batch_ms(variant, workers)
+        routed = len(self._routed.get(variant_id, ()))
+        queue = estimated_queue(variant, state.replicas, reported, routed, now - as_of, batch_ms)
+        if queue == state.queue_len and batch_ms == state.batch_ms:
+            return state
+        return dataclasses.replace(state, queue_len=queue, batch_ms=batch_ms)
 
     def _observed_batch_ms(self, variant: Variant, workers: dict) -> float:
         """A full batch's execution time as the variant's live replicas measured it, averaged over its

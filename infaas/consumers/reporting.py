@@ -25,11 +25,13 @@ class VariantMetrics:
     def reset(self) -> None:
         self.served = self.errors = self.deadline_missed = self.batches = self.rows = self.query_rows = 0
         self.exec_ms = 0.0  # model execution time, summed over batches
+        self.busy_ms = 0.0  # time the replicas were busy with batches (runs, results, commits), summed
         self.latencies: list[float] = []
         self.demand_accuracy = 0.0  # the strictest requirements among the queries served
         self.demand_slo_ms = 0.0
 
-    def record(self, served: list[dict], errors: int, missed: int, rows: int, batches: int, exec_ms: float) -> None:
+    def record(self, served: list[dict], errors: int, missed: int, rows: int, batches: int, exec_ms: float,
+               busy_ms: float = 0.0) -> None:
         """`served`: the OK results with their queries' requirements (see Replica._serve)."""
         with self._lock:
             self.served += len(served)
@@ -38,6 +40,7 @@ class VariantMetrics:
             self.batches += batches
             self.rows += rows
             self.exec_ms += exec_ms
+            self.busy_ms += busy_ms
             for item in served:
                 self.latencies.append(item["latency_ms"])
                 self.query_rows += item["rows"]
@@ -51,6 +54,7 @@ class VariantMetrics:
             snapshot = {"served": self.served, "errors": self.errors, "deadline_missed": self.deadline_missed,
                         "latencies": self.latencies, "avg_batch": self.rows / self.batches if self.batches else 0.0,
                         "exec_ms": self.exec_ms / self.batches if self.batches else 0.0,
+                        "service_ms": self.busy_ms / self.batches if self.batches else 0.0,
                         "avg_rows": self.query_rows / self.served if self.served else 1.0,
                         "demand_accuracy": self.demand_accuracy, "demand_slo_ms": self.demand_slo_ms}
             self.reset()
@@ -63,13 +67,13 @@ def variant_report(hosted: HostedVariant, elapsed_s: float) -> dict:
     metrics.observe_latencies(hosted.variant.variant_id, taken["latencies"])  # Prometheus histogram
     latencies = np.asarray(taken["latencies"]) if taken["latencies"] else None
     # Demand is what arrived, not what was served: queries handled plus the growth of the queue.
-    queue = sum(r.lag for r in hosted.replicas)
+    queue = sum(r.waiting for r in hosted.replicas)
     handled = taken["served"] + taken["deadline_missed"] + taken["errors"]
     arrived = max(handled + queue - hosted.last_queue, 0)
     hosted.last_queue = queue
     return {"variant_id": hosted.variant.variant_id, "replicas": len(hosted.replicas),
             "served": taken["served"], "errors": taken["errors"], "deadline_missed": taken["deadline_missed"],
-            "qps": arrived / elapsed_s, "exec_ms": taken["exec_ms"],
+            "qps": arrived / elapsed_s, "exec_ms": taken["exec_ms"], "service_ms": taken["service_ms"],
             "p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else 0.0,
             "p99_ms": float(np.percentile(latencies, 99)) if latencies is not None else 0.0,
             "avg_latency_ms": float(latencies.mean()) if latencies is not None else 0.0,

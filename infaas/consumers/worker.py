@@ -95,7 +95,7 @@ class Worker:
     def online_queue(self) -> int:
         """Queries waiting on every variant this worker hosts."""
         with self._lock:
-            return sum(r.lag for h in self.hosted.values() for r in h.replicas)
+            return sum(r.waiting for h in self.hosted.values() for r in h.replicas)
 
     def wait(self) -> None:
         while not self._stop.wait(0.5):

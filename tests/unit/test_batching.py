@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infaas.consumers.batching import ArrivalRate, BatchPolicy, pack, wait_budget_ms
+from infaas.consumers.batching import ArrivalRate, BatchPolicy, pack, plan_runs, wait_budget_ms
 
 B8 = BatchPolicy(batch_size=8, max_delay_ms=5.0, margin_ms=1.0)
 
@@ -60,3 +60,15 @@ def test_pack_never_splits_a_query():
     assert pack([3, 1], 2) == [[0], [1]]
     assert pack([], 8) == []
 
+
+
+def test_a_query_that_cannot_start_before_its_deadline_is_told_at_once():
+    # Batch 1, runs of 40 ms from now (t=1000): the third query's turn comes at 1080, after its deadline.
+    runs, hopeless = plan_runs([1, 1, 1, 1], [1300, 1300, 1050, 1300], 1, 1000.0, 40.0)
+    assert hopeless == [(2, 1080.0)]
+    assert runs == [[0], [1], [3]]  # the one behind it moves up: its turn is at 1080, in time
+    # Queries past their deadline now are hopeless whatever the pace; no deadline, never.
+    assert plan_runs([1, 1], [999, None], 1, 1000.0, 1e9) == ([[1]], [(0, 1000.0)])
+    # Batches of 4 rows: the runs pack as `pack` does, and only a run's start counts.
+    runs, hopeless = plan_runs([2, 2, 3, 1], [1000, 1000, 1039, 1041], 4, 1000.0, 40.0)
+    assert (runs, hopeless) == ([[0, 1], [3]], [(2, 1040.0)])

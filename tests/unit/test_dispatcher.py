@@ -15,12 +15,19 @@ from infaas import views
 from infaas.catalog import TaskInfo
 from infaas.policies.snapshot import Snapshot
 from infaas.schemas.codec import Codec
+from infaas.streams import dispatcher as dispatcher_module
 from infaas.streams.dispatcher import Dispatcher
 from infaas.tensors import to_tensor
 from infaas.views import Catalog, SystemView
 from tests.unit.test_selection import CATALOG, LARGE, SMALL, WORKERS
 
 CODEC = Codec()
+NOW = int(time.time() * 1000)  # the dispatcher's clock in these tests: queries are sent and read at NOW
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch):
+    monkeypatch.setattr(dispatcher_module, "now_ms", lambda: NOW)
 
 
 @pytest.fixture
@@ -36,7 +43,7 @@ def dispatcher(base_settings):
 def query(**changes) -> dict:
     record = {"query_id": "q1", "app_id": "demo", "task": "digits", "model": None, "variant": None,
               "inputs": to_tensor(np.zeros((2, 64), np.float32)), "min_accuracy": None, "latency_ms": 50.0,
-              "max_cost": None, "reply_topic": None, "sent_at": 1_000}
+              "max_cost": None, "reply_topic": None, "sent_at": NOW}
     record.update(changes)
     return record
 
@@ -56,7 +63,7 @@ def test_a_good_query_is_routed_with_deadline_and_a_load_command(dispatcher, bas
     command = CODEC.decode_as("WorkerCommand", out[0].value)
     assert command["action"] == "LOAD" and command["variant_id"] == LARGE.variant_id and command["worker_id"] == "w2"
     routed = CODEC.decode_as("RoutedQuery", out[1].value)
-    assert routed["variant_id"] == LARGE.variant_id and routed["deadline_at"] == 1_050
+    assert routed["variant_id"] == LARGE.variant_id and routed["deadline_at"] == NOW + 50
     assert routed["query"]["query_id"] == "q1"
     # the next query finds the variant "being loaded" and sends no second load command
     again = handle(dispatcher, min_accuracy=0.97)
@@ -138,14 +145,8 @@ def test_queries_routed_since_the_last_report_count_in_the_queue_until_the_repli
                                                                                                monkeypatch):
     """Reports come once a second: on the report alone, a dispatcher would send a second's worth of
     queries to a full variant, then none for a second while its replicas idle."""
-    now = int(time.time() * 1000)
-    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: now / 1000, monotonic=time.monotonic))
+    now = large_active_and_idle(dispatcher.view, base_settings, monkeypatch)
     view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
-    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
-             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
-             "demand_slo_ms": 0.0, "updated_at": now}
-    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
-    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now, queue_len=0)))
 
     def routed_to_large() -> bool:
         view._rebuild()  # as the feed thread does every 0.1 s while a queue is left
@@ -164,9 +165,57 @@ def test_queries_routed_since_the_last_report_count_in_the_queue_until_the_repli
     assert view.snapshot.live_of(LARGE.variant_id).queue_len == 0
 
 
+def test_a_routed_query_counts_in_the_next_decision_before_any_reestimate(dispatcher, base_settings, monkeypatch):
+    """The feed thread re-estimates queues every 0.1 s: a burst arriving in between (6 queries at 60 q/s)
+    must not all be admitted on one queue length, or a batch-1 variant gets runs beyond its SLO."""
+    large_active_and_idle(dispatcher.view, base_settings, monkeypatch)
+    view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
+    view._rebuild()
+    routed = 0
+    while routed < 100 and handle(dispatcher, min_accuracy=0.97, latency_ms=50.0,
+                                  inputs=one_row)[-1].topic == base_settings.variant_topic(LARGE.variant_id):
+        routed += 1
+    assert routed == 28 and view.snapshot.live_of(LARGE.variant_id).queue_len == 28  # as with a rebuild each
+    view._rebuild()  # the feed thread's estimate agrees: nothing counted twice
+    assert view.snapshot.live_of(LARGE.variant_id).queue_len == 28
+
+
+def test_the_slo_counts_from_when_the_client_sent_the_query(dispatcher, base_settings, monkeypatch):
+    """The worker's deadline is sent_at + SLO: a query that reached the dispatcher 20 ms after it was
+    sent has 30 ms of its 50 ms left, and is admitted only where the queue ahead fits in those."""
+    large_active_and_idle(dispatcher.view, base_settings, monkeypatch)
+    view, one_row = dispatcher.view, to_tensor(np.zeros((1, 64), np.float32))
+    view._rebuild()
+    routed, out = 0, []
+    while routed < 100:
+        out = handle(dispatcher, min_accuracy=0.97, latency_ms=50.0, inputs=one_row, sent_at=NOW - 20)
+        if out[-1].topic != base_settings.variant_topic(LARGE.variant_id):
+            break
+        routed += 1
+        assert CODEC.decode_as("RoutedQuery", out[-1].value)["deadline_at"] == NOW + 30  # still sent_at + SLO
+    # 6 ms to run the query, 13 ms per batch of 8 ahead: 15 fit in 30 ms (28 in the whole 50 ms)
+    assert routed == 15
+    shed = result_of(out, base_settings)
+    assert shed["status"] == "NO_FEASIBLE_VARIANT" and "20 ms of the SLO had passed" in shed["error"]
+    late = result_of(handle(dispatcher, latency_ms=50.0, inputs=one_row, sent_at=NOW - 60), base_settings)
+    assert late["status"] == "NO_FEASIBLE_VARIANT"  # past its deadline already: shed at once, not queued
+
+
+def large_active_and_idle(view, base_settings, monkeypatch) -> int:
+    """LARGE active on one replica with an empty queue as of now, a frozen clock (nothing drains); now."""
+    now = NOW
+    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: now / 1000, monotonic=time.monotonic))
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
+             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
+             "demand_slo_ms": 0.0, "updated_at": now}
+    view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", worker_report(now, queue_len=0)))
+    return now
+
+
 def worker_report(reported_at: int, queue_len: int) -> dict:
     metrics = {"variant_id": LARGE.variant_id, "replicas": 1, "served": 0, "errors": 0, "deadline_missed": 0,
-               "qps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "avg_latency_ms": 0.0, "exec_ms": 0.0,
+               "qps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "avg_latency_ms": 0.0, "exec_ms": 0.0, "service_ms": 0.0,
                "queue_len": queue_len, "avg_batch": 0.0, "memory_mb": 10.0, "avg_rows": 1.0,
                "demand_accuracy": 0.0, "demand_slo_ms": 0.0}
     return {"worker_id": "w1", "hardware": "cpu", "host": "h", "pid": 1, "reported_at": reported_at,
