@@ -20,7 +20,9 @@ TASK = "slow-task"
 
 @pytest.fixture(scope="module")
 def slow_variant(settings, tmp_path_factory):
-    model, validation = compute_bound.build(tmp_path_factory.mktemp("slow"))
+    # Four times the default compute: the step (2.5x one replica) then costs the client and the
+    # dispatcher little beside the model, whose own load is what the scaler has to answer.
+    model, validation = compute_bound.build(tmp_path_factory.mktemp("slow"), width=2048)
     narrow = settings.replace(variant_batch_sizes=(1,), variant_optimizers=("ort-fp32",), variant_threads=(1,))
     report = register_model(narrow, "demo", TASK, "deep-mlp", model, validation, public=True, quick=True,
                             name="slow-mlp")
@@ -74,7 +76,8 @@ def test_step_up_adds_replicas_and_step_down_removes_them(settings, slow_variant
     # INTERFERED (its execution slowed by the contention), and then gets no new queries.
     statuses = {r.status for r in results}
     assert statuses <= {"OK", "NO_FEASIBLE_VARIANT", "DEADLINE_EXCEEDED"}, statuses
-    assert sum(r.ok for r in results) > len(results) / 2
+    counts = {s: sum(r.status == s for r in results) for s in statuses}
+    assert sum(r.ok for r in results) > len(results) / 2, counts
 
     dropped = now_ms()
     removed = _wait_for(settings, dropped, {"REMOVE_REPLICA", "UNLOAD_VARIANT"}, timeout_s=30)
