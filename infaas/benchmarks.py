@@ -153,10 +153,10 @@ def bench_dispatcher(settings: Settings, inputs: np.ndarray, queries: int = 20_0
     producer.flush(60)
     consumer = bus.consumer(settings, f"{settings.topic_prefix}-dispatcher")
     partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic).topics[topic].partitions]
-    first = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))  # an earlier run's
+    first = bus.committed_total(consumer, partitions)  # an earlier run's
 
     def routed() -> int:
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)) - first
+        return bus.committed_total(consumer, partitions) - first
 
     services = [ServiceProcess(f"bench-dispatcher-{i + 1}", ["dispatcher"], settings.state_dir / "logs" / "bench",
                                {**os.environ, **settings.as_env()}).start() for i in range(processes)]

@@ -288,6 +288,20 @@ def delete_prefixed_topics(settings: Settings) -> list[str]:
 
 
 # --- consumer groups --------------------------------------------------------------------------------
+def committed_total(consumer, partitions: list, timeout_s: float = 30.0) -> int:
+    """The sum of a group's committed offsets over `partitions` (none committed counts 0). Retried while
+    the group's coordinator is not ready: on a new broker the offsets topic is still being created."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+        except KafkaException as err:
+            if not err.args[0].retriable() and err.args[0].code() != KafkaError.NOT_COORDINATOR \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def uncommitted_queries(settings: Settings, variant_id: str, probe=None) -> int:
     """Queries in the variant's topic its consumer group has not committed: what leaving the group
     now could strand. Read from the broker, not from the replicas' positions, which read 0 while a
