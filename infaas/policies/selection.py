@@ -46,6 +46,7 @@ from .snapshot import (
 )
 
 OK, UNKNOWN_MODEL, NO_FEASIBLE_VARIANT = "OK", "UNKNOWN_MODEL", "NO_FEASIBLE_VARIANT"
+MAX_CACHED = 1024  # per-SLO and per-batch arrays one candidate index keeps
 # Selection has no config of its own: the scaler's defaults (SLO batch factor, utilization bounds) price
 # a variant as the scaler will provision it.
 _SCALER = PolicyConfig()
@@ -59,8 +60,12 @@ class Request:
     variant: str | None = None
     batch: int = 1  # rows in the query's input
     min_accuracy: float | None = None  # 0..1
-    latency_ms: float | None = None  # SLO
+    latency_ms: float | None = None  # SLO: the time this query has left to be answered in
     max_cost: float | None = None  # USD per 1,000 queries
+    # The SLO the query's class asked for, when `latency_ms` is only what is left of it (the dispatcher
+    # reads a query some ms after it was sent). Variants are priced on the class's SLO, as the scaler
+    # provisions them; whether this query is answered in time is judged on `latency_ms`.
+    class_slo_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,8 @@ class CandidateIndex:
         key = ("slo cost", slo_ms)
         cached = self._latency.get(key)
         if cached is None:
+            if len(self._latency) > MAX_CACHED:  # SLOs are the clients' choice: keep the cache bounded
+                self._latency.clear()
             pairs = [slo_cost(v, slo_ms) for v in self.variants]
             cached = self._latency[key] = (np.array([c for c, _ in pairs], dtype=np.float64),
                                            np.array([fits for _, fits in pairs], dtype=bool))
@@ -292,7 +299,7 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
     accurate = index.prefix(min_acc)
     latency = index.latency(batch)
 
-    cost, under_load = index.slo_cost(slo)
+    cost, under_load = index.slo_cost(request.class_slo_ms if request.class_slo_ms is not None else slo)
     head = slice(0, accurate)
     bounds = np.ones(accurate, dtype=bool)
     if slo != math.inf:

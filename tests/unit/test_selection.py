@@ -132,3 +132,25 @@ def test_model_specific_and_variant_specific_requests():
     assert select(snapshot(), Request("demo", variant=LARGE.variant_id)).variant_id == LARGE.variant_id
     assert select(snapshot(), Request("demo", variant="nope:x:cpu-1t:b1")).status == UNKNOWN_MODEL
     assert select(snapshot(), Request("demo", task="unknown-task")).status == UNKNOWN_MODEL
+
+
+def test_variants_are_priced_on_the_class_slo_and_timed_on_what_is_left():
+    """A query read late has less time left than its class's SLO: the candidates are priced on the
+    class's SLO (one cached price array per class, as the scaler provisions), while whether this
+    query is answered in time is judged on what is left."""
+    request = Request("demo", task="digits", min_accuracy=0.9, latency_ms=40.0, class_slo_ms=50.0)
+    index_of = lambda: next(v for k, v in snap._memo.items() if k[0] == "static")  # noqa: E731
+    snap = snapshot()
+    assert select(snap, request).status == OK
+    assert ("slo cost", 50.0) in index_of()._latency and ("slo cost", 40.0) not in index_of()._latency
+    late = replace(request, latency_ms=0.1)  # 0.1 ms left: nothing answers in time, whatever the price
+    assert select(snap, late).status == NO_FEASIBLE_VARIANT
+
+
+def test_the_per_slo_price_cache_stays_bounded():
+    from infaas.policies.selection import MAX_CACHED
+    snap = snapshot()
+    for i in range(3 * MAX_CACHED):  # every query with its own SLO, as a client may send
+        select(snap, Request("demo", task="digits", latency_ms=100.0 + i * 0.001))
+    index = next(v for k, v in snap._memo.items() if k[0] == "static")
+    assert len(index._latency) <= MAX_CACHED + 1
