@@ -571,7 +571,7 @@ class BusyLoop:
 
 
 def bench_overload(settings: Settings, seconds: float = 10.0, out: Path | None = None,
-                   say: Callable[[str], None] = print) -> dict:
+                   say: Callable[[str], None] = print, conditions: tuple[str, ...] = ("idle", "busy")) -> dict:
     """`infaas bench overload`: 1x and 3x, idle and beside a busy loop, on one worker (no scaler)."""
     import tempfile
     bench = settings.replace(topic_prefix=f"{settings.topic_prefix}-bench-{uuid.uuid4().hex[:6]}")
@@ -585,7 +585,7 @@ def bench_overload(settings: Settings, seconds: float = 10.0, out: Path | None =
         options = ServeOptions(workers=1, preload=[variant.variant_id], scaler=False)
         with Pipeline(bench, options, env={**os.environ, **bench.as_env()}) as running, \
                 InfaasClient(bench, app_id="demo", timeout_s=180) as client:
-            for condition in ("idle", "busy"):
+            for condition in conditions:
                 say(f"{condition}: 1x then 3x, {seconds:g} s each ...")
                 with BusyLoop() if condition == "busy" else contextlib.nullcontext():
                     report[condition] = overload_pair(bench, running.services, client, variant, seconds)

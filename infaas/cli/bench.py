@@ -132,7 +132,9 @@ def add_overload(actions) -> None:
     p = actions.add_parser("overload", help="goodput at 1x and 3x capacity, idle and beside a busy process; shed "
                                             "answers' latency; services' memory (writes JSON)")
     p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds per phase (four phases; 300 for the 5-minute memory check)")
+                   help="seconds per phase (two phases per condition; 300 for the 5-minute memory check)")
+    p.add_argument("--conditions", default="idle,busy",
+                   help="comma-separated: idle (the machine otherwise idle), busy (beside a busy loop)")
     p.add_argument("--out", help="JSON file (default bench-results/overload-<time>.json)")
     p.set_defaults(handler=cmd_overload)
 
@@ -141,11 +143,15 @@ def cmd_overload(args, settings) -> int:
     from pathlib import Path
 
     from ..benchmarks import bench_overload
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     if args.duration <= 0:
         print("infaas: --duration must be positive")
         return 2
+    if not conditions or set(conditions) - {"idle", "busy"}:
+        print(f"infaas: --conditions {args.conditions!r}: name idle, busy or both")
+        return 2
     bench_overload(settings, args.duration, Path(args.out) if args.out else None,
-                   say=lambda msg: print(f"infaas: {msg}", flush=True))
+                   say=lambda msg: print(f"infaas: {msg}", flush=True), conditions=conditions)
     return 0
 
 

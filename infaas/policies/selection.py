@@ -185,9 +185,21 @@ class LiveIndex:
 
 
 def _wait_ms(variant: Variant, live: VariantLive) -> float:
-    """The queue ahead, and the load (at most `load_ms` more) while none of its replicas serves yet."""
+    """The queue ahead, the query's own run slowed as the replicas were observed (`own_run_slowing_ms`),
+    and the load (at most `load_ms` more) while none of its replicas serves yet."""
     loading = variant.load_ms if live.replicas > 0 and live.loading >= live.replicas else 0.0
-    return queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms) + loading
+    return (queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms)
+            + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)
+
+
+def own_run_slowing_ms(variant: Variant, queue_len: int, batch_ms: float) -> float:
+    """What a query behind a queue adds to its own profiled run (one row) at the speed the replicas were
+    observed at: on contended cores the queue ahead drains slower, and so does the query's own run;
+    counting only the former admitted queries that then answered OK but after their SLO (15-33 of a
+    3x overload phase). An empty queue adds nothing: see `slowdown`."""
+    if queue_len <= 0:
+        return 0.0
+    return (slowdown(variant, batch_ms) - 1.0) * variant.latency_at(1)
 
 
 def _scope_variants(snapshot: Snapshot, request: Request) -> list[Variant]:

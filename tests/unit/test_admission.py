@@ -101,3 +101,22 @@ def test_a_worker_reports_how_long_a_batch_held_its_replica():
     taken = metrics.take()
     assert (taken["exec_ms"], taken["service_ms"]) == (30.0, 45.0)
     assert metrics.take()["service_ms"] == 0.0  # an interval with no batch measured nothing
+
+
+def test_behind_a_queue_the_querys_own_run_is_slowed_as_observed_too():
+    # A batch-1 variant at 10 ms a query, a 95 ms SLO, measured at twice the profile (20 ms a query):
+    # 4 queued drain in 80 ms and the query's own run takes 20 ms, not 10: it would answer at 100 ms,
+    # late, though the queue and the profiled run (90 ms) fit.
+    one = variant("one:ort-fp32:cpu-1t:b1", 0.98, 0.0, 10.0, batch=1)
+    workers = {"w1": WorkerLive("w1", "cpu", variants={one.variant_id: 1})}
+
+    def decide(queue_len: int, batch_ms: float = 20.0):
+        live = {one.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=queue_len,
+                                            batch_ms=batch_ms)}
+        return select(Snapshot(variants={one.variant_id: one}, live=live, workers=workers, at_ms=1),
+                      Request("demo", task="digits", latency_ms=95.0))
+
+    assert decide(4).status == NO_FEASIBLE_VARIANT
+    assert decide(3).status == OK and decide(3).estimated_ms == pytest.approx(80.0)
+    assert decide(4, batch_ms=10.0).status == OK  # at the profiled speed: 50 ms
+    assert decide(0, batch_ms=1000.0).status == OK  # an empty queue is always admitted: it keeps being measured
