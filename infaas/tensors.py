@@ -4,6 +4,7 @@ costs nothing."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -38,7 +39,7 @@ def check_header(tensor: dict[str, Any], max_bytes: int) -> tuple[np.dtype, tupl
         raise TensorError(f"shape has {len(shape)} dimensions, it must have 1 to {MAX_DIMS}")
     if any(dim < 0 for dim in shape):
         raise TensorError(f"shape {list(shape)} has a negative dimension")
-    dtype = np.dtype(name).newbyteorder("<")
+    dtype = _little_endian(name)
     # Compare in Python ints: no overflow, no allocation, whatever the claimed size. Zero dims count
     # as one here: numpy cannot even describe an empty array whose other dims are huge (ValueError).
     claimed = math.prod(shape) * dtype.itemsize
@@ -57,9 +58,19 @@ def from_tensor(tensor: dict[str, Any], max_bytes: int = 64 << 20) -> np.ndarray
     return np.frombuffer(tensor["data"], dtype=dtype).reshape(shape)
 
 
+@functools.lru_cache(maxsize=64)
+def _little_endian(name: str) -> np.dtype:
+    return np.dtype(name).newbyteorder("<")
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(name)
+
+
 def check_input(array: np.ndarray, dtype: str, sample_shape: tuple[int, ...], max_batch: int) -> None:
     """The input must be a batch of samples of the task's signature, with finite values."""
-    if array.dtype.name != dtype:
+    if array.dtype != _dtype(dtype):  # dtype objects compare fast; `.name` is built on every read
         raise TensorError(f"input dtype is {array.dtype.name}, the task expects {dtype}")
     if array.shape[1:] != tuple(sample_shape) or array.ndim != len(sample_shape) + 1:
         expected = ["N", *sample_shape]
