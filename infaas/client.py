@@ -237,10 +237,7 @@ class InfaasClient:
 
     def _receive(self) -> None:
         while not self._stop.is_set():
-            first = self._consumer.poll(0.1)  # wakes as soon as a result arrives
-            if first is None:
-                continue
-            for message in [first, *self._consumer.consume(500, 0)]:
+            for message in bus.consume_ready(self._consumer, 500, 0.1):  # wakes as soon as a result arrives
                 if message.error():
                     continue
                 self._deliver(message.value())

@@ -160,7 +160,7 @@ class SystemView:
         last_rebuild = 0.0
         try:
             while not self._stop.is_set():
-                for message in consumer.consume(500, REESTIMATE_S / 2):
+                for message in bus.consume_ready(consumer, 500, REESTIMATE_S / 2):
                     if not message.error():
                         self._apply(message.topic(), message.value())
                 since = time.monotonic() - last_rebuild

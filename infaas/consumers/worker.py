@@ -283,7 +283,7 @@ class Worker:
     def _control_loop(self, consumer) -> None:
         try:
             while not self._stop.is_set():
-                for message in consumer.consume(100, 0.2):
+                for message in bus.consume_ready(consumer, 100, 0.2):
                     if not message.error():
                         self._command(message.value())
         finally:

@@ -79,3 +79,28 @@ def test_uncommitted_queries_counts_what_the_variant_group_has_not_committed(set
     finally:
         group.close()
     assert uncommitted_queries(settings, variant_id) == 2
+
+
+def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
+    """`Consumer.consume(n, timeout)` waits until n messages came or the timeout passed; a worker's
+    control loop read its LOAD commands that way and each waited the whole 200 ms."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    topic = settings.topic(f"ready-{uuid.uuid4().hex[:6]}")
+    bus.ensure_topics(settings, {topic: bus.TopicSpec(1)})
+    producer = bus.producer(settings)
+    producer.produce(topic, value=b"one", key=b"k")
+    producer.produce(topic, value=b"two", key=b"k")
+    assert producer.flush(30) == 0
+    consumer = bus.consumer(settings, f"test-{uuid.uuid4().hex[:6]}")
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    try:
+        consumer.poll(0)  # the first fetch is under way before timing
+        started = time.monotonic()
+        messages = []
+        while len(messages) < 2 and time.monotonic() - started < 30:
+            messages += [m for m in bus.consume_ready(consumer, 100, 10.0) if not m.error()]
+        waited = time.monotonic() - started
+    finally:
+        consumer.close()
+    assert [m.value() for m in messages] == [b"one", b"two"]
+    assert waited < 5.0  # half of one timeout: never waited for 100 messages that do not come
