@@ -39,7 +39,7 @@ from .settings import Settings
 from .tensors import to_tensor
 
 TASK = "digits-classification"
-PARTS = ("selection", "dispatcher", "variants", "gateway")
+PARTS = ("selection", "dispatcher", "variants", "activation", "gateway")
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -261,7 +261,7 @@ def run_benchmarks(settings: Settings, quick: bool = False, out: Path | None = N
             say(f"  {report['dispatcher_2']['queries_per_s']:.0f} queries/s with two dispatchers "
                 f"({report['dispatcher_2']['queries_per_s'] / report['dispatcher']['queries_per_s']:.2f}x one; "
                 f"{os.cpu_count()} cores)")
-        if {"variants", "gateway"} & set(parts):
+        if {"variants", "activation", "gateway"} & set(parts):
             bench_variants(settings, bench, inputs, quick, say, report, parts)
     finally:
         bus.delete_prefixed_topics(bench)
@@ -277,10 +277,11 @@ def bench_variants(settings: Settings, bench: Settings, inputs: np.ndarray, quic
     if "variants" in parts:
         zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, say=say)}  # the demo's mnist1d zoo
         rows = pick_variants(zoo, quick) + [("compute-bound reference", v) for v in heavy_variants(settings)]
-    else:  # the gateway alone: one small variant of the digits zoo, which the dispatcher part uses too
+    else:  # the gateway or activation alone: small variants of the digits zoo, which the dispatcher part uses too
         zoo = {v.variant_id: v for v in ensure_zoo(settings, quick=True, zoo="digits", say=say)}
         rows = pick_variants(zoo, quick)[:1]
     chosen = [v for _, v in rows]
+    cold = cold_variants(zoo, chosen, 3)  # not preloaded: the activation part loads them on demand
     inputs_of = {TASK: inputs, "bench-heavy": inputs}
     inputs_of.update({v.task: validation_inputs(settings, v.task) for v in zoo.values()})
     pipeline = Pipeline(bench, ServeOptions(workers=1, preload=[v.variant_id for v in chosen], scaler=False),
@@ -298,6 +299,8 @@ def bench_variants(settings: Settings, bench: Settings, inputs: np.ndarray, quic
                     report["variants"][variant.variant_id] = {"row": row, **measured}
                 tiny = report["variants"][rows[0][1].variant_id]
                 report["cpu_us_per_query"] = {**tiny["cpu_us_per_query"], "variant": rows[0][1].variant_id}
+            if "activation" in parts:
+                report["activation"] = bench_activation(client, cold, inputs_of, say)
             if "gateway" in parts:
                 report["gateway"] = bench_gateway(bench, client, chosen[0], inputs_of[chosen[0].task], quick, say)
     finally:
@@ -330,6 +333,42 @@ def pick_variants(variants: dict[str, Variant], quick: bool) -> list[tuple[str, 
     chosen = [(row, v) for v in sorted(fp32, key=lambda v: (v.model, v.batch_size))
               if v.model in costly and v.batch_size in batches]
     return [("tiny model (pipeline overhead)", tiny)] + chosen
+
+
+def cold_variants(zoo: dict[str, Variant], hosted: list[Variant], count: int) -> list[Variant]:
+    """The `count` fastest-loading ONNX Runtime fp32 one-thread CPU variants of the zoo not hosted (the
+    first TVM variant in a worker also imports TVM, most of a second that its profile does not count)."""
+    taken = {v.variant_id for v in hosted}
+    spare = [v for v in zoo.values() if v.variant_id not in taken and v.hardware == "cpu" and v.threads == 1
+             and v.optimizer == "ort-fp32"]
+    return sorted(spare, key=lambda v: (v.load_ms, v.variant_id))[:count]
+
+
+def bench_activation(client: InfaasClient, variants: list[Variant], inputs_of: dict[str, np.ndarray],
+                     say: Callable[[str], None], warm: int = 20) -> dict:
+    """Activation: the first query to a variant nobody hosts waits for the dispatcher's LOAD command, the
+    load, the replica joining the variant's consumer group and its first fetch. Per variant: that first
+    query's latency, less the same query's p50 once warm (routing and the run itself)."""
+    rows = {}
+    for variant in variants:
+        x = inputs_of[variant.task][:1]
+        started = time.perf_counter()
+        first = client.query(x, variant=variant.variant_id, timeout_s=120)
+        first_ms = (time.perf_counter() - started) * 1000
+        if not first.ok:
+            raise RuntimeError(f"first query to {variant.variant_id} failed: {first.status}: {first.error}")
+        warm_ms = []
+        for _ in range(warm):
+            started = time.perf_counter()
+            client.query(x, variant=variant.variant_id, timeout_s=120)
+            warm_ms.append((time.perf_counter() - started) * 1000)
+        warm_p50 = float(np.percentile(warm_ms, 50))
+        rows[variant.variant_id] = {"profiled_load_ms": variant.load_ms, "first_query_ms": first_ms,
+                                    "warm_p50_ms": warm_p50, "activation_ms": first_ms - warm_p50}
+        say(f"activation, {variant.variant_id} (profiled load {variant.load_ms:.1f} ms): first query {first_ms:.0f} ms, "
+            f"warm p50 {warm_p50:.1f} ms: activation {first_ms - warm_p50:.0f} ms")
+    activations = [row["activation_ms"] for row in rows.values()]
+    return {"variants": rows, "activation_ms_median": float(np.median(activations)) if activations else None}
 
 
 def heavy_variants(settings: Settings) -> list[Variant]:

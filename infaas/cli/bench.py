@@ -57,7 +57,8 @@ def add_pipeline(actions) -> None:
     p.add_argument("--quick", action="store_true", help="fewer decisions and queries")
     p.add_argument("--out", help="JSON file (default bench-results/pipeline-<time>.json)")
     p.add_argument("--only", help="comma-separated parts to run: selection, dispatcher, variants (the pipeline vs "
-                                  "the raw executor, with CPU per query; builds the mnist1d zoo if missing), gateway")
+                                  "the raw executor, with CPU per query; builds the mnist1d zoo if missing), activation (the first "
+                                  "query to a variant nobody hosts), gateway")
     p.set_defaults(handler=cmd_pipeline)
 
 
