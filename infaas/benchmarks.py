@@ -566,12 +566,16 @@ def overload_phase(client: InfaasClient, x: np.ndarray, rate: float, seconds: fl
     for _, r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     shed = [(r.received_at - at) * 1000 for at, r in results if r.status in SHED]
+    shed_by_status = {status: float(np.percentile([(r.received_at - at) * 1000 for at, r in results
+                                                   if r.status == status], 99))
+                      for status in SHED if status in statuses}
     late = sum(r.ok and (r.received_at - at) * 1000 > OVERLOAD_SLO_MS for at, r in results)
     return {"offered_qps": len(results) / seconds, "sent": len(results), "statuses": statuses,
             "goodput_qps": served_rate(results), "within_slo_qps": served_rate(results, OVERLOAD_SLO_MS),
             "ok_after_slo": late, "finished_at": max(r.received_at for _, r in results),
             "shed_latency_p50_ms": float(np.percentile(shed, 50)) if shed else None,
-            "shed_latency_p99_ms": float(np.percentile(shed, 99)) if shed else None}
+            "shed_latency_p99_ms": float(np.percentile(shed, 99)) if shed else None,
+            "shed_latency_p99_ms_by_status": shed_by_status}
 
 
 def overload_pair(settings: Settings, services: dict, client: InfaasClient, variant: Variant, seconds: float) -> dict:
@@ -642,5 +646,7 @@ def overload_summary(pair: dict) -> str:
             f"(3x/1x {pair['goodput_3x_vs_1x']:.2f}; within the SLO {one['within_slo_qps']:.1f} and "
             f"{three['within_slo_qps']:.1f} q/s, {pair['within_slo_3x_vs_1x']:.2f}); 3x statuses {three['statuses']}, "
             f"{three['ok_after_slo']} OK after the SLO; shed p99 "
-            + (f"{p99:.0f} ms (SLO {OVERLOAD_SLO_MS:g} ms)" if p99 is not None else "-")
+            + (f"{p99:.0f} ms (SLO {OVERLOAD_SLO_MS:g} ms; "
+               + ", ".join(f"{k} {v:.0f}" for k, v in three["shed_latency_p99_ms_by_status"].items()) + ")"
+               if p99 is not None else "-")
             + "; RSS MB after 3x " + ", ".join(f"{n} {v:.0f} ({growth[n]:+.0f})" for n, v in pair["rss_mb_after_3x"].items()))
