@@ -34,7 +34,7 @@ import math
 import time
 from bisect import bisect_right
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -135,6 +135,17 @@ class SimVariant:
     @property
     def placed(self) -> bool:
         return bool(self.replicas) or self.unplaced > 0
+
+
+def _believe(snapshot: Snapshot, variant_id: str, belief: VariantLive, worker_id: str | None) -> Snapshot:
+    """The dispatcher's snapshot once it asked for a load: the variant loading, and its replica on the worker,
+    so that the tick's later decisions do not count that worker's units as free (`selection.worker_with_room`)."""
+    workers = snapshot.workers
+    worker = workers.get(worker_id) if worker_id else None
+    if worker is not None:
+        hosted = {**worker.variants, variant_id: worker.variants.get(variant_id, 0) + 1}
+        workers = {**workers, worker.worker_id: replace(worker, variants=hosted)}
+    return snapshot.with_changes(live={**snapshot.live, variant_id: belief}, workers=workers)
 
 
 def _required(value: str | None, source: Action | selection.Decision) -> str:
@@ -410,7 +421,7 @@ class Simulator:
                                    worker_id=decision.load_on, hardware=sv.variant.hardware, to_count=1), at)
                 belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
                                      loaded_at_ms=int(at))
-                snapshot = snapshot.with_changes(live={**snapshot.live, sv.variant.variant_id: belief})
+                snapshot = _believe(snapshot, sv.variant.variant_id, belief, decision.load_on)
             sv.retiring = False
             lookup[request_class] = sv.index
             if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
@@ -441,7 +452,7 @@ class Simulator:
                            worker_id=decision.prefetch_on, hardware=variant.hardware, to_count=1), at)
         belief = VariantLive(status=ACTIVE, replicas=1, loading=1, loaded_at_ms=int(at),
                              workers=(decision.prefetch_on,) if decision.prefetch_on else ())
-        return snapshot.with_changes(live={**snapshot.live, variant.variant_id: belief})
+        return _believe(snapshot, variant.variant_id, belief, decision.prefetch_on)
 
     # ------------------------------------------------------------ serving
 
