@@ -322,7 +322,11 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     if not scaling_up and demand > config.downgrade_load_share * capacity:
         return []  # the load has not fallen: nothing to downgrade
     unfit = usable_batch(variant, slo, config.slo_batch_factor) == 0
-    target = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=scaling_up and not unfit)
+    # SLO-first, the strictest accuracy of the window, as DOWNGRADE judges it: the last report's is that of the
+    # few queries of one second, and a move judged on it leaves the strictest class with no variant.
+    accuracy = live.strictest_accuracy if config.slo_first else 0.0
+    target = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=scaling_up and not unfit,
+                              accuracy=accuracy)
     if target is None:
         return []
     stay = replicas_for(variant, demand, config, slo) * replica_price_per_hour(variant, config)
