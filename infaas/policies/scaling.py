@@ -31,7 +31,7 @@ SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above,
   vertical    never moves a variant whose queries named it (`VariantLive.named`);
   workers     per hardware kind: replicas without room get workers at once (no back-off: a lost
               worker's replicas recover this way), a hot kind one more (backed off per kind and
-              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`);
+              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`; CPU only);
               only empty workers beyond the pool leave.
 
 Policies: "infaas" (all rules), "replica-only" (horizontal + placement + workers, for the fixed
@@ -577,7 +577,9 @@ def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str, in_use: 
     """Idle workers to keep of this kind: `warm_pool_sigmas` standard deviations of the workers its
     variants needed (demand at the target utilization) over the last `peak_window_s` windows, so that
     a rise within that variability finds a started worker instead of waiting 20-30 s for one; at most
-    `warm_pool_share` of the `in_use` workers (at least one: a GPU idles at 17x a CPU worker's price)."""
+    `warm_pool_share` of the `in_use` workers (at least one); none for a kind outside `warm_pool_kinds`."""
+    if kind not in config.warm_pool_kinds:
+        return 0
     windows = peak_windows(config)
     needed = np.zeros(windows)
     for variant_id, live in snapshot.live.items():

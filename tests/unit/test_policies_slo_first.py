@@ -145,3 +145,18 @@ def test_an_upgrade_keeps_the_strictest_accuracy_of_the_window_not_the_last_repo
     snap = Snapshot(catalog, state, {w.worker_id: w for w in workers}, 600_000, {})
     moves = [a for a in decide(snap, CONFIG) if a.kind == "UPGRADE_VARIANT"]
     assert [a.target_variant_id for a in moves] == [GPU_B8.variant_id]
+
+
+def test_the_warm_pool_is_kept_for_cpu_workers_only():
+    """The same swinging demand on a GPU variant keeps no idle GPU (an idle GPU costs 17-48x an idle CPU worker);
+    on the CPU variant it keeps the pool (`test_a_warm_pool_sized_from_the_recent_variability`)."""
+    swinging = (0.0, 20.0) * 29 + (0.0,)
+    gpu = GPU_B8.variant_id
+    state = {gpu: live(2, 200.0, workers=("g1", "g2"), demand_slo_ms=200.0)}
+    busy = [worker(f"g{i}", "gpu-t4", util=0.7, hosts={gpu: 1}) for i in (1, 2)]
+    actions = decide(snapshot(state, busy, {gpu: tuple(x * 10 for x in swinging)}), POOL)
+    assert "ADD_WORKER" not in kinds(actions)
+    with_gpu_pool = replace(POOL, warm_pool_kinds=("cpu", "gpu-t4"))
+    actions = decide(snapshot(state, busy, {gpu: tuple(x * 10 for x in swinging)}), with_gpu_pool)
+    assert [a.hardware for a in actions if a.kind == "ADD_WORKER"] == ["gpu-t4"]
+    assert kinds(decide(_varying(0, swinging), POOL)) == ["ADD_WORKER"]
