@@ -228,7 +228,8 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         f"{config.worker_backoff_s:g} s, worker removal after {config.worker_low_readings * config.worker_check_s:g} s "
         f"low, unload after {config.unload_idle_s:g} s idle, upgrade ratio {config.upgrade_cost_ratio:g}), at most "
         f"{config.max_workers} workers.",
-        "Simulator: `infaas/sim/engine.py` (1 s monitor/scaler tick, dispatcher decisions per request class per tick, "
+        "Simulator: `infaas/sim/engine.py` (1 s monitor/scaler tick, dispatcher decisions per request class every "
+        f"{options.route_ms} ms on the live dispatcher's queue estimate, "
         "deadline-bounded dynamic batching, contention between co-located replicas, a 60 s billing minimum per "
         "worker). Assumptions not yet modelled: load times are 1 s (CPU) and 2 s (GPU) for every Proteus model "
         "(INFaaS reports 0.6-11 s by model size), service times are the profile's median fit with no variance, "
