@@ -31,7 +31,7 @@ SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above,
   vertical    never moves a variant whose queries named it (`VariantLive.named`);
   workers     per hardware kind: replicas without room get workers at once (no back-off: a lost
               worker's replicas recover this way), a hot kind one more (backed off per kind and
-              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`);
+              direction), a warm pool of idle workers from the recent variability (`warm_pool_size`; CPU only);
               only empty workers beyond the pool leave.
 
 Policies: "infaas" (all rules), "replica-only" (horizontal + placement + workers, for the fixed
@@ -322,7 +322,11 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     if not scaling_up and demand > config.downgrade_load_share * capacity:
         return []  # the load has not fallen: nothing to downgrade
     unfit = usable_batch(variant, slo, config.slo_batch_factor) == 0
-    target = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=scaling_up and not unfit)
+    # SLO-first, the strictest accuracy of the window, as DOWNGRADE judges it: the last report's is that of the
+    # few queries of one second, and a move judged on it leaves the strictest class with no variant.
+    accuracy = live.strictest_accuracy if config.slo_first else 0.0
+    target = _cheapest_target(snapshot, config, variant, live, demand, slo, faster_only=scaling_up and not unfit,
+                              accuracy=accuracy)
     if target is None:
         return []
     stay = replicas_for(variant, demand, config, slo) * replica_price_per_hour(variant, config)
@@ -573,7 +577,9 @@ def warm_pool_size(snapshot: Snapshot, config: PolicyConfig, kind: str, in_use: 
     """Idle workers to keep of this kind: `warm_pool_sigmas` standard deviations of the workers its
     variants needed (demand at the target utilization) over the last `peak_window_s` windows, so that
     a rise within that variability finds a started worker instead of waiting 20-30 s for one; at most
-    `warm_pool_share` of the `in_use` workers (at least one: a GPU idles at 17x a CPU worker's price)."""
+    `warm_pool_share` of the `in_use` workers (at least one); none for a kind outside `warm_pool_kinds`."""
+    if kind not in config.warm_pool_kinds:
+        return 0
     windows = peak_windows(config)
     needed = np.zeros(windows)
     for variant_id, live in snapshot.live.items():

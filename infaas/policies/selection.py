@@ -9,7 +9,8 @@
    cheapest (`slo_cost`: what a row costs at the batch the SLO allows, at the planned utilization).
 4. Otherwise the cheapest INACTIVE variant (`slo_cost`; ties: the least load + inference latency)
    whose load and inference fit the SLO and that meets it under load, to be loaded on the least
-   utilized worker of its hardware; among those whose hardware has a ready worker, if any (the
+   utilized ready worker of its hardware that has unreserved room (`worker_with_room`; none: on the
+   next one); among those whose hardware has a ready worker, if any (the
    others would first wait for a worker to start). Not the fastest: nothing would move a class off
    a costly variant while it keeps it busy (the scaler's DOWNGRADE judges settled load only).
    If none meets the SLO under load: steps 3 and 4 again with the SLO met when idle.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..catalog import Variant
-from .capacity import slack_utilization, usable_batch
+from .capacity import replica_share, slack_utilization, usable_batch
 from .snapshot import (
     ACTIVE,
     INACTIVE,
@@ -298,6 +299,34 @@ def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 
     return min(fits, key=lambda w: (w.utilization, w.worker_id), default=None)
 
 
+def reserved_share(snapshot: Snapshot, worker: WorkerLive) -> float:
+    """The share of the worker its replicas reserve, each its whole share (`capacity.replica_share`), as the
+    scaler's SLO-first placement plans them; a variant the snapshot does not know reserves the whole worker."""
+    return sum(count * (replica_share(snapshot.variants[v], _SCALER) if v in snapshot.variants else 1.0)
+               for v, count in worker.variants.items() if count > 0)
+
+
+def worker_with_room(snapshot: Snapshot, variant: Variant) -> WorkerLive | None:
+    """Where a cold variant loads: the least utilized ready worker of its hardware with memory for it and
+    units no replica reserves yet (`reserved_share` + the new replica's share <= 1); None when no ready
+    worker has room (the replica then waits for one, and the scaler starts one at once for it).
+
+    Not the least utilized worker whatever it hosts: a worker's utilization is that of the last second, and
+    replicas co-located on it at a low load (every variant loaded while one worker was up, the last
+    replicas of a lull) all get busy at the next burst and slow each other several times over, each
+    variant on it at once, for as long as the burst lasts. The scaler places replicas the same way."""
+    best: WorkerLive | None = None
+    share = replica_share(variant, _SCALER)
+    for worker in snapshot.workers.values():
+        if (worker.hardware != variant.hardware or not worker.ready
+                or (worker.memory_budget_mb > 0 and worker.free_memory_mb < variant.peak_memory_mb)
+                or reserved_share(snapshot, worker) + share > 1.0 + 1e-9):
+            continue
+        if best is None or (worker.utilization, worker.worker_id) < (best.utilization, best.worker_id):
+            best = worker
+    return best
+
+
 def select(snapshot: Snapshot, request: Request) -> Decision:
     if request.variant is not None:
         return _select_exact(snapshot, request, request.variant)
@@ -364,10 +393,10 @@ def _load_cold(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head:
     cheapest = np.flatnonzero(feasible & (cost[head] <= cost[head][feasible].min() * (1 + 1e-9)))
     position = int(cheapest[np.argmin(index.load_and_latency(batch)[head][cheapest])])
     variant = index.variants[position]
-    worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)
+    worker = worker_with_room(snapshot, variant)
     reason = "the cheapest inactive variant that meets the requirements"
     if worker is None:
-        reason += f" (no ready {variant.hardware} worker: one has to start first)"
+        reason += f" (no ready {variant.hardware} worker has room: one has to start first)"
     return Decision(OK, variant.variant_id, reason, float(variant.load_ms + latency[position]),
                     load_on=worker.worker_id if worker else None)
 
@@ -385,7 +414,8 @@ def _split_off(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head:
     An active variant that meets every demand takes every class of its task, so the cheaper variants
     the less demanding classes allow would never load, and it would scale out at its own price. The
     cheapest cold variant that meets the class under load (`bounds`) and can load now (a ready worker)
-    is prefetched when it serves a row for less than the active one by `upgrade_cost_ratio`, and moving
+    is prefetched, onto a ready worker with room (`worker_with_room`; none: no prefetch), when it serves a
+    row for less than the active one by `upgrade_cost_ratio`, and moving
     all of the active variant's replicas to it would save that ratio x one replica of it: a class riding
     on a few lightly used replicas costs little to keep there, while every variant loaded for a class
     costs a replica at least, a whole GPU on a GPU (the scaler's merge folds such a variant back once
@@ -403,8 +433,8 @@ def _split_off(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head:
     if not feasible.any():
         return decision
     cheaper = _load_cold(snapshot, index, live, head, feasible, cost, index.latency(batch), batch)
-    if cheaper is None:
-        return decision
+    if cheaper is None or cheaper.load_on is None:
+        return decision  # no worker has room: a prefetch would wait for (and pay) a whole new worker
     return replace(decision, prefetch=cheaper.variant_id, prefetch_on=cheaper.load_on,
                    reason=f"{decision.reason}; prefetching {cheaper.variant_id}, at least {ratio:g}x cheaper per row")
 

@@ -154,6 +154,10 @@ class PolicyConfig:
     warm_pool_sigmas: float = 3.0
     warm_pool_share: float = 0.15
     warm_pool_max: int = 20
+    # Hardware kinds that keep a warm pool: CPU only. An idle GPU costs 17-48x an idle CPU worker (the hardware
+    # catalogue); measured on the five workloads (issue 13), the GPU pool was 3-14% of infaas's cost for 0.00-0.05
+    # points of violations.
+    warm_pool_kinds: tuple[str, ...] = ("cpu",)
     # Model autoscaler.
     load_latency_weight: float = 0.0002  # delta = qps*b - r*thr + 0.0002 * r * thr * load_lat
     queue_drain_s: float = 5.0  # a backlog counts as demand to be served within this time

@@ -5,10 +5,12 @@ Model (times in ms):
     tick becomes a `Snapshot` (states by `monitoring.classify`, low-since by `monitoring.track`);
     `scaling.decide` returns actions, which the executor below carries out. The dispatcher routes the
     tick's queries with `selection.select` on that snapshot: its decision for a request class
-    (task, accuracy demand, SLO) is computed once per tick and reused (same inputs, same output), as
-    the live dispatcher sees state refreshed about once a second. A decision that names a variant
-    that is not loaded loads it (on `load_on`, or on the next worker of its hardware), and the next
-    decisions of the tick see it loaded, as the live dispatcher's local belief does.
+    (task, accuracy demand, SLO) is computed once per `route_ms` (250 ms) window and reused (same
+    inputs, same output); after the tick's first window, on the queues the live dispatcher estimates
+    between two reports (`selection.estimated_queue`), as the live dispatcher sees state refreshed
+    about once a second. A decision that names a variant that is not loaded loads it (on `load_on`,
+    or on the next worker of its hardware), and the next decisions of the tick see it loaded, and its
+    worker's units taken, as the live dispatcher's local belief does.
   * Data plane: each variant has one FIFO queue; each replica runs one batch at a time. A free
     replica takes the queued queries up to the variant's batch size (dynamic batching, no waiting
     for a batch to fill), but never more than the oldest one's deadline allows (`latency_at(n)`, the
@@ -34,7 +36,7 @@ import math
 import time
 from bisect import bisect_right
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -69,6 +71,7 @@ class SimOptions:
     worker_start_s: tuple[float, float] = (20.0, 30.0)
     billing_minimum_s: float = 60.0  # a worker is billed at least this long from its start (EC2: 60 s)
     demand_window: int = 60  # ticks of per-variant demand history in the snapshot (the SLO-first peak window)
+    route_ms: int = 250  # the dispatcher decides each class again this often within a tick (0: once a tick)
     app_id: str = "sim"
     initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}
     config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
@@ -135,6 +138,33 @@ class SimVariant:
     @property
     def placed(self) -> bool:
         return bool(self.replicas) or self.unplaced > 0
+
+
+def _believe(snapshot: Snapshot, variant_id: str, belief: VariantLive, worker_id: str | None) -> Snapshot:
+    """The dispatcher's snapshot once it asked for a load: the variant loading, and its replica on the worker,
+    so that the tick's later decisions do not count that worker's units as free (`selection.worker_with_room`)."""
+    workers = snapshot.workers
+    worker = workers.get(worker_id) if worker_id else None
+    if worker is not None:
+        hosted = {**worker.variants, variant_id: worker.variants.get(variant_id, 0) + 1}
+        workers = {**workers, worker.worker_id: replace(worker, variants=hosted)}
+    return snapshot.with_changes(live={**snapshot.live, variant_id: belief}, workers=workers)
+
+
+def _estimated_queues(snapshot: Snapshot, reported: Snapshot, routed: Counter[str], elapsed_ms: float) -> Snapshot:
+    """`snapshot` with each variant's queue as the live dispatcher estimates it `elapsed_ms` after the report
+    (`reported`), having routed `routed` to it since; a variant none of whose replicas serves yet drains nothing."""
+    live = {}
+    for variant_id, state in snapshot.live.items():
+        variant = snapshot.variants.get(variant_id)
+        if variant is None:
+            live[variant_id] = state
+            continue
+        serving = state.replicas - state.loading
+        queue = selection.estimated_queue(variant, max(serving, 1), reported.live_of(variant_id).queue_len,
+                                          routed[variant_id], elapsed_ms if serving > 0 else 0.0, state.batch_ms)
+        live[variant_id] = state if queue == state.queue_len else replace(state, queue_len=queue)
+    return snapshot.with_changes(live=live)
 
 
 def _required(value: str | None, source: Action | selection.Decision) -> str:
@@ -390,11 +420,25 @@ class Simulator:
     # ------------------------------------------------------------ dispatcher
 
     def _route(self, start: int, end: int, snapshot: Snapshot) -> None:
+        """Route the tick's queries in windows of `route_ms`, each class decided once per window; after the
+        first, on the tick's snapshot with every variant's queue estimated as the live dispatcher estimates it
+        between two reports (`selection.estimated_queue`: the reported queue, plus what was routed to it since,
+        less what its replicas drained meanwhile). Decided once for the whole tick on the queue reported at its
+        start, a class that found a long queue (a one-second spike) had every query of the next second
+        rejected, though the replicas drain such a queue in a fraction of it."""
+        step = self.options.route_ms if 0 < self.options.route_ms < end - start else end - start
+        reported, routed = snapshot, Counter[str]()
+        for at in range(start, end, step):
+            if at > start:
+                snapshot = _estimated_queues(snapshot, reported, routed, at - start)
+            snapshot = self._route_window(at, min(at + step, end), snapshot, routed)
+
+    def _route_window(self, start: int, end: int, snapshot: Snapshot, routed_to: Counter[str]) -> Snapshot:
         w = self.workload
         first = self.cursor
         last = int(np.searchsorted(w.arrival_ms, end, side="left"))
         if last <= first:
-            return
+            return snapshot
         classes = w.demand_class[first:last]
         present, first_seen = np.unique(classes, return_index=True)
         lookup = np.full(len(w.classes), -1, dtype=np.int32)
@@ -410,7 +454,7 @@ class Simulator:
                                    worker_id=decision.load_on, hardware=sv.variant.hardware, to_count=1), at)
                 belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
                                      loaded_at_ms=int(at))
-                snapshot = snapshot.with_changes(live={**snapshot.live, sv.variant.variant_id: belief})
+                snapshot = _believe(snapshot, sv.variant.variant_id, belief, decision.load_on)
             sv.retiring = False
             lookup[request_class] = sv.index
             if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
@@ -432,7 +476,9 @@ class Simulator:
             sv.last_used = float(w.arrival_ms[ids[-1]])
             sv.demand_accuracy = float(w.accuracy_demand[ids].max())
             sv.demand_slo = float(w.deadline_ms[ids].min())
+            routed_to[sv.variant.variant_id] += len(ids)
         self.cursor = last
+        return snapshot
 
     def _prefetch(self, decision: selection.Decision, at: float, snapshot: Snapshot) -> Snapshot:
         """Load the cheaper variant selection named for a class (its queries go there once it serves)."""
@@ -441,7 +487,7 @@ class Simulator:
                            worker_id=decision.prefetch_on, hardware=variant.hardware, to_count=1), at)
         belief = VariantLive(status=ACTIVE, replicas=1, loading=1, loaded_at_ms=int(at),
                              workers=(decision.prefetch_on,) if decision.prefetch_on else ())
-        return snapshot.with_changes(live={**snapshot.live, variant.variant_id: belief})
+        return _believe(snapshot, variant.variant_id, belief, decision.prefetch_on)
 
     # ------------------------------------------------------------ serving
 

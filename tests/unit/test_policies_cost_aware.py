@@ -175,3 +175,15 @@ def test_a_class_on_a_dear_active_variant_prefetches_a_cheaper_one_once_the_acti
     # A class that needs 0.75: SMALL is out; CPU is not 1.5x cheaper than BIG_GPU per row: no prefetch.
     strict = select(on_big(4), replace(request, min_accuracy=0.75))
     assert strict.variant_id == BIG_GPU.variant_id and strict.prefetch is None
+
+
+def test_no_prefetch_when_no_worker_has_room_for_it():
+    """A prefetch waits for no worker: with the CPU worker's units taken, the class stays on the active
+    variant and nothing loads (in the simulator each tick's prefetch had otherwise asked for another batch
+    size of the same model, each a whole new worker)."""
+    request = Request("demo", task="vision", min_accuracy=0.0, latency_ms=300.0)
+    lives = {BIG_GPU.variant_id: VariantLive(ACTIVE, 1, workers=("g1",))}
+    full = {"w1": WorkerLive("w1", "cpu", variants={CPU.variant_id: 1}),
+            "g1": WorkerLive("g1", "gpu-t4", variants={BIG_GPU.variant_id: 1})}
+    decision = select(Snapshot(CATALOG, live=lives, workers=full, at_ms=1), request)
+    assert decision.variant_id == BIG_GPU.variant_id and decision.prefetch is None and decision.prefetch_on is None

@@ -13,8 +13,18 @@ import pytest
 from infaas.policies import decide
 from infaas.policies.capacity import target_utilization, trend_demand_rows
 from infaas.policies.scaling import DOWN, UP, policy_config
-from infaas.policies.snapshot import PolicyConfig
-from tests.unit.test_policies_scaling import AT, CATALOG, CPU_B1, GPU_B8, kinds, live, snapshot, worker
+from infaas.policies.snapshot import PolicyConfig, Snapshot
+from tests.unit.test_policies_scaling import (
+    AT,
+    CATALOG,
+    CPU_B1,
+    GPU_B8,
+    kinds,
+    live,
+    snapshot,
+    variant,
+    worker,
+)
 
 CONFIG = PolicyConfig(max_workers=20, scale_up_windows=1, warm_pool_max=0)  # the pool: its own test
 POOL = replace(CONFIG, warm_pool_max=20, warm_pool_share=2.0)
@@ -120,3 +130,33 @@ def test_only_empty_workers_leave():
                                                                                low_since_ms=low)]
     assert "REMOVE_WORKER" not in kinds(decide(snapshot(state, workers, {VID: (4.0,) * 59}), CONFIG))
     assert set(CATALOG) >= {VID}
+
+
+def test_an_upgrade_keeps_the_strictest_accuracy_of_the_window_not_the_last_report_s():
+    """The last second's queries wanted 0.6, the window's strictest 0.75: the upgrade goes to a variant that
+    meets 0.75 (flat, seed 0: an upgrade of yolov5x judged on one report moved the strictest class's traffic to
+    yolov5l, below its demand; the class had no variant and its queries waited for yolov5x to load again)."""
+    less_accurate = variant("mobilenet:trt:gpu-t4:b8", hardware="gpu-t4", batch=8, slope=2.0, intercept=0.0,
+                            load_ms=2000.0, accuracy=0.70)
+    catalog = {v.variant_id: v for v in (CPU_B1, GPU_B8, less_accurate)}
+    state = {CPU_B1.variant_id: live(3, 120.0, workers=("w1", "w2", "w3"), demand_accuracy=0.6, demand_slo_ms=200.0,
+                                     window_accuracy=0.75, window_slo_ms=200.0, loaded_at_ms=1)}
+    workers = [worker(f"w{i}", util=0.75, hosts={CPU_B1.variant_id: 1}) for i in (1, 2, 3)] + [worker("g1", "gpu-t4")]
+    snap = Snapshot(catalog, state, {w.worker_id: w for w in workers}, 600_000, {})
+    moves = [a for a in decide(snap, CONFIG) if a.kind == "UPGRADE_VARIANT"]
+    assert [a.target_variant_id for a in moves] == [GPU_B8.variant_id]
+
+
+def test_the_warm_pool_is_kept_for_cpu_workers_only():
+    """The same swinging demand on a GPU variant keeps no idle GPU (an idle GPU costs 17-48x an idle CPU worker);
+    on the CPU variant it keeps the pool (`test_a_warm_pool_sized_from_the_recent_variability`)."""
+    swinging = (0.0, 20.0) * 29 + (0.0,)
+    gpu = GPU_B8.variant_id
+    state = {gpu: live(2, 200.0, workers=("g1", "g2"), demand_slo_ms=200.0)}
+    busy = [worker(f"g{i}", "gpu-t4", util=0.7, hosts={gpu: 1}) for i in (1, 2)]
+    actions = decide(snapshot(state, busy, {gpu: tuple(x * 10 for x in swinging)}), POOL)
+    assert "ADD_WORKER" not in kinds(actions)
+    with_gpu_pool = replace(POOL, warm_pool_kinds=("cpu", "gpu-t4"))
+    actions = decide(snapshot(state, busy, {gpu: tuple(x * 10 for x in swinging)}), with_gpu_pool)
+    assert [a.hardware for a in actions if a.kind == "ADD_WORKER"] == ["gpu-t4"]
+    assert kinds(decide(_varying(0, swinging), POOL)) == ["ADD_WORKER"]

@@ -130,3 +130,42 @@ def test_the_simulator_calls_the_policy_functions_the_live_system_calls():
     # ... and it has no policy of its own to fall back on.
     for name in ("select", "decide", "classify", "track", "horizontal", "vertical", "plan_baseline"):
         assert not hasattr(engine, name)
+
+
+def test_a_tick_s_cold_loads_see_the_worker_the_previous_ones_took():
+    """Two tasks load a variant each in the first tick with one CPU worker up: the first takes it, the second
+    waits for a worker with room (the dispatcher's snapshot counts the load it just asked for), instead of
+    both landing on the one worker and slowing each other at their first burst."""
+    text = variant("bert:ort:cpu-2t:b1", task="text")
+    arrivals = np.arange(0.0, 5_000.0, 250.0)
+    traces = [trace(arrivals, slo=300.0), Trace("text", arrivals + 10.0, np.full(len(arrivals), 300.0),
+                                                  np.ones(len(arrivals), dtype=np.int16))]
+    loads = []
+    with pytest.MonkeyPatch.context() as patch:
+        apply = Simulator._apply
+
+        def spy(self, action, now):
+            if action.kind == "LOAD_VARIANT":
+                loads.append((action.variant_id, action.worker_id))
+            apply(self, action, now)
+        patch.setattr(Simulator, "_apply", spy)
+        run([CPU_B1, text], traces, policy="infaas", warmup_s=0.0)
+    assert loads[:2] == [(CPU_B1.variant_id, "cpu-1"), (text.variant_id, None)]
+
+
+def test_the_dispatcher_decides_again_within_a_tick_on_the_live_dispatcher_s_queue_estimate():
+    """A spike just before a tick leaves a queue the replica drains in a fraction of the next second. Decided
+    once a tick on the queue reported at its start, the class had every query of that second rejected; decided
+    every `route_ms` on the estimated queue (reported + routed since - drained), it is routed again once the
+    queue is estimated drained."""
+    fast = variant("resnet:ort:cpu-2t:b1", intercept=10.0, load_ms=100.0)
+    steady = np.arange(0.0, 10_000.0, 100.0)
+    spike = np.full(40, 5_950.0)
+    arrivals = np.sort(np.concatenate([steady, spike]))
+    rejected = {}
+    for route_ms in (0, 250):
+        sim, _ = run([fast], [trace(arrivals, slo=100.0)], policy="infaas", route_ms=route_ms)
+        second = (sim.workload.arrival_ms >= 6_000) & (sim.workload.arrival_ms < 7_000)
+        rejected[route_ms] = int((sim.served_by[second] < 0).sum())
+    assert rejected[0] == 10  # the whole second
+    assert rejected[250] <= 5  # a quarter or two, until the estimate has drained the spike
