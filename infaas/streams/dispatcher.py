@@ -109,7 +109,11 @@ class Dispatcher:
         if decision.load_on is not None:
             out.append(self._load_command(decision, snapshot))
         elif not snapshot.live_of(decision.variant_id).loaded:
+            # No worker with room for it: selection leaves it to the scaler (the simulator waits for a new
+            # worker), but no live scaler is told of it, so a ready worker of its hardware, however full,
+            # loads it now rather than at the next timer tick (up to a second later) with the query waiting.
             self.unplaced.setdefault(decision.variant_id, decision.reason)
+            out += self.place_unplaced()
         self.routed_at[decision.variant_id] = snapshot.at_ms
         if decision.prefetch is not None and decision.prefetch_on is not None:  # a cheaper variant for the class
             out.append(self._load_command(decision, snapshot, decision.prefetch, decision.prefetch_on))

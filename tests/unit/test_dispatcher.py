@@ -19,7 +19,7 @@ from infaas.streams import dispatcher as dispatcher_module
 from infaas.streams.dispatcher import Dispatcher
 from infaas.tensors import to_tensor
 from infaas.views import Catalog, SystemView
-from tests.unit.test_selection import CATALOG, LARGE, SMALL, WORKERS
+from tests.unit.test_selection import CATALOG, LARGE, MEDIUM, SMALL, WORKERS
 
 CODEC = Codec()
 NOW = int(time.time() * 1000)  # the dispatcher's clock in these tests: queries are sent and read at NOW
@@ -251,3 +251,16 @@ def test_a_variant_unloaded_after_queries_were_routed_to_it_is_watched_for_stran
     assert dispatcher.unloaded_since_routed() == [LARGE.variant_id]
     dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=WORKERS, at_ms=10_000 + 121_000)
     assert dispatcher.unloaded_since_routed() == [] and dispatcher.routed_at == {}  # past the window
+
+
+def test_a_cold_variant_with_no_worker_with_room_is_loaded_at_once_on_a_ready_worker(dispatcher, base_settings):
+    """Selection names no worker when none has unreserved room; no live scaler hears of that, so the
+    dispatcher loads the variant now on the least utilized ready worker of its hardware, in the same
+    round as the query, not at its next timer tick."""
+    full = {wid: dataclasses.replace(w, variants={SMALL.variant_id: 8, MEDIUM.variant_id: 8}) for wid, w in WORKERS.items()}
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers=full, at_ms=1)
+    out = handle(dispatcher, min_accuracy=0.97)
+    assert [o.topic for o in out] == [base_settings.topic("control"), base_settings.variant_topic(LARGE.variant_id)]
+    command = CODEC.decode_as("WorkerCommand", out[0].value)
+    assert (command["action"], command["variant_id"], command["worker_id"]) == ("LOAD", LARGE.variant_id, "w2")
+    assert dispatcher.unplaced == {}
