@@ -70,7 +70,8 @@ def _dtype(name: str) -> np.dtype:
 
 def check_input(array: np.ndarray, dtype: str, sample_shape: tuple[int, ...], max_batch: int) -> None:
     """The input must be a batch of samples of the task's signature, with finite values."""
-    if array.dtype != _dtype(dtype):  # dtype objects compare fast; `.name` is built on every read
+    expected = _dtype(dtype)  # dtype objects compare fast; `.name` is built on every read
+    if array.dtype != expected and array.dtype.newbyteorder("=") != expected:  # either byte order
         raise TensorError(f"input dtype is {array.dtype.name}, the task expects {dtype}")
     if array.shape[1:] != tuple(sample_shape) or array.ndim != len(sample_shape) + 1:
         expected = ["N", *sample_shape]

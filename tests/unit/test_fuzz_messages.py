@@ -536,3 +536,12 @@ def test_a_bounded_fuzz_run_finds_nothing():
     kinds = {outcome.split(":")[1] for outcome in stats.outcomes}
     assert {"routed", "dead", "BAD_INPUT", "UNKNOWN_MODEL"} <= kinds, stats.outcomes
     assert sum(count for outcome, count in stats.outcomes.items() if not outcome.startswith("undecodable")) > 1_000
+
+
+def test_an_input_of_the_right_dtype_in_the_other_byte_order_passes_the_check():
+    """A user's .npy may be big-endian (offline jobs, the gateway): float32 is float32 in either order."""
+    from infaas.tensors import TensorError, check_input
+    check_input(np.zeros((2, 3), dtype=">f4"), "float32", (3,), 10)
+    check_input(np.zeros((2, 3), dtype="<f4"), "float32", (3,), 10)
+    with pytest.raises(TensorError, match="input dtype is float64"):
+        check_input(np.zeros((2, 3), dtype=">f8"), "float32", (3,), 10)
