@@ -306,8 +306,8 @@ def committed_total(consumer, partitions: list, timeout_s: float = 30.0) -> int:
         try:
             return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
         except KafkaException as err:
-            if not err.args[0].retriable() and err.args[0].code() != KafkaError.NOT_COORDINATOR \
-                    or time.monotonic() > deadline:
+            transient = err.args[0].retriable() or err.args[0].code() == KafkaError.NOT_COORDINATOR
+            if not transient or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

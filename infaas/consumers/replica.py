@@ -283,12 +283,12 @@ class Replica(threading.Thread):
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _update_lag(self, at_least_every_ms: float = LAG_REFRESH_MS) -> None:
-        """Kafka's lag of this replica's partitions, read at most every `at_least_every_ms`: it is
+    def _update_lag(self) -> None:
+        """Kafka's lag of this replica's partitions, read at most every `LAG_REFRESH_MS`: it is
         reported once a second, and reading it (the assignment, positions and watermarks of every
         partition) before each run took 46% of a worker's time at batch 1 (profiled flood)."""
         now = now_ms()
-        if now - self._lag_at < at_least_every_ms:
+        if now - self._lag_at < LAG_REFRESH_MS:
             return
         self._lag_at = now
         try:
