@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infaas.benchmarks import OVERLOAD_SLO_MS, SHED, overload_pair, register_overload_model
+from infaas.benchmarks import OVERLOAD_SLO_MS, SHED, latency_now_ms, overload_pair, register_overload_model
 from infaas.client import InfaasClient
 from infaas.serve import Pipeline, ServeOptions
 from tests.conftest import settings_env
@@ -31,7 +31,8 @@ def test_three_times_capacity_is_shed_explicitly(settings, heavy_variant):
         # What this machine serves at 1x, with the client, broker and services sharing its cores,
         # is the baseline "does not collapse" is measured against; 3x starts once a worker report
         # shows the 1x queue drained.
-        pair = overload_pair(settings, running.services, client, heavy_variant, PHASE_S)
+        pair = overload_pair(settings, running.services, client, heavy_variant, PHASE_S,
+                             latency_now_ms(settings, heavy_variant))
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(pair, indent=1))
     print(f"\noverload: {json.dumps(pair)}")
