@@ -81,7 +81,7 @@ class Replica(threading.Thread):
         topic = self.settings.variant_topic(hosted.variant.variant_id)
         self.consumer = bus.consumer(self.settings, topic, **{"session.timeout.ms": worker.session_timeout_ms,
                                                               "client.id": f"{worker.worker_id}-{index}"})
-        self.consumer.subscribe([topic])
+        bus.subscribe_from_start(self.consumer, [topic])
         self.producer = bus.producer(self.settings)
         self.failed_deliveries = 0  # results Kafka did not accept, over the replica's life
         self._batch_failures: list[str] = []  # delivery errors of the batch being served

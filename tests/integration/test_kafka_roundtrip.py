@@ -104,3 +104,49 @@ def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(se
         consumer.close()
     assert [m.value() for m in messages] == [b"one", b"two"]
     assert waited < 5.0  # half of one timeout: never waited for 100 messages that do not come
+
+
+
+def _first_message_after_assignment(settings, topic, group, subscribe) -> tuple[float, set[tuple[int, bytes]]]:
+    """Subscribe with `subscribe(consumer, topics)`: ms from the assignment to the first message, and the
+    (partition, value) of every message that came within 2 s of it; the consumer commits what it read."""
+    consumer = bus.consumer(settings, group, **{"session.timeout.ms": 3000})
+    subscribe(consumer, [topic])
+    assigned_at = first_at = None
+    messages = set()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (first_at is None or time.monotonic() < first_at + 2):
+            message = consumer.poll(0.002)
+            assigned_at = assigned_at or (time.monotonic() if consumer.assignment() else None)
+            if message is not None and not message.error():
+                first_at = first_at or time.monotonic()
+                messages.add((message.partition(), message.value()))
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    assert assigned_at is not None and first_at is not None, "no assignment or no message within 30 s"
+    return (first_at - assigned_at) * 1000, messages
+
+
+def test_a_new_group_starts_at_the_first_message_without_librdkafkas_back_off(settings):
+    """A new variant's first replica is a new consumer group: librdkafka, finding no committed offset, waits a
+    fixed 100 ms before it looks up the earliest one. `bus.subscribe_from_start` names it on assignment."""
+    topic = settings.topic(f"start-{uuid.uuid4().hex[:6]}")
+    bus.ensure_topics(settings, {topic: bus.TopicSpec(2)})
+    producer = bus.producer(settings)
+    for partition in (0, 1):
+        producer.produce(topic, value=f"m{partition}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+    sent = {(0, b"m0"), (1, b"m1")}
+    plain_ms, plain = _first_message_after_assignment(settings, topic, f"test-{uuid.uuid4().hex[:6]}",
+                                                      lambda consumer, topics: consumer.subscribe(topics))
+    group = f"test-{uuid.uuid4().hex[:6]}"
+    fast_ms, fast = _first_message_after_assignment(settings, topic, group, bus.subscribe_from_start)
+    assert plain == fast == sent
+    assert fast_ms < plain_ms - 50, (fast_ms, plain_ms)  # the back-off is 100 ms; both ran on this machine now
+    # A group that committed resumes where it stopped, not at the start of the log.
+    producer.produce(topic, value=b"later", partition=0)
+    assert producer.flush(30) == 0
+    _, resumed = _first_message_after_assignment(settings, topic, group, bus.subscribe_from_start)
+    assert resumed == {(0, b"later")}
