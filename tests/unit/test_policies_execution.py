@@ -12,6 +12,7 @@ import pytest
 
 from infaas.consumers.replica import HostedVariant, Replica
 from infaas.policies import batching, execution
+from infaas.policies.actions import ADD_REPLICA, Action
 from infaas.policies.snapshot import ACTIVE, INACTIVE, VariantLive
 from infaas.scaler.service import Scaler
 from infaas.sim.engine import SimOptions, Simulator
@@ -106,6 +107,9 @@ def test_the_scaler_places_and_retires_with_the_shared_functions(calls):
     assert scaler.sent == [(CPU_B1.variant_id, "w1", 1), (CPU_B1.variant_id, "w2", 1)]
     assert scaler.unplaced == [(SMALL_CPU.variant_id, "cpu")]
     assert [a.variant_id for a in scaler.executed] == [SMALL_CPU.variant_id] and not scaler.retiring
+    # An action's replica too: on the worker the policy named, once that worker is ready.
+    scaler._add_replica(Action(ADD_REPLICA, "test", CPU_B1.variant_id, worker_id="w3"), view)
+    assert calls["worker_for"] == 4 and scaler.unplaced[-1] == (CPU_B1.variant_id, "cpu")
 
 
 def test_the_replica_forms_its_runs_with_the_shared_rule(calls):
@@ -124,11 +128,14 @@ def test_the_simulator_places_batches_and_retires_with_the_shared_functions(call
     sim = Simulator([CPU_B1, GPU_B8], workload, SimOptions(policy="infaas", seed=1))
     sim.run()
     assert calls["worker_for"] > 0 and calls["next_run"] > 0
-    # A move whose target serves: the source retires through `retire_now`.
-    source, target = sim._sim(CPU_B1.variant_id), sim._sim(GPU_B8.variant_id)
-    source.status = target.status = ACTIVE
+    # A replica that waited is placed through `worker_for`, as one added is.
+    target, source = sim._sim(GPU_B8.variant_id), sim._sim(CPU_B1.variant_id)
+    sim._add_replica(target, "no such worker", None, 0.0)
+    calls.clear()
     sim._start_worker("gpu-t4", 0.0, ready_at=0.0)
-    sim._add_replica(target, None, None, 0.0, ready_now=True)
-    source.moving_to = GPU_B8.variant_id
+    sim._place_pending(0.0, ready_now=True)
+    assert calls == {"worker_for": 1} and target.replicas and not target.unplaced
+    # A move whose target serves: the source retires through `retire_now`.
+    target.status, source.moving_to, source.qps = ACTIVE, GPU_B8.variant_id, 0.0  # its traffic went over
     sim._advance(sim.workload.duration_ms + 10_000_000)
-    assert calls["retire_now"] >= 1
+    assert calls["retire_now"] == 1 and not source.replicas and not source.moving_to
