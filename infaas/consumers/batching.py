@@ -6,7 +6,8 @@ longer than `max_delay_ms`. It waits only when more queries are expected in that
 they have been arriving, the next one must be due within the budget, and the wait is no longer than
 filling the batch takes. A lone query at low load runs at once (as in the simulator, which never
 waits), and under load the batch fills from what arrives meanwhile. Queries already past their
-deadline are answered DEADLINE_EXCEEDED without running.
+deadline are answered DEADLINE_EXCEEDED without running. Which queries form each run, and which
+cannot start before their deadline, is the rule the simulator applies too (`policies.batching`).
 """
 
 from __future__ import annotations
@@ -59,39 +60,3 @@ class ArrivalRate:
         span = self.window_ms if len(self._times) < (self._times.maxlen or 0) else max(now_ms - self._times[0], 1.0)
         return len(self._times) / span
 
-
-def pack(row_counts: list[int], batch_size: int) -> list[list[int]]:
-    """Group queries (by index, in arrival order) into runs of at most `batch_size` rows.
-
-    A query is never split; one larger than the batch size runs alone.
-    """
-    return plan_runs(row_counts, [None] * len(row_counts), batch_size, 0.0, 0.0)[0]
-
-
-def plan_runs(rows: list[int], deadlines: list[float | None], batch_size: int, now_ms: float,
-              run_ms: float) -> tuple[list[list[int]], list[tuple[int, float]]]:
-    """The runs of the queries in hand (indices, in arrival order, as `pack` groups them) and those that
-    cannot start before their deadline, with when they would: each run is predicted to start `run_ms`
-    after the one before (the first now). A query that would start too late leaves the plan, and those
-    behind it move up; what cannot start in time would at best be answered after its SLO, while the
-    replica's time goes to queries that can make theirs.
-
-    Told at once, rather than when its turn comes, the client hears of it within its SLO: answered
-    only once its deadline had passed, a shed query came a median 25-110 ms after it (measured at 3x a replica's
-    capacity on contended cores)."""
-    runs: list[list[int]] = []
-    hopeless: list[tuple[int, float]] = []
-    current: list[int] = []
-    filled, start = 0, now_ms
-    for index, (count, deadline) in enumerate(zip(rows, deadlines, strict=True)):
-        if current and filled + count > batch_size:
-            runs.append(current)
-            current, filled, start = [], 0, start + run_ms
-        if deadline is not None and start > deadline:
-            hopeless.append((index, start))
-            continue
-        current.append(index)
-        filled += count
-    if current:
-        runs.append(current)
-    return runs, hopeless

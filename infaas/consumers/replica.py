@@ -17,11 +17,12 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from .. import bus
 from ..catalog import TaskInfo, Variant
+from ..policies import batching
 from ..schemas.codec import DecodeError
 from ..schemas.messages import Result
 from ..tensors import to_tensor
 from .admission import admit, now_ms, result_for
-from .batching import ArrivalRate, BatchPolicy, plan_runs, wait_budget_ms
+from .batching import ArrivalRate, BatchPolicy, wait_budget_ms
 from .reporting import VariantMetrics
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class Replica(threading.Thread):
         deadline, the queries left for later runs): planned again before each run, at the pace of the
         replica's recent runs (`plan_runs`)."""
         now, run_ms = now_ms(), self.run_ms()
-        runs, hopeless = plan_runs([q["rows"] for q in queries], [q["routed"]["deadline_at"] for q in queries],
+        runs, hopeless = batching.plan_runs([q["rows"] for q in queries], [q["routed"]["deadline_at"] for q in queries],
                                    self.policy.batch_size, now, run_ms)
         late = []
         for index, start in hopeless:

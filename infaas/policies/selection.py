@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..catalog import Variant
-from .capacity import replica_share, slack_utilization, usable_batch
+from .capacity import slack_utilization, usable_batch
+from .execution import worker_with_room
 from .snapshot import (
     ACTIVE,
     INACTIVE,
@@ -297,34 +298,6 @@ def least_utilized_worker(snapshot: Snapshot, hardware: str, memory_mb: float = 
     fits = [w for w in snapshot.workers.values()
             if w.hardware == hardware and w.ready and (w.memory_budget_mb <= 0 or w.free_memory_mb >= memory_mb)]
     return min(fits, key=lambda w: (w.utilization, w.worker_id), default=None)
-
-
-def reserved_share(snapshot: Snapshot, worker: WorkerLive) -> float:
-    """The share of the worker its replicas reserve, each its whole share (`capacity.replica_share`), as the
-    scaler's SLO-first placement plans them; a variant the snapshot does not know reserves the whole worker."""
-    return sum(count * (replica_share(snapshot.variants[v], _SCALER) if v in snapshot.variants else 1.0)
-               for v, count in worker.variants.items() if count > 0)
-
-
-def worker_with_room(snapshot: Snapshot, variant: Variant) -> WorkerLive | None:
-    """Where a cold variant loads: the least utilized ready worker of its hardware with memory for it and
-    units no replica reserves yet (`reserved_share` + the new replica's share <= 1); None when no ready
-    worker has room (the replica then waits for one, and the scaler starts one at once for it).
-
-    Not the least utilized worker whatever it hosts: a worker's utilization is that of the last second, and
-    replicas co-located on it at a low load (every variant loaded while one worker was up, the last
-    replicas of a lull) all get busy at the next burst and slow each other several times over, each
-    variant on it at once, for as long as the burst lasts. The scaler places replicas the same way."""
-    best: WorkerLive | None = None
-    share = replica_share(variant, _SCALER)
-    for worker in snapshot.workers.values():
-        if (worker.hardware != variant.hardware or not worker.ready
-                or (worker.memory_budget_mb > 0 and worker.free_memory_mb < variant.peak_memory_mb)
-                or reserved_share(snapshot, worker) + share > 1.0 + 1e-9):
-            continue
-        if best is None or (worker.utilization, worker.worker_id) < (best.utilization, best.worker_id):
-            best = worker
-    return best
 
 
 def select(snapshot: Snapshot, request: Request) -> Decision:

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from .. import bus, metrics
 from ..errors import InfaasError
 from ..policies import actions as kinds
+from ..policies import execution
 from ..policies.actions import Action
 from ..policies.baselines import BaselinePlan, initial_actions
 from ..policies.monitoring import track
 from ..policies.scaling import REPLICA_ONLY, decide
-from ..policies.selection import least_utilized_worker
 from ..policies.snapshot import ACTIVE, PolicyConfig, Snapshot, WorkerLive
 from ..schemas.codec import default_codec
 from ..schemas.messages import WorkerCommand
@@ -361,42 +361,35 @@ class Scaler:
         self.expected.append(Expectation(variant_id, worker_id, replicas, now_ms() + settle_ms))
 
     def _add_replica(self, action: Action, snapshot: Snapshot) -> None:
-        worker_id = action.worker_id
-        if worker_id is None or worker_id not in snapshot.workers or not snapshot.workers[worker_id].ready:
-            self.unplaced.append((action.variant_id, action.hardware or snapshot.variants[action.variant_id].hardware))
+        variant = snapshot.variants.get(action.variant_id or "")
+        hardware = action.hardware or (variant.hardware if variant else "")
+        worker_id = execution.worker_for(snapshot, variant, action.worker_id) if variant else None
+        if worker_id is None or not snapshot.workers[worker_id].ready:  # a starting worker: once it is up
+            self.unplaced.append((action.variant_id, hardware))
             return
         count = self._hosted(snapshot, worker_id, action.variant_id) + 1
         self._set_replicas(snapshot, action.variant_id, worker_id, count, action.reason)
 
     def _place_unplaced(self, snapshot: Snapshot) -> None:
-        """Replicas that found no room go to a worker once one of their hardware is ready; while a
-        new worker of that hardware is starting, they wait for it rather than crowd the others."""
-        self._place_recovering(snapshot)
+        """Replicas that wait for a worker go where `execution.worker_for` finds room, a lost worker's
+        first: they go at once to a ready worker with room, else wait (as unplaced) for the replacement."""
+        recovering, self.recovering = self.recovering, []
         waiting, self.unplaced = self.unplaced, []
-        for variant_id, hardware in waiting:
-            variant = snapshot.variants.get(variant_id)
-            coming = any(hw == hardware for hw, _ in self.starting.values())
-            worker = None if coming else least_utilized_worker(snapshot, hardware,
-                                                                 variant.peak_memory_mb if variant else 0.0)
-            if worker is None:
-                self.unplaced.append((variant_id, hardware))
-                continue
-            count = self._hosted(snapshot, worker.worker_id, variant_id) + 1
-            self._set_replicas(snapshot, variant_id, worker.worker_id, count, "placing a replica that waited "
-                               f"for a {hardware} worker")
+        snapshot = self._place(snapshot, recovering, "recovery: a replica of a gone worker")
+        self._place(snapshot, waiting, "placing a replica that waited for a worker")
 
-    def _place_recovering(self, snapshot: Snapshot) -> None:
-        """Replicas of a gone worker go at once to a ready worker with room; with none, they wait
-        (as unplaced replicas) for the replacement."""
-        waiting, self.recovering = self.recovering, []
+    def _place(self, snapshot: Snapshot, waiting: list[tuple[str, str]], reason: str) -> Snapshot:
+        """Place what finds room (the rest waits on in `unplaced`); the snapshot with the replicas placed."""
         for variant_id, hardware in waiting:
             variant = snapshot.variants.get(variant_id)
-            worker = least_utilized_worker(snapshot, hardware, variant.peak_memory_mb if variant else 0.0)
-            if worker is None:
+            worker_id = execution.worker_for(snapshot, variant) if variant else None
+            if worker_id is None or not snapshot.workers[worker_id].ready:  # a starting worker: once it is up
                 self.unplaced.append((variant_id, hardware))
                 continue
-            count = self._hosted(snapshot, worker.worker_id, variant_id) + 1
-            self._set_replicas(snapshot, variant_id, worker.worker_id, count, "recovery: a replica of a gone worker")
+            count = self._hosted(snapshot, worker_id, variant_id) + 1
+            self._set_replicas(snapshot, variant_id, worker_id, count, reason)
+            snapshot = execution.with_replica(snapshot, worker_id, variant_id)  # the next ones see its units taken
+        return snapshot
 
     def _remove_replica(self, action: Action, snapshot: Snapshot) -> None:
         worker_id = action.worker_id or next(iter(snapshot.live_of(action.variant_id).workers), None)
@@ -421,10 +414,8 @@ class Scaler:
 
     def _retire(self, snapshot: Snapshot) -> None:
         for source, target in list(self.retiring.items()):
-            source_live, target_live = snapshot.live_of(source), snapshot.live_of(target)
-            if target_live.status != ACTIVE or target_live.loading:
-                continue  # not serving yet
-            if source_live.queue_len == 0 and source_live.qps == 0:
+            source_live = snapshot.live_of(source)
+            if execution.retire_now(source_live, snapshot.live_of(target)):
                 del self.retiring[source]
                 reason = f"retired: its traffic moved to {target} and its queue is served"
                 action = Action(kinds.UNLOAD_VARIANT, reason, source, from_count=source_live.replicas, to_count=0)

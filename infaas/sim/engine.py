@@ -12,13 +12,15 @@ Model (times in ms):
     or on the next worker of its hardware), and the next decisions of the tick see it loaded, and its
     worker's units taken, as the live dispatcher's local belief does.
   * Data plane: each variant has one FIFO queue; each replica runs one batch at a time. A free
-    replica takes the queued queries up to the variant's batch size (dynamic batching, no waiting
-    for a batch to fill), but never more than the oldest one's deadline allows (`latency_at(n)`, the
-    profile's linear model, must fit before it), and runs them in `latency_at(n)` x its worker's
-    contention factor. Queries whose deadline has passed when a replica reaches them are answered
-    "deadline exceeded" without running, as the live workers do (they count as violations, not as
-    served). A replica serves once loaded: `load_ms` after it is placed (after the worker is up, for
-    a starting worker). Queries are not dropped otherwise: queued ones wait for a replica.
+    replica takes the next batch of the queries that have arrived by the rule the live replicas apply
+    (`batching.next_run`: up to the variant's batch size, no waiting for a batch to fill, and never
+    more than the first one's deadline allows: `latency_at(n)`, the profile's linear model, must fit
+    before it), and runs it in `latency_at(n)` x its worker's contention factor. Queries
+    whose deadline has passed when a replica would start them are answered "deadline exceeded"
+    without running, as the live workers do (they count as violations, not as served). A replica
+    is placed where `execution.worker_for` puts it (none: it waits for a worker) and serves once
+    loaded: `load_ms` after it is placed (after the worker is up, for a starting worker). Queries
+    are not dropped otherwise: queued ones wait for a replica.
   * Workers start in 20-30 s (uniform, seeded). Contention: a worker has `worker_units` vCPUs (CPU)
     or one GPU; each replica uses its share while busy. The offered busy share of a worker over a
     tick (a backlogged replica counts as fully busy) is its utilization; above 1 it slows every
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..catalog import Variant
-from ..policies import baselines, monitoring, scaling, selection
+from ..policies import baselines, batching, execution, monitoring, scaling, selection
 from ..policies.actions import (
     ADD_REPLICA,
     ADD_WORKER,
@@ -89,9 +91,6 @@ class SimWorker:
         self.replicas: list[SimReplica] = []
         self.factor, self.util = 1.0, 0.0
 
-    def reserved_share(self) -> float:
-        return sum(r.units for r in self.replicas) / self.units
-
 
 class SimReplica:
     __slots__ = ("sim_variant", "worker", "units", "ready_at", "free_at", "busy")
@@ -110,7 +109,6 @@ class SimVariant:
         self.queue_at: list[float] = []  # arrival times, from `head` on still waiting
         self.queue_ids: list[int] = []  # their query indices
         self.queue_deadline: list[float] = []  # their deadlines (arrival + SLO)
-        self.capped = variant.slope_ms > 0  # latency grows with the batch: a deadline can cap it
         self.head = 0
         self.tick_head = 0  # head at the start of the tick: queries [tick_head, head) started in it
         self.batch_finish: list[float] = []
@@ -139,16 +137,18 @@ class SimVariant:
     def placed(self) -> bool:
         return bool(self.replicas) or self.unplaced > 0
 
+    def keep(self) -> None:
+        """Back in service (the dispatcher chose it, or a move targets it): a retirement is called off."""
+        if self.retiring:
+            self.retiring, self.moving_to = False, ""
+
 
 def _believe(snapshot: Snapshot, variant_id: str, belief: VariantLive, worker_id: str | None) -> Snapshot:
     """The dispatcher's snapshot once it asked for a load: the variant loading, and its replica on the worker,
-    so that the tick's later decisions do not count that worker's units as free (`selection.worker_with_room`)."""
-    workers = snapshot.workers
-    worker = workers.get(worker_id) if worker_id else None
-    if worker is not None:
-        hosted = {**worker.variants, variant_id: worker.variants.get(variant_id, 0) + 1}
-        workers = {**workers, worker.worker_id: replace(worker, variants=hosted)}
-    return snapshot.with_changes(live={**snapshot.live, variant_id: belief}, workers=workers)
+    so that the tick's later decisions do not count that worker's units as free (`execution.worker_with_room`)."""
+    if worker_id is not None:
+        snapshot = execution.with_replica(snapshot, worker_id, variant_id)
+    return snapshot.with_changes(live={**snapshot.live, variant_id: belief})
 
 
 def _estimated_queues(snapshot: Snapshot, reported: Snapshot, routed: Counter[str], elapsed_ms: float) -> Snapshot:
@@ -165,6 +165,14 @@ def _estimated_queues(snapshot: Snapshot, reported: Snapshot, routed: Counter[st
                                           routed[variant_id], elapsed_ms if serving > 0 else 0.0, state.batch_ms)
         live[variant_id] = state if queue == state.queue_len else replace(state, queue_len=queue)
     return snapshot.with_changes(live=live)
+
+
+def _move_ahead(sv: SimVariant, first: int, after: int, late: list[int], batch: list[int]) -> None:
+    """Reorder queue positions `first:after` (the late queries and a batch, interleaved) as late, then batch."""
+    order = late + batch
+    columns: tuple[list, ...] = (sv.queue_at, sv.queue_ids, sv.queue_deadline)
+    for column in columns:
+        column[first:after] = [column[i] for i in order]
 
 
 def _required(value: str | None, source: Action | selection.Decision) -> str:
@@ -225,7 +233,8 @@ class Simulator:
                     for _ in range(action.to_count - action.from_count):
                         self._start_worker(_required(action.hardware, action), 0.0, ready_at=0.0)
                 else:
-                    self._add_replica(self._sim(_required(action.variant_id, action)), None, action.hardware, 0.0)
+                    self._add_replica(self._sim(_required(action.variant_id, action)), None, action.hardware, 0.0,
+                                      ready_now=True)
             self._place_pending(0.0, ready_now=True)
         else:
             initial = self.options.initial_workers or {"cpu": self.config.min_workers}
@@ -267,15 +276,9 @@ class Simulator:
         for sv in self.by_index:
             if not sv.placed or sv.retiring:
                 continue
-            replicas = len(sv.replicas)
-            sv.status = monitoring.classify(sv.variant, sv.qps, sv.avg_latency, sv.queued, replicas, sv.status,
-                                            self.config)
-            live[sv.variant.variant_id] = VariantLive(
-                status=sv.status, replicas=replicas, workers=tuple(sorted({r.worker.worker_id for r in sv.replicas})),
-                qps=sv.qps, queue_len=sv.queued, avg_latency_ms=sv.avg_latency, loaded_at_ms=int(sv.loaded_at),
-                last_used_ms=int(sv.last_used), loading=sum(1 for r in sv.replicas if r.ready_at > now),
-                unplaced=sv.unplaced, demand_accuracy=sv.demand_accuracy, demand_slo_ms=sv.demand_slo,
-                moving_to=sv.moving_to)
+            sv.status = monitoring.classify(sv.variant, sv.qps, sv.avg_latency, sv.queued, len(sv.replicas),
+                                            sv.status, self.config)
+            live[sv.variant.variant_id] = self._variant_live(sv, now)
             demand[sv.variant.variant_id] = tuple(sv.history)[:-1]  # the windows before the latest (`qps`)
         workers = {w.worker_id: self._worker_live(w, now) for w in self.workers.values()}
         previous = self.snapshot
@@ -286,7 +289,16 @@ class Simulator:
         self.snapshot = monitoring.track(previous, fresh, self.config)
         return self.snapshot
 
-    def _worker_live(self, worker: SimWorker, now: int) -> WorkerLive:
+    @staticmethod
+    def _variant_live(sv: SimVariant, now: float) -> VariantLive:
+        return VariantLive(
+            status=sv.status, replicas=len(sv.replicas), workers=tuple(sorted({r.worker.worker_id for r in sv.replicas})),
+            qps=sv.qps, queue_len=sv.queued, avg_latency_ms=sv.avg_latency, loaded_at_ms=int(sv.loaded_at),
+            last_used_ms=int(sv.last_used), loading=sum(1 for r in sv.replicas if r.ready_at > now),
+            unplaced=sv.unplaced, demand_accuracy=sv.demand_accuracy, demand_slo_ms=sv.demand_slo,
+            moving_to=sv.moving_to)
+
+    def _worker_live(self, worker: SimWorker, now: float) -> WorkerLive:
         hosted = Counter(r.sim_variant.variant.variant_id for r in worker.replicas)
         util = worker.util
         gpu = worker.hardware != "cpu"
@@ -294,6 +306,11 @@ class Simulator:
                           memory_mb=sum(r.sim_variant.variant.peak_memory_mb for r in worker.replicas),
                           memory_budget_mb=worker.memory_budget_mb, variants=dict(hosted),
                           started_at_ms=int(worker.started_at), ready=worker.ready_at <= now)
+
+    def _placement_view(self, hardware: str, now: float) -> Snapshot:
+        """The workers of `hardware` as a snapshot, for `execution.worker_for`."""
+        workers = {w.worker_id: self._worker_live(w, now) for w in self.workers.values() if w.hardware == hardware}
+        return Snapshot(self.catalog, workers=workers, at_ms=int(now))
 
     # ------------------------------------------------------------ executor
 
@@ -311,7 +328,7 @@ class Simulator:
             self._unload(self._sim(_required(action.variant_id, action)))
         elif kind in (UPGRADE_VARIANT, DOWNGRADE_VARIANT):
             target = self._sim(_required(action.target_variant_id, action))
-            target.retiring = False
+            target.keep()
             self._add_replica(target, action.worker_id, action.hardware, now)
             self._sim(_required(action.variant_id, action)).moving_to = target.variant.variant_id
         elif kind == ADD_WORKER:
@@ -334,13 +351,18 @@ class Simulator:
 
     def _add_replica(self, sv: SimVariant, worker_id: str | None, hardware: str | None, now: float,
                      ready_now: bool = False) -> None:
-        worker = self.workers.get(worker_id) if worker_id else None
+        """One more replica where `execution.worker_for` puts it, else waiting (in `pending`) for a worker."""
         if not sv.replicas:
             sv.loaded_at = now
-        if worker is None:
+        hardware = hardware or sv.variant.hardware
+        placed = execution.worker_for(self._placement_view(hardware, now), sv.variant, worker_id)
+        if placed is None:
             sv.unplaced += 1
-            self.pending.setdefault(hardware or sv.variant.hardware, deque()).append(sv)
+            self.pending.setdefault(hardware, deque()).append(sv)
             return
+        self._start_replica(sv, self.workers[placed], now, ready_now)
+
+    def _start_replica(self, sv: SimVariant, worker: SimWorker, now: float, ready_now: bool) -> None:
         units = replica_units(sv.variant, hardware_of(sv.variant, self.config))
         ready = now if ready_now else max(now, worker.ready_at) + sv.variant.load_ms
         replica = SimReplica(sv, worker, units, ready)
@@ -348,17 +370,18 @@ class Simulator:
         worker.replicas.append(replica)
 
     def _place_pending(self, now: float, ready_now: bool = False) -> None:
-        """Replicas waiting for a worker go to workers of their hardware with unreserved units."""
-        for hw, waiting in self.pending.items():
-            for worker in [w for w in self.workers.values() if w.hardware == hw]:
-                while waiting:
-                    sv = waiting[0]
-                    share = replica_units(sv.variant, hardware_of(hw, self.config)) / worker.units
-                    if worker.reserved_share() + share > 1 + 1e-9:
-                        break
-                    waiting.popleft()
-                    sv.unplaced -= 1
-                    self._add_replica(sv, worker.worker_id, hw, now, ready_now)
+        """Replicas waiting for a worker go where `execution.worker_for` finds room, in the order they came."""
+        for hardware, waiting in self.pending.items():
+            view = self._placement_view(hardware, now) if waiting else None
+            while view is not None and waiting:
+                sv = waiting[0]
+                placed = execution.worker_for(view, sv.variant)
+                if placed is None:
+                    break
+                waiting.popleft()
+                sv.unplaced -= 1
+                self._start_replica(sv, self.workers[placed], now, ready_now)
+                view = execution.with_replica(view, placed, sv.variant.variant_id)
 
     def _remove_replica(self, sv: SimVariant, worker_id: str | None) -> None:
         if sv.unplaced and (worker_id is None or not sv.replicas):
@@ -404,15 +427,18 @@ class Simulator:
         del self.workers[worker.worker_id]
 
     def _advance(self, now: float) -> None:
-        """Moves complete once their target serves; retired variants go once their queue is served."""
+        """Moves: once the target serves, the source gets no new queries (`retiring`), and it retires when
+        `execution.retire_now` says so; a target that went away before serving calls the move off."""
         for sv in self.by_index:
-            if sv.moving_to:
-                target = self.sim_variants[sv.moving_to]
-                if any(r.ready_at <= now for r in target.replicas):
-                    sv.retiring, sv.moving_to = True, ""
-                elif not target.placed:
-                    sv.moving_to = ""  # the target went away before serving: stay
-            if sv.retiring and not sv.queued:
+            if not sv.moving_to:
+                continue
+            target = self.sim_variants[sv.moving_to]
+            if not target.placed:
+                sv.moving_to, sv.retiring = "", False
+                continue
+            target_live = self._variant_live(target, now)
+            sv.retiring = sv.retiring or execution.serving(target_live)
+            if sv.retiring and execution.retire_now(self._variant_live(sv, now), target_live):
                 self._unload(sv)
                 sv.retiring = False
         self._place_pending(now)
@@ -455,7 +481,7 @@ class Simulator:
                 belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
                                      loaded_at_ms=int(at))
                 snapshot = _believe(snapshot, sv.variant.variant_id, belief, decision.load_on)
-            sv.retiring = False
+            sv.keep()
             lookup[request_class] = sv.index
             if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
                 snapshot = self._prefetch(decision, float(w.arrival_ms[first + first_seen[position]]), snapshot)
@@ -498,42 +524,38 @@ class Simulator:
 
     @staticmethod
     def _serve_variant(sv: SimVariant, end: float) -> None:
-        replicas = sv.replicas
-        queue_at, deadlines, size_cap, latency = sv.queue_at, sv.queue_deadline, sv.batch, sv.latency
-        total, head, capped = len(queue_at), sv.head, sv.capped
+        """Each free replica runs the next batch of what has arrived (`batching.next_run`: up to the batch
+        size, never waiting for more); the queries whose deadline passed before it could start are answered
+        without running. Those are moved ahead of the batch in the queue, so that every batch and every
+        group of late queries is a run of consecutive queue positions (`_measure` maps them back)."""
+        replicas, queue_at, deadlines, latency = sv.replicas, sv.queue_at, sv.queue_deadline, sv.latency
+        total, head = len(queue_at), sv.head
         finishes, sizes = sv.batch_finish, sv.batch_sizes
         heap = [(r.free_at if r.free_at > r.ready_at else r.ready_at, k) for k, r in enumerate(replicas)]
         heapq.heapify(heap)
         exec_sum, ran = 0.0, 0
         while head < total:
             free, k = heap[0]
-            arrival = queue_at[head]
-            start = arrival if arrival > free else free
+            start = max(queue_at[head], free)
             if start >= end:
                 break
-            if deadlines[head] <= start:  # expired while queued: answered without running
-                expired = head + 1
-                while expired < total and deadlines[expired] <= start and queue_at[expired] <= start:
-                    expired += 1
+            arrived = bisect_right(queue_at, start, head, total)
+            batch, late, after = batching.next_run(deadlines, sv.batch, start, first=head, end=arrived,
+                                                     latency=latency)
+            if late:
+                _move_ahead(sv, head, after, late, batch)
                 finishes.append(math.inf)
-                sizes.append(expired - head)
-                head = expired
-                continue
-            stop = head + size_cap if head + size_cap < total else total
-            after = bisect_right(queue_at, start, head, stop)
-            if capped and after - head > 1 and latency[after - head] > deadlines[head] - start:
-                fits = bisect_right(latency, deadlines[head] - start, 1, after - head + 1) - 1
-                after = head + (fits if fits > 1 else 1)
-            replica = replicas[k]
-            base = latency[after - head]
-            took = base * replica.worker.factor
-            finish = start + took
-            finishes.append(finish)
-            sizes.append(after - head)
-            replica.busy += base
-            exec_sum += took
-            ran += 1
-            heapq.heapreplace(heap, (finish, k))
+                sizes.append(len(late))
+            if batch:
+                replica = replicas[k]
+                base = latency[len(batch)]
+                finish = start + base * replica.worker.factor
+                finishes.append(finish)
+                sizes.append(len(batch))
+                replica.busy += base
+                exec_sum += finish - start
+                ran += 1
+                heapq.heapreplace(heap, (finish, k))
             head = after
         for free, k in heap:
             replicas[k].free_at = free

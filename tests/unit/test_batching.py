@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from infaas.consumers.batching import ArrivalRate, BatchPolicy, pack, plan_runs, wait_budget_ms
+from infaas.consumers.batching import ArrivalRate, BatchPolicy, wait_budget_ms
+from infaas.policies.batching import next_run, plan_runs
 
 B8 = BatchPolicy(batch_size=8, max_delay_ms=5.0, margin_ms=1.0)
 
@@ -55,10 +56,10 @@ def test_arrival_rate_when_the_window_holds_more_than_it_keeps():
     assert rate.per_ms(199) == pytest.approx(100 / 20, rel=0.1)
 
 
-def test_pack_never_splits_a_query():
-    assert pack([1, 1, 1], 2) == [[0, 1], [2]]
-    assert pack([3, 1], 2) == [[0], [1]]
-    assert pack([], 8) == []
+def test_runs_never_split_a_query():
+    assert plan_runs([1, 1, 1], [None] * 3, 2, 0.0, 0.0) == ([[0, 1], [2]], [])
+    assert plan_runs([3, 1], [None] * 2, 2, 0.0, 0.0) == ([[0], [1]], [])
+    assert plan_runs([], [], 8, 0.0, 0.0) == ([], [])
 
 
 
@@ -69,6 +70,16 @@ def test_a_query_that_cannot_start_before_its_deadline_is_told_at_once():
     assert runs == [[0], [1], [3]]  # the one behind it moves up: its turn is at 1080, in time
     # Queries past their deadline now are hopeless whatever the pace; no deadline, never.
     assert plan_runs([1, 1], [999, None], 1, 1000.0, 1e9) == ([[1]], [(0, 1000.0)])
-    # Batches of 4 rows: the runs pack as `pack` does, and only a run's start counts.
+    # Batches of 4 rows: the runs pack as above, and only a run's start counts.
     runs, hopeless = plan_runs([2, 2, 3, 1], [1000, 1000, 1039, 1041], 4, 1000.0, 40.0)
     assert (runs, hopeless) == ([[0, 1], [3]], [(2, 1040.0)])
+
+
+def test_the_next_run_skips_the_late_and_stops_at_the_batch_size():
+    # From t=100: query 1 is past its deadline, the others fill a batch of 2; query 4 waits for the next run.
+    deadlines = [50.0, 150.0, 99.0, 200.0, 300.0]
+    assert next_run(deadlines, 2, 100.0, first=1) == ([1, 3], [2], 4)
+    assert next_run(deadlines, 2, 100.0, first=1, end=3) == ([1], [2], 3)  # only what has arrived
+    assert next_run(deadlines, 2, 100.0) == ([1, 3], [0, 2], 4)
+    assert next_run(deadlines, 2, 100.0, rows=[1, 3, 1, 1, 1], first=1) == ([1], [], 2)  # 3 rows run alone
+    assert next_run([None, 100.0], 4, 100.0) == ([0, 1], [], 2)  # at its deadline it still starts
