@@ -182,7 +182,9 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
     scenario = f"{trace_path.parent.name}/{trace_path.stem}"
     live = live_run(settings, variants, workload, task, policy, scenario, workers, config, say)
     say("simulating the same trace and policy ...")
-    options = SimOptions(policy=policy, scenario=scenario, seed=seed, worker_start_s=(3.0, 6.0),
+    # The local backend's workers: processes that start in seconds and are billed for the seconds they
+    # report (no per-worker minimum), as the live observer counts them.
+    options = SimOptions(policy=policy, scenario=scenario, seed=seed, worker_start_s=(3.0, 6.0), billing_minimum_s=0.0,
                          initial_workers={"cpu": workers}, config=config)
     simulated = simulate(variants, workload, options)
     simulated.pop("timeline", None)
