@@ -187,10 +187,12 @@ class LiveIndex:
 
 
 def _wait_ms(variant: Variant, live: VariantLive) -> float:
-    """The queue ahead, the query's own run slowed as the replicas were observed (`own_run_slowing_ms`),
-    and the load (at most `load_ms` more) while none of its replicas serves yet."""
-    loading = variant.load_ms if live.replicas > 0 and live.loading >= live.replicas else 0.0
-    return (queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms)
+    """The queue ahead, drained by the replicas that serve now (not those still loading), the query's own
+    run slowed as the replicas were observed (`own_run_slowing_ms`), and the load (at most `load_ms` more)
+    while none of its replicas serves yet."""
+    serving = live.replicas - live.loading
+    loading = variant.load_ms if live.replicas > 0 and serving <= 0 else 0.0
+    return (queue_wait_ms(variant, live.queue_len, max(serving, 1), live.batch_ms)
             + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)
 
 
