@@ -10,6 +10,7 @@ from infaas.policies.selection import (
     OK,
     UNKNOWN_MODEL,
     Request,
+    drained_queue,
     estimated_queue,
     select,
 )
@@ -175,3 +176,7 @@ def test_replicas_still_loading_do_not_drain_the_queue():
     serving = {**starting, MEDIUM.variant_id: VariantLive(ACTIVE, replicas=4, queue_len=80)}
     assert select(snapshot(serving), request).variant_id == MEDIUM.variant_id  # 8.5 ms ahead
 
+
+def test_a_drained_queue_never_goes_below_empty():
+    assert drained_queue(LARGE, 1, queue=16.0, elapsed_ms=13.0) == pytest.approx(8.0)
+    assert drained_queue(LARGE, 1, queue=16.0, elapsed_ms=1_000.0) == 0.0
