@@ -179,19 +179,27 @@ class LiveIndex:
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
-        loaded = tuple((i, live.status, _wait_ms(index.variants[i], live), index.variants[i])
+        loaded = tuple((i, live.status, wait_ms(index.variants[i], live), index.variants[i])
                        for i, live in enumerate(lives) if live.status != INACTIVE)
         ready = {w.hardware for w in snapshot.workers.values() if w.ready}
         return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
                    np.array([v.hardware in ready for v in index.variants], dtype=bool))
 
 
-def _wait_ms(variant: Variant, live: VariantLive) -> float:
-    """The queue ahead, the query's own run slowed as the replicas were observed (`own_run_slowing_ms`),
-    and the load (at most `load_ms` more) while none of its replicas serves yet."""
-    loading = variant.load_ms if live.replicas > 0 and live.loading >= live.replicas else 0.0
-    return (queue_wait_ms(variant, live.queue_len, live.replicas, live.batch_ms)
+def wait_ms(variant: Variant, live: VariantLive) -> float:
+    """The queue ahead, drained by the replicas that serve now (not those still loading), the query's own
+    run slowed as the replicas were observed (`own_run_slowing_ms`), and the load (at most `load_ms` more)
+    while none of its replicas serves yet."""
+    serving = live.replicas - live.loading
+    loading = variant.load_ms if live.replicas > 0 and serving <= 0 else 0.0
+    return (queue_wait_ms(variant, live.queue_len, max(serving, 1), live.batch_ms)
             + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)
+
+
+def capacity_starting(live: VariantLive) -> bool:
+    """Whether replicas of the variant are still loading or waiting for a worker: the scaler found it short, and
+    its capacity is not up yet (a burst's onset)."""
+    return live.loading > 0 or live.unplaced > 0
 
 
 def own_run_slowing_ms(variant: Variant, queue_len: int, batch_ms: float) -> float:
@@ -272,9 +280,15 @@ def estimated_queue(variant: Variant, replicas: int, reported: int, routed_since
     second and then nothing for a second (the queue it saw was long), leaving the replicas idle. And
     one draining at the profile's rate while co-located load slows the replicas routes far more than
     they serve, and the excess is shed late at the worker."""
+    return math.ceil(drained_queue(variant, replicas, reported + routed_since, elapsed_ms, batch_ms))
+
+
+def drained_queue(variant: Variant, replicas: int, queue: float, elapsed_ms: float, batch_ms: float = 0.0) -> float:
+    """`queue`, `elapsed_ms` later with nothing added: the replicas drain it at full batches (the units of
+    `queue_wait_ms`), at the observed speed, down to empty."""
     latency = variant.latency_at(variant.batch_size) * slowdown(variant, batch_ms)
     drained = elapsed_ms * max(replicas, 1) * variant.batch_size / latency if latency > 0 else math.inf
-    return math.ceil(max(reported + routed_since - max(drained, 0.0), 0.0))
+    return max(queue - max(drained, 0.0), 0.0)
 
 
 def slo_cost(variant: Variant, slo_ms: float, config: PolicyConfig = _SCALER) -> tuple[float, bool]:

@@ -5,10 +5,12 @@ Model (times in ms):
     tick becomes a `Snapshot` (states by `monitoring.classify`, low-since by `monitoring.track`);
     `scaling.decide` returns actions, which the executor below carries out. The dispatcher routes the
     tick's queries with `selection.select` on that snapshot: its decision for a request class
-    (task, accuracy demand, SLO) is computed once per `route_ms` (250 ms) window and reused (same
-    inputs, same output); after the tick's first window, on the queues the live dispatcher estimates
-    between two reports (`selection.estimated_queue`), as the live dispatcher sees state refreshed
-    about once a second. A decision that names a variant that is not loaded loads it (on `load_on`,
+    (task, accuracy demand, SLO) is computed once per `route_ms` (250 ms) window and reused; after the
+    tick's first window, on the queues the live dispatcher estimates between two reports
+    (`selection.estimated_queue`), as the live dispatcher sees state refreshed about once a second. A
+    class is decided again within a window when it had no variant, or when its variant's capacity is
+    starting and its queue, each routed query joining it, would make the next query miss its SLO
+    (`_Routing`), as the live dispatcher decides every query. A decision that names a variant that is not loaded loads it (on `load_on`,
     or on the next worker of its hardware), and the next decisions of the tick see it loaded, and its
     worker's units taken, as the live dispatcher's local belief does.
   * Data plane: each variant has one FIFO queue; each replica runs one batch at a time. A free
@@ -151,20 +153,58 @@ def _believe(snapshot: Snapshot, variant_id: str, belief: VariantLive, worker_id
     return snapshot.with_changes(live={**snapshot.live, variant_id: belief})
 
 
-def _estimated_queues(snapshot: Snapshot, reported: Snapshot, routed: Counter[str], elapsed_ms: float) -> Snapshot:
-    """`snapshot` with each variant's queue as the live dispatcher estimates it `elapsed_ms` after the report
-    (`reported`), having routed `routed` to it since; a variant none of whose replicas serves yet drains nothing."""
-    live = {}
-    for variant_id, state in snapshot.live.items():
-        variant = snapshot.variants.get(variant_id)
-        if variant is None:
-            live[variant_id] = state
-            continue
+class _Routing:
+    """The dispatcher's view during a tick: the snapshot reported at its start, the one it decides on (queues
+    estimated, loads it asked for), and what it routed since the report.
+
+    A variant's queue is estimated as the live dispatcher does (`selection.estimated_queue`: reported + routed
+    since - drained since the report), except while its capacity is starting (`selection.capacity_starting`):
+    then each query routed joins it and the serving replicas drain it meanwhile, never below empty
+    (`selection.drained_queue`). At a burst's onset the replicas sat idle before it; counted as draining the
+    burst, that idle time hid the queue the burst built, and a class's whole window went into it."""
+
+    def __init__(self, reported: Snapshot, start: int):
+        self.reported, self.snapshot, self.start = reported, reported, start
+        self.routed: Counter[str] = Counter()
+        self.queues: dict[str, tuple[float, float]] = {}  # variant -> (queue, as of), once routed to
+
+    def route(self, variant: Variant, at: float) -> None:
+        self.queues[variant.variant_id] = (self.burst_queue(variant, at) + 1, at)
+        self.routed[variant.variant_id] += 1
+
+    def burst_queue(self, variant: Variant, at: float) -> float:
+        state = self.snapshot.live_of(variant.variant_id)
         serving = state.replicas - state.loading
-        queue = selection.estimated_queue(variant, max(serving, 1), reported.live_of(variant_id).queue_len,
-                                          routed[variant_id], elapsed_ms if serving > 0 else 0.0, state.batch_ms)
-        live[variant_id] = state if queue == state.queue_len else replace(state, queue_len=queue)
-    return snapshot.with_changes(live=live)
+        queue, since = self.queues.get(variant.variant_id, (self.reported.live_of(variant.variant_id).queue_len,
+                                                              self.start))
+        return selection.drained_queue(variant, serving, queue, at - since if serving > 0 else 0.0, state.batch_ms)
+
+    def queue_at(self, variant: Variant, at: float) -> int:
+        state = self.snapshot.live_of(variant.variant_id)
+        if selection.capacity_starting(state):
+            return math.ceil(self.burst_queue(variant, at))
+        serving = state.replicas - state.loading
+        return selection.estimated_queue(variant, max(serving, 1), self.reported.live_of(variant.variant_id).queue_len,
+                                         self.routed[variant.variant_id], at - self.start if serving > 0 else 0.0,
+                                         state.batch_ms)
+
+    def estimate(self, at: float) -> None:
+        """The snapshot with its queues estimated `at`."""
+        live = {}
+        for variant_id, state in self.snapshot.live.items():
+            variant = self.snapshot.variants.get(variant_id)
+            queue = self.queue_at(variant, at) if variant is not None else state.queue_len
+            live[variant_id] = state if queue == state.queue_len else replace(state, queue_len=queue)
+        self.snapshot = self.snapshot.with_changes(live=live)
+
+    def late(self, variant: Variant, request: Request, at: float) -> bool:
+        """Whether a query arriving `at` would miss its SLO on `variant`, whose capacity is starting, by its
+        estimated queue (False for any other variant: its window's decision stands)."""
+        state = self.snapshot.live_of(variant.variant_id)
+        if request.latency_ms is None or request.variant is not None or not selection.capacity_starting(state):
+            return False
+        wait = selection.wait_ms(variant, replace(state, queue_len=self.queue_at(variant, at)))
+        return variant.latency_at(max(request.batch, 1)) + wait > request.latency_ms
 
 
 def _move_ahead(sv: SimVariant, first: int, after: int, late: list[int], batch: list[int]) -> None:
@@ -446,46 +486,48 @@ class Simulator:
     # ------------------------------------------------------------ dispatcher
 
     def _route(self, start: int, end: int, snapshot: Snapshot) -> None:
-        """Route the tick's queries in windows of `route_ms`, each class decided once per window; after the
-        first, on the tick's snapshot with every variant's queue estimated as the live dispatcher estimates it
-        between two reports (`selection.estimated_queue`: the reported queue, plus what was routed to it since,
-        less what its replicas drained meanwhile). Decided once for the whole tick on the queue reported at its
+        """Route the tick's queries in windows of `route_ms`, each class decided once per window (and again
+        within it: `_route_window`); after the first, on the tick's snapshot with every variant's queue
+        estimated (`_Routing`: the reported queue, plus what was routed since, less what the replicas drained
+        meanwhile). Decided once for the whole tick on the queue reported at its
         start, a class that found a long queue (a one-second spike) had every query of the next second
         rejected, though the replicas drain such a queue in a fraction of it."""
         step = self.options.route_ms if 0 < self.options.route_ms < end - start else end - start
-        reported, routed = snapshot, Counter[str]()
+        routing = _Routing(snapshot, start)
         for at in range(start, end, step):
             if at > start:
-                snapshot = _estimated_queues(snapshot, reported, routed, at - start)
-            snapshot = self._route_window(at, min(at + step, end), snapshot, routed)
+                routing.estimate(at)
+            self._route_window(at, min(at + step, end), routing)
 
-    def _route_window(self, start: int, end: int, snapshot: Snapshot, routed_to: Counter[str]) -> Snapshot:
+    def _route_window(self, start: int, end: int, routing: _Routing) -> None:
+        """Each class is decided at its first query of the window, and again at a later one if it had no
+        variant, or if its variant's capacity is starting and its estimated queue would make that query miss
+        its SLO (`_Routing.late`): the live dispatcher decides every query, so a burst that fills a variant
+        before its new replicas serve moves on to another loaded variant meeting the class (selection step
+        3), or is answered at once. Decided once for the window, a burst's class all went to the one variant
+        and queued there past its SLO while other loaded variants had room (bursty, seed 1: 442 violations,
+        186 decided again)."""
         w = self.workload
         first = self.cursor
         last = int(np.searchsorted(w.arrival_ms, end, side="left"))
         if last <= first:
-            return snapshot
-        classes = w.demand_class[first:last]
-        present, first_seen = np.unique(classes, return_index=True)
-        lookup = np.full(len(w.classes), -1, dtype=np.int32)
-        for position in np.argsort(first_seen, kind="stable"):
-            request_class = int(present[position])
-            decision = selection.select(snapshot, self.requests[request_class])
-            if not decision.ok:
-                continue  # no variant meets the request: its queries are rejected (violations)
-            sv = self._sim(_required(decision.variant_id, decision))
-            if not sv.placed:
-                at = float(w.arrival_ms[first + first_seen[position]])
-                self._apply(Action(LOAD_VARIANT, "dispatcher: " + decision.reason, sv.variant.variant_id,
-                                   worker_id=decision.load_on, hardware=sv.variant.hardware, to_count=1), at)
-                belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
-                                     loaded_at_ms=int(at))
-                snapshot = _believe(snapshot, sv.variant.variant_id, belief, decision.load_on)
-            sv.keep()
-            lookup[request_class] = sv.index
-            if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
-                snapshot = self._prefetch(decision, float(w.arrival_ms[first + first_seen[position]]), snapshot)
-        routed = lookup[classes]
+            return
+        routed = np.full(last - first, -1, dtype=np.int32)
+        chosen: dict[int, SimVariant | None] = {}
+        for offset, request_class in enumerate(w.demand_class[first:last].tolist()):
+            at = float(w.arrival_ms[first + offset])
+            request = self.requests[request_class]
+            if request_class not in chosen:
+                chosen[request_class] = self._decide(request, at, routing)
+            else:
+                current = chosen[request_class]
+                if current is None or routing.late(current.variant, request, at):
+                    routing.estimate(at)
+                    chosen[request_class] = self._decide(request, at, routing)
+            sv = chosen[request_class]
+            if sv is not None:  # None: no variant meets the request: the query is rejected (a violation)
+                routed[offset] = sv.index
+                routing.route(sv.variant, at)
         self.served_by[first:last] = routed
         order = np.argsort(routed, kind="stable")
         ordered = routed[order]
@@ -502,9 +544,25 @@ class Simulator:
             sv.last_used = float(w.arrival_ms[ids[-1]])
             sv.demand_accuracy = float(w.accuracy_demand[ids].max())
             sv.demand_slo = float(w.deadline_ms[ids].min())
-            routed_to[sv.variant.variant_id] += len(ids)
         self.cursor = last
-        return snapshot
+
+    def _decide(self, request: Request, at: float, routing: _Routing) -> SimVariant | None:
+        """The dispatcher's decision for a query arriving `at`: its variant (loaded, or loading now), None if
+        no variant meets it."""
+        decision = selection.select(routing.snapshot, request)
+        if not decision.ok:
+            return None
+        sv = self._sim(_required(decision.variant_id, decision))
+        if not sv.placed:
+            self._apply(Action(LOAD_VARIANT, "dispatcher: " + decision.reason, sv.variant.variant_id,
+                               worker_id=decision.load_on, hardware=sv.variant.hardware, to_count=1), at)
+            belief = VariantLive(status=ACTIVE, replicas=1, workers=(decision.load_on,) if decision.load_on else (),
+                                 loaded_at_ms=int(at))
+            routing.snapshot = _believe(routing.snapshot, sv.variant.variant_id, belief, decision.load_on)
+        sv.keep()
+        if decision.prefetch is not None and not self._sim(decision.prefetch).placed:
+            routing.snapshot = self._prefetch(decision, at, routing.snapshot)
+        return sv
 
     def _prefetch(self, decision: selection.Decision, at: float, snapshot: Snapshot) -> Snapshot:
         """Load the cheaper variant selection named for a class (its queries go there once it serves)."""

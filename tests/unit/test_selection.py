@@ -5,7 +5,15 @@ from dataclasses import replace
 import pytest
 
 from infaas.catalog import Variant
-from infaas.policies.selection import NO_FEASIBLE_VARIANT, OK, UNKNOWN_MODEL, Request, estimated_queue, select
+from infaas.policies.selection import (
+    NO_FEASIBLE_VARIANT,
+    OK,
+    UNKNOWN_MODEL,
+    Request,
+    drained_queue,
+    estimated_queue,
+    select,
+)
 from infaas.policies.snapshot import ACTIVE, INTERFERED, OVERLOADED, Snapshot, VariantLive, WorkerLive
 
 
@@ -154,3 +162,21 @@ def test_the_per_slo_price_cache_stays_bounded():
         select(snap, Request("demo", task="digits", latency_ms=100.0 + i * 0.001))
     index = next(v for k, v in snap._memo.items() if k[0] == "static")
     assert len(index._latency) <= MAX_CACHED + 1
+
+
+def test_replicas_still_loading_do_not_drain_the_queue():
+    """At a burst's onset the scaler adds replicas that serve only once their worker is up (20-30 s); counted as
+    draining the queue already, the cheaper MEDIUM looked in time and took the class into its queue. Drained by
+    the one replica that serves, it is late, and the class goes to the loaded LARGE, which meets its accuracy
+    too; once the replicas serve, back to MEDIUM."""
+    request = Request("demo", task="digits", min_accuracy=0.94, latency_ms=20)
+    starting = {MEDIUM.variant_id: VariantLive(ACTIVE, replicas=4, loading=3, queue_len=80),
+                LARGE.variant_id: VariantLive(ACTIVE, replicas=1)}
+    assert select(snapshot(starting), request).variant_id == LARGE.variant_id  # 80 / 8 x 3.4 ms = 34 ms ahead
+    serving = {**starting, MEDIUM.variant_id: VariantLive(ACTIVE, replicas=4, queue_len=80)}
+    assert select(snapshot(serving), request).variant_id == MEDIUM.variant_id  # 8.5 ms ahead
+
+
+def test_a_drained_queue_never_goes_below_empty():
+    assert drained_queue(LARGE, 1, queue=16.0, elapsed_ms=13.0) == pytest.approx(8.0)
+    assert drained_queue(LARGE, 1, queue=16.0, elapsed_ms=1_000.0) == 0.0
