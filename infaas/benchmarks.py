@@ -583,7 +583,7 @@ def latency_now_ms(settings: Settings, variant: Variant) -> float:
 
     The catalogue's profile is the one measured when the model was first registered: registering the same
     file again keeps it, and a shared or busier host serves slower than it did then (on one VM the heavy
-    model profiled 5.1 ms and ran 9.5-10 ms a day later). 1x is what the model serves here today."""
+    model profiled 5.1 ms and ran 7-12 ms hours later). 1x is what the model serves here today."""
     from .registration.profiler import Budget, time_batch
     executor = raw_executor(settings, variant)
     try:
