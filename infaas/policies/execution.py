@@ -71,7 +71,7 @@ def with_replica(snapshot: Snapshot, worker_id: str, variant_id: str) -> Snapsho
 
 def serving(live: VariantLive) -> bool:
     """Whether a replica of the variant serves (is loaded, not only placed)."""
-    return live.status != INACTIVE and live.replicas > live.loading
+    return live.status != INACTIVE and live.serving_replicas > 0
 
 
 def retire_now(source: VariantLive, target: VariantLive) -> bool:

@@ -190,7 +190,7 @@ def wait_ms(variant: Variant, live: VariantLive) -> float:
     """The queue ahead, drained by the replicas that serve now (not those still loading), the query's own
     run slowed as the replicas were observed (`own_run_slowing_ms`), and the load (at most `load_ms` more)
     while none of its replicas serves yet."""
-    serving = live.replicas - live.loading
+    serving = live.serving_replicas
     loading = variant.load_ms if live.replicas > 0 and serving <= 0 else 0.0
     return (queue_wait_ms(variant, live.queue_len, max(serving, 1), live.batch_ms)
             + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)

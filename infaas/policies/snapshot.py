@@ -59,6 +59,11 @@ class VariantLive:
     def loaded(self) -> bool:
         return self.status != INACTIVE and self.replicas > 0
 
+    @property
+    def serving_replicas(self) -> int:
+        """Replicas that serve now (placed and done loading)."""
+        return self.replicas - self.loading
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerLive:

@@ -174,7 +174,7 @@ class _Routing:
 
     def burst_queue(self, variant: Variant, at: float) -> float:
         state = self.snapshot.live_of(variant.variant_id)
-        serving = state.replicas - state.loading
+        serving = state.serving_replicas
         queue, since = self.queues.get(variant.variant_id, (self.reported.live_of(variant.variant_id).queue_len,
                                                               self.start))
         return selection.drained_queue(variant, serving, queue, at - since if serving > 0 else 0.0, state.batch_ms)
@@ -183,7 +183,7 @@ class _Routing:
         state = self.snapshot.live_of(variant.variant_id)
         if selection.capacity_starting(state):
             return math.ceil(self.burst_queue(variant, at))
-        serving = state.replicas - state.loading
+        serving = state.serving_replicas
         return selection.estimated_queue(variant, max(serving, 1), self.reported.live_of(variant.variant_id).queue_len,
                                          self.routed[variant.variant_id], at - self.start if serving > 0 else 0.0,
                                          state.batch_ms)
