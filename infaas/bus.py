@@ -334,6 +334,39 @@ def committed_total(consumer, partitions: list, timeout_s: float = 30.0) -> int:
             time.sleep(0.5)
 
 
+def committed_offset(settings: Settings, group_id: str, topic: str, partition: int) -> int | None:
+    """Where a group resumes reading a partition: its committed offset, or None when it has none
+    (or the broker cannot say). Read without joining the group."""
+    probe = consumer(settings, group_id)
+    try:
+        offset = probe.committed([TopicPartition(topic, partition)], timeout=5)[0].offset
+        return offset if offset >= 0 else None
+    except KafkaException:
+        return None
+    finally:
+        probe.close()
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+               timeout_s: float = 10.0) -> list:
+    """The messages at offsets [start, end) of one partition, read without joining a group: what a
+    consumer skipped. Fewer when the log no longer holds them or the broker does not answer in time."""
+    reader = consumer(settings, f"{settings.topic_prefix}.range-reader")
+    found = []
+    try:
+        reader.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for message in reader.consume(500, 0.5):
+                if message.error() is None and start <= message.offset() < end:
+                    found.append(message)
+                if message.error() is None and message.offset() >= end - 1:
+                    return found
+    finally:
+        reader.close()
+    return found
+
+
 def uncommitted_queries(settings: Settings, variant_id: str, probe=None) -> int:
     """Queries in the variant's topic its consumer group has not committed: what leaving the group
     now could strand. Read from the broker, not from the replicas' positions, which read 0 while a

@@ -9,7 +9,8 @@ overloaded or interfered. Cassandra writes are fire-and-forget: the monitor neve
 The windows are Faust windowed tables, so they outlive the process: every update goes to the
 table's changelog topic, and a restarted monitor recovers its open windows from it, then goes on
 from the last committed report. Faust flushes the changelog before it commits the offsets of the
-reports it processed (at-least-once), so no report is lost; a report processed again after a crash
+reports it processed (at-least-once), and the agent checks that the offsets it is handed have no
+gap (reading back from Kafka any Faust skipped), so no report is lost; a report processed again after a crash
 is recognised by its id (worker id and report time), recorded in each window it counted in, and
 not counted twice. Windows follow the reports' own clock: one closes, and is published, once a
 report from past its end (plus a grace period for late reports) has been processed, so a monitor
@@ -19,7 +20,7 @@ that re-publishes its window with the new totals: on `infaas.load` the latest re
 
 This module is also a template for your own analytics: `make_app` shows a Faust agent over the
 workers' reports that fills windowed tables (`app.Table(...).tumbling(...)`) by the reports' own
-clock (`relative_to`) and publishes the windows it closes.
+clock (each report goes to the window ranges of its own time) and publishes the windows it closes.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def count_into(window: dict | None, rid: str, load: dict) -> dict | None:
             "p99": max(window["p99"], load["p99"]), "max_queue": max(window["max_queue"], load["queue"]),
             "util_sum": window["util_sum"] + load["util"], "reports": [*window["reports"], rid],
             "published": False}  # (again) to publish: with a late report, the new totals supersede
+
+
+def offsets_skipped(expected: int | None, offset: int) -> range:
+    """The offsets between the one a consumer expected next and the one it was handed (none when
+    it expected nothing yet, or was handed the same or an earlier one again)."""
+    return range(expected, offset) if expected is not None and offset > expected else range(0)
 
 
 def load_window(scope: str, key: str, window_s: int, start_ms: int, w: dict) -> dict:
@@ -194,7 +201,6 @@ class VariantStates:
 # --- the Faust service ----------------------------------------------------------------------------
 def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = None):
     import asyncio
-    import functools
     from datetime import timedelta
 
     import faust
@@ -214,25 +220,16 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
     states = VariantStates(config)
     closed_until = {"ms": 0}  # the reports' clock, less the grace: windows ending by then are closed
 
-    @functools.lru_cache(maxsize=4)  # the same report's time is asked for each window it counts in
-    def reported_at_s(payload: bytes) -> float:
-        return codec.decode_as("WorkerReport", payload)["reported_at"] / 1000.0
-
-    def report_time(event) -> float:
-        """Windows follow the report's own clock (seconds), not the Kafka timestamp."""
-        return reported_at_s(event.value)
-
     # One windowed table per window size, keyed by (scope, key): its value is a window's totals (see
     # count_into), as JSON. One partition, like the metrics topic.
     windows = {
         window_s: app.Table(f"load-{window_s}s", default=None, partitions=1)
-        .tumbling(window_s, expires=timedelta(seconds=KEEP_WINDOWS_S))
-        .relative_to(report_time)
+        .tumbling(window_s, expires=timedelta(seconds=KEEP_WINDOWS_S)).table
         for window_s in WINDOWS_S}
     # The tables' changelog topics: this app may not declare topics (faust_support), so they are made
     # here; compacted, and deleted once past the windows' expiry.
     bus.ensure_topics(settings, {
-        table.table.changelog_topic.get_topic_name(): bus.TopicSpec(1, {
+        table.changelog_topic.get_topic_name(): bus.TopicSpec(1, {
             "cleanup.policy": "compact,delete", "retention.ms": str(2 * KEEP_WINDOWS_S * 1000)})
         for table in windows.values()})
 
@@ -247,38 +244,70 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
     async def reload() -> None:
         await asyncio.get_running_loop().run_in_executor(None, refresh_catalog)
 
+    def count_report(payload: bytes) -> None:
+        """Count one report in the windows of its own time (each window remembers the reports it
+        counted, so one read again after a restart is not counted twice), and publish the windows
+        its time closes."""
+        try:
+            report = codec.decode_as("WorkerReport", payload)
+        except DecodeError as err:
+            log.warning("ignoring undecodable worker report: %s", err.reason)
+            return
+        states.add(report)
+        rid = report_id(report)
+        for key, load in report_loads(report):
+            for table in windows.values():
+                for window_range in table.window.ranges(report["reported_at"] / 1000.0):
+                    updated = count_into(table.get((key, window_range)), rid, load)
+                    if updated is not None:  # None: counted before a restart
+                        table[(key, window_range)] = updated
+        closing = (report["reported_at"] - GRACE_MS) // 1000 * 1000  # a 1 s step: scan once per second
+        if closing > closed_until["ms"]:
+            closed_until["ms"] = closing
+            publish_closed(closing)
+
+    # Faust can hand the agent a partition's messages with offsets missing around a rebalance (its
+    # issue #216: a fetch before the seek to the committed offsets). The agent checks the offsets it
+    # is handed against the group's committed offset and the last one it saw, and reads any it was
+    # not handed back from Kafka itself.
+    next_offset: dict[int, int | None] = {}  # partition -> the offset expected next (None: unknown)
+
+    @app.on_partitions_assigned.connect
+    async def _forget_offsets(sender, assigned, **kwargs) -> None:
+        next_offset.clear()  # Faust seeks to the committed offsets: look them up again
+
+    async def read_back(partition: int, skipped: range) -> list[bytes]:
+        log.warning("the stream skipped offsets %d-%d of %s[%d]: reading them back", skipped.start,
+                    skipped.stop - 1, metrics.get_topic_name(), partition)
+        messages = await asyncio.get_running_loop().run_in_executor(
+            None, bus.read_range, settings, metrics.get_topic_name(), partition, skipped.start, skipped.stop)
+        return [m.value() for m in messages]
+
     @app.agent(metrics)
     async def monitor(stream: faust.Stream) -> None:
-        async for payload in stream:
-            try:
-                report = codec.decode_as("WorkerReport", payload)
-            except DecodeError as err:
-                log.warning("ignoring undecodable worker report: %s", err.reason)
-                continue
-            states.add(report)
-            rid = report_id(report)
-            for key, load in report_loads(report):
-                for table in windows.values():
-                    updated = count_into(table[key].value() if key in table else None, rid, load)
-                    if updated is not None:  # None: counted before a restart
-                        table[key] = updated
-            closing = (report["reported_at"] - GRACE_MS) // 1000 * 1000  # a 1 s step: scan once per second
-            if closing > closed_until["ms"]:
-                closed_until["ms"] = closing
-                publish_closed(closing)
+        async for event in stream.events():
+            partition, offset = event.message.partition, event.message.offset
+            if partition not in next_offset:
+                next_offset[partition] = await asyncio.get_running_loop().run_in_executor(
+                    None, bus.committed_offset, settings, app.conf.id, metrics.get_topic_name(), partition)
+            skipped = offsets_skipped(next_offset[partition], offset)
+            next_offset[partition] = offset + 1
+            for payload in await read_back(partition, skipped) if skipped else []:
+                count_report(payload)
+            count_report(event.value)
 
     def publish_closed(closing_ms: int) -> None:
         """Publish the windows that ended by `closing_ms` and are not published yet, and mark them (in
         the table, so that a restarted monitor does not publish them again)."""
         for window_s, table in windows.items():
-            for (key, window_range), window in list(table.table.items()):
+            for (key, window_range), window in list(table.items()):
                 start_ms = int(round(window_range[0] * 1000))
                 if window is None or window["published"] or start_ms + window_s * 1000 > closing_ms:
                     continue
                 record = load_window(*key, window_s, start_ms, window)
                 producer.produce(settings.topic("load"), key=key[1].encode(), value=codec.encode("LoadWindow", record))
                 writer.submit("put_load_window", record)
-                table.table[(key, window_range)] = {**window, "published": True}
+                table[(key, window_range)] = {**window, "published": True}
         producer.poll(0)
 
     @app.timer(interval=1.0)

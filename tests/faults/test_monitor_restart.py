@@ -188,7 +188,8 @@ def test_monitor_killed_mid_window_resumes_its_windows(settings, services, varia
         assert sum(v for k, v in expected.items() if k[0] == "VARIANT" and k[2] == 10) > 0, "no load in the windows"
         wait_until(lambda: in_span(published_windows(load), expected, first_ms, end_ms) == expected, 60,
                    lambda: f"infaas.load holds the reported counts (differing windows: "
-                           f"{differences(in_span(published_windows(load), expected, first_ms, end_ms), expected)})")
+                           f"{differences(in_span(published_windows(load), expected, first_ms, end_ms), expected)}; "
+                           f"the monitor's log ends:\n{services['monitor'].tail(30)})")
         first_after = min((at for at, _, _ in load.records if at > fault_at), default=None)
         wait_until(lambda: in_span(cassandra_windows(settings, expected), expected, first_ms, end_ms) == expected, 60,
                    "Cassandra holds the reported counts")

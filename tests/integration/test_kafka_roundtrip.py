@@ -81,6 +81,27 @@ def test_uncommitted_queries_counts_what_the_variant_group_has_not_committed(set
     assert uncommitted_queries(settings, variant_id) == 2
 
 
+def test_a_skipped_range_is_read_back_and_the_committed_offset_found_without_joining(settings):
+    """What the monitor uses when Faust hands it a partition with offsets missing."""
+    from confluent_kafka import TopicPartition
+    topic = settings.topic(f"range-{uuid.uuid4().hex[:6]}")
+    bus.ensure_topics(settings, {topic: bus.TopicSpec(1)})
+    producer = bus.producer(settings)
+    for i in range(8):
+        producer.produce(topic, value=f"m{i}".encode(), partition=0)
+    producer.flush(10)
+    assert [m.value() for m in bus.read_range(settings, topic, 0, 3, 6)] == [b"m3", b"m4", b"m5"]
+    assert bus.read_range(settings, topic, 0, 8, 9, timeout_s=1.0) == []  # not (yet) there: none, in time
+    group = f"{topic}.group"
+    assert bus.committed_offset(settings, group, topic, 0) is None
+    committer = bus.consumer(settings, group)
+    try:
+        committer.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    finally:
+        committer.close()
+    assert bus.committed_offset(settings, group, topic, 0) == 5
+
+
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
     """`Consumer.consume(n, timeout)` waits until n messages came or the timeout passed; a worker's
     control loop read its LOAD commands that way and each waited the whole 200 ms."""

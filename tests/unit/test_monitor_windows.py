@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from infaas.schemas.codec import default_codec
-from infaas.streams.monitor import count_into, load_window, report_id, report_loads
+from infaas.streams.monitor import count_into, load_window, offsets_skipped, report_id, report_loads
 
 
 def report(worker: str, at: int, served: int, variant: str = "v1") -> dict:
@@ -51,3 +51,10 @@ def test_the_published_window_is_a_valid_load_window():
     assert decoded == {**record, "qps": pytest.approx(1.4)}  # Avro floats are 32-bit
     assert (record["served"], record["deadline_missed"], record["qps"]) == (10, 4, 1.4)
     assert record["avg_latency_ms"] == 4.0 and record["avg_util"] == 0.5 and record["p99_ms"] == 9.0
+
+
+def test_offsets_skipped_are_the_ones_between_the_expected_and_the_handed():
+    assert list(offsets_skipped(10, 13)) == [10, 11, 12]
+    assert not offsets_skipped(10, 10)  # the expected one
+    assert not offsets_skipped(10, 7)  # handed again after a seek back: nothing missing
+    assert not offsets_skipped(None, 42)  # nothing expected yet (no committed offset)
