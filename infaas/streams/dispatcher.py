@@ -382,11 +382,12 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
     import faust
 
     from .. import bus
-    from .faust_support import faust_app
+    from .faust_support import SkippedOffsets, faust_app
 
     app = faust_app(settings, "dispatcher", web_port)
     queries = app.topic(settings.topic("queries"), value_serializer="raw", key_serializer="raw")
     producer = bus.producer(settings)
+    skipped = SkippedOffsets(app, settings)
 
     @app.agent(queries)
     async def dispatch(stream: faust.Stream) -> None:
@@ -406,6 +407,9 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
                 outgoing: list[Outgoing] = []
                 for event in events:
                     message = event.message
+                    for earlier in await skipped.read_back(message):  # acknowledged with this batch
+                        outgoing += dispatcher.handle(earlier.value(),
+                                                      (earlier.topic(), earlier.partition(), earlier.offset()))
                     outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
                 missing = {o.topic for o in outgoing} - dispatcher.known_topics
                 if missing:  # rare: a variant or reply topic used for the first time

@@ -9,8 +9,8 @@ overloaded or interfered. Cassandra writes are fire-and-forget: the monitor neve
 The windows are Faust windowed tables, so they outlive the process: every update goes to the
 table's changelog topic, and a restarted monitor recovers its open windows from it, then goes on
 from the last committed report. Faust flushes the changelog before it commits the offsets of the
-reports it processed (at-least-once), and the agent checks that the offsets it is handed have no
-gap (reading back from Kafka any Faust skipped), so no report is lost; a report processed again after a crash
+reports it processed (at-least-once), and the agent reads back from Kafka any offsets Faust skipped
+(`SkippedOffsets`), so no report is lost; a report processed again after a crash
 is recognised by its id (worker id and report time), recorded in each window it counted in, and
 not counted twice. Windows follow the reports' own clock: one closes, and is published, once a
 report from past its end (plus a grace period for late reports) has been processed, so a monitor
@@ -83,12 +83,6 @@ def count_into(window: dict | None, rid: str, load: dict) -> dict | None:
             "p99": max(window["p99"], load["p99"]), "max_queue": max(window["max_queue"], load["queue"]),
             "util_sum": window["util_sum"] + load["util"], "reports": [*window["reports"], rid],
             "published": False}  # (again) to publish: with a late report, the new totals supersede
-
-
-def offsets_skipped(expected: int | None, offset: int) -> range:
-    """The offsets between the one a consumer expected next and the one it was handed (none when
-    it expected nothing yet, or was handed the same or an earlier one again)."""
-    return range(expected, offset) if expected is not None and offset > expected else range(0)
 
 
 def load_window(scope: str, key: str, window_s: int, start_ms: int, w: dict) -> dict:
@@ -208,7 +202,7 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
     from .. import bus
     from ..store import BufferedWriter, Store
     from ..views import Catalog
-    from .faust_support import faust_app
+    from .faust_support import SkippedOffsets, faust_app
 
     app = faust_app(settings, "monitor", web_port)
     codec = default_codec()
@@ -266,34 +260,13 @@ def make_app(settings: Settings, config: PolicyConfig, web_port: int | None = No
             closed_until["ms"] = closing
             publish_closed(closing)
 
-    # Faust can hand the agent a partition's messages with offsets missing around a rebalance (its
-    # issue #216: a fetch before the seek to the committed offsets). The agent checks the offsets it
-    # is handed against the group's committed offset and the last one it saw, and reads any it was
-    # not handed back from Kafka itself.
-    next_offset: dict[int, int | None] = {}  # partition -> the offset expected next (None: unknown)
-
-    @app.on_partitions_assigned.connect
-    async def _forget_offsets(sender, assigned, **kwargs) -> None:
-        next_offset.clear()  # Faust seeks to the committed offsets: look them up again
-
-    async def read_back(partition: int, skipped: range) -> list[bytes]:
-        log.warning("the stream skipped offsets %d-%d of %s[%d]: reading them back", skipped.start,
-                    skipped.stop - 1, metrics.get_topic_name(), partition)
-        messages = await asyncio.get_running_loop().run_in_executor(
-            None, bus.read_range, settings, metrics.get_topic_name(), partition, skipped.start, skipped.stop)
-        return [m.value() for m in messages]
+    skipped = SkippedOffsets(app, settings)
 
     @app.agent(metrics)
     async def monitor(stream: faust.Stream) -> None:
         async for event in stream.events():
-            partition, offset = event.message.partition, event.message.offset
-            if partition not in next_offset:
-                next_offset[partition] = await asyncio.get_running_loop().run_in_executor(
-                    None, bus.committed_offset, settings, app.conf.id, metrics.get_topic_name(), partition)
-            skipped = offsets_skipped(next_offset[partition], offset)
-            next_offset[partition] = offset + 1
-            for payload in await read_back(partition, skipped) if skipped else []:
-                count_report(payload)
+            for message in await skipped.read_back(event.message):
+                count_report(message.value())
             count_report(event.value)
 
     def publish_closed(closing_ms: int) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from infaas.schemas.codec import default_codec
-from infaas.streams.monitor import count_into, load_window, offsets_skipped, report_id, report_loads
+from infaas.streams.faust_support import offsets_skipped
+from infaas.streams.monitor import count_into, load_window, report_id, report_loads
 
 
 def report(worker: str, at: int, served: int, variant: str = "v1") -> dict:
