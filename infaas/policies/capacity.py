@@ -117,28 +117,17 @@ def replicas_for(variant: Variant, demand: float, config: PolicyConfig, slo_ms: 
     return max(1, math.ceil(needed - 1e-9))
 
 
-# Student's t, 97.5% quantile, by degrees of freedom (a one-sided 97.5% bound on a slope fitted to a few windows)
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
-
-
 def trend_demand_rows(live: VariantLive, recent: tuple[float, ...], config: PolicyConfig) -> float:
     """Rows/s the arrival rate reaches `trend_horizon_s` ahead on its least-squares trend over the last
-    `trend_windows` windows, when rising (never below the latest window): scale up before the level.
-
-    The slope taken is the lower 97.5% confidence bound of the fitted one (from the fit's own scatter):
-    over 5 one-second windows of a steady Poisson stream the fitted slope alone, projected 5 s ahead,
-    swings by about two standard deviations of the rate, which added replicas on noise, and the minute's
-    hold before scale-down kept them (a flat workload's replicas came and went 600 times an hour)."""
+    `trend_windows` windows, when rising (never below the latest window): scale up before the level."""
     samples = (*recent, live.qps)[-max(config.trend_windows, 2):]
     if len(samples) < 3:
         return live.qps * live.avg_rows
     n = len(samples)
     mean_x, mean_y = (n - 1) / 2.0, sum(samples) / n
-    sxx = sum((x - mean_x) ** 2 for x in range(n))
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(samples)) / sxx
-    scatter = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(samples)) / (n - 2)
-    slope_low = slope - T_975.get(n - 2, 2.0) * math.sqrt(scatter / sxx)
-    projected = mean_y + max(slope_low, 0.0) * ((n - 1 - mean_x) + config.trend_horizon_s)
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in enumerate(samples))
+             / sum((x - mean_x) ** 2 for x in range(n)))
+    projected = mean_y + slope * ((n - 1 - mean_x) + config.trend_horizon_s)
     return max(live.qps, projected) * live.avg_rows
 
 
