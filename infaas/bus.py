@@ -334,15 +334,15 @@ def committed_total(consumer, partitions: list, timeout_s: float = 30.0) -> int:
             time.sleep(0.5)
 
 
-def committed_offset(settings: Settings, group_id: str, topic: str, partition: int) -> int | None:
-    """Where a group resumes reading a partition: its committed offset, or None when it has none
-    (or the broker cannot say). Read without joining the group."""
+def committed_offsets(settings: Settings, group_id: str, topic: str, partitions: list[int]) -> dict[int, int | None]:
+    """Where a group resumes reading each partition: its committed offset, or None when it has
+    none (or the broker cannot say). Read without joining the group, in one request."""
     probe = consumer(settings, group_id)
     try:
-        offset = probe.committed([TopicPartition(topic, partition)], timeout=5)[0].offset
-        return offset if offset >= 0 else None
+        found = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5)
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in found}
     except KafkaException:
-        return None
+        return dict.fromkeys(partitions)
     finally:
         probe.close()
 

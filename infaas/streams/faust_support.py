@@ -87,9 +87,12 @@ class SkippedOffsets:
         from .. import bus
         loop = asyncio.get_running_loop()
         where = (message.topic, message.partition)
-        if where not in self.next_offset:
-            self.next_offset[where] = await loop.run_in_executor(
-                None, bus.committed_offset, self.settings, self.app.conf.id, *where)
+        if where not in self.next_offset:  # the first message since an assignment: all its partitions at once
+            partitions = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic == message.topic}
+                                | {message.partition})
+            committed = await loop.run_in_executor(
+                None, bus.committed_offsets, self.settings, self.app.conf.id, message.topic, partitions)
+            self.next_offset.update({(message.topic, p): offset for p, offset in committed.items()})
         expected = self.next_offset[where]
         skipped = offsets_skipped(expected, message.offset)
         # Handed an offset again (a seek back), the ones up to the furthest handed are not missing.

@@ -93,13 +93,13 @@ def test_a_skipped_range_is_read_back_and_the_committed_offset_found_without_joi
     assert [m.value() for m in bus.read_range(settings, topic, 0, 3, 6)] == [b"m3", b"m4", b"m5"]
     assert bus.read_range(settings, topic, 0, 8, 9, timeout_s=1.0) == []  # not (yet) there: none, in time
     group = f"{topic}.group"
-    assert bus.committed_offset(settings, group, topic, 0) is None
+    assert bus.committed_offsets(settings, group, topic, [0]) == {0: None}
     committer = bus.consumer(settings, group)
     try:
         committer.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
     finally:
         committer.close()
-    assert bus.committed_offset(settings, group, topic, 0) == 5
+    assert bus.committed_offsets(settings, group, topic, [0]) == {0: 5}
 
 
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
