@@ -24,8 +24,10 @@ Rules (INFaaS, "Model autoscaler" and "VM autoscaler"; thresholds in `PolicyConf
 
 SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above, `policy_config`):
   capacity    replicas planned at a target utilization from the SLO slack, 1 - latency(b)/SLO in
-              [0.5, 0.85], instead of the load-latency headroom (capacity.target_utilization);
-  scale-up    on the arrival rate's rising trend too (`trend_horizon_s` ahead), not only its level;
+              [0.5, 0.85], instead of the load-latency headroom (capacity.target_utilization), for the
+              demand plus `noise_headroom_sigmas` of its Poisson noise, up and down alike;
+  scale-up    on the arrival rate's rising trend too (`trend_horizon_s` ahead, the slope's lower
+              confidence bound: noise is no trend), not only its level;
   scale-down  the peak of the last `peak_window_s`, low for `scale_down_hold_s`, and nothing removed
               while an addition still loads or waits for a worker (one action until its effect shows);
   vertical    never moves a variant whose queries named it (`VariantLive.named`);

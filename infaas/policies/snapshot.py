@@ -153,6 +153,9 @@ class PolicyConfig:
     scale_down_hold_s: float = 60.0  # and removes a replica only after being low this long
     trend_windows: int = 5  # scale-up extrapolates the arrival rate's trend over this many windows
     trend_horizon_s: float = 5.0  # this far ahead (about a load and a tick)
+    # Replicas carry the demand plus this many standard deviations of its Poisson noise (sqrt of the
+    # rate over a 1 s window), in scale-up and scale-down alike: steady headroom where noise matters.
+    noise_headroom_sigmas: float = 1.5
     # Warm pool: idle workers kept per hardware kind, `warm_pool_sigmas` standard deviations of the
     # workers its variants needed over the peak window, at most `warm_pool_share` of the kind's workers
     # in use (at least one) and `warm_pool_max`; billed like any worker.

@@ -210,9 +210,10 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         "accuracy a variant of the family reaches within that SLO under load.",
         f"Policies (the same code the live scaler runs, `infaas.policies`): infaas = selection + horizontal + vertical "
         f"+ unloading + VM autoscaling with the SLO-first rules (`scaling.py`: replicas at a target utilization of "
-        f"1 - latency(batch)/SLO within [{config.target_util_min:g}, {config.target_util_max:g}]; scale-up on the "
-        f"arrival-rate trend {config.trend_horizon_s:g} s ahead; scale-down on the peak of {config.peak_window_s:g} s "
-        f"after {config.scale_down_hold_s:g} s low; a warm pool of idle {'/'.join(config.warm_pool_kinds)} workers of "
+        f"1 - latency(batch)/SLO within [{config.target_util_min:g}, {config.target_util_max:g}], for the demand "
+        f"plus {config.noise_headroom_sigmas:g} standard deviations of its Poisson noise, up and down alike; scale-up "
+        f"on the arrival-rate trend {config.trend_horizon_s:g} s ahead (its lower 97.5% confidence bound); "
+        f"scale-down on the peak of {config.peak_window_s:g} s after {config.scale_down_hold_s:g} s low; a warm pool of idle {'/'.join(config.warm_pool_kinds)} workers of "
         f"{config.warm_pool_sigmas:g} standard deviations of the recent worker demand, at most "
         f"{config.warm_pool_share:.0%} of the kind's workers in use; cold variants load only on a worker with "
         f"unreserved room; "

@@ -11,7 +11,13 @@ from dataclasses import replace
 import pytest
 
 from infaas.policies import decide
-from infaas.policies.capacity import target_utilization, trend_demand_rows
+from infaas.policies.capacity import (
+    noise_headroom_rows,
+    scale_up_demand,
+    target_utilization,
+    trend_demand_rows,
+)
+from infaas.policies.monitoring import variant_is_low
 from infaas.policies.scaling import DOWN, UP, policy_config
 from infaas.policies.snapshot import PolicyConfig, Snapshot
 from tests.unit.test_policies_scaling import (
@@ -26,7 +32,8 @@ from tests.unit.test_policies_scaling import (
     worker,
 )
 
-CONFIG = PolicyConfig(max_workers=20, scale_up_windows=1, warm_pool_max=0)  # the pool: its own test
+# The pool and the noise headroom: their own tests.
+CONFIG = PolicyConfig(max_workers=20, scale_up_windows=1, warm_pool_max=0, noise_headroom_sigmas=0.0)
 POOL = replace(CONFIG, warm_pool_max=20, warm_pool_share=2.0)
 VID = CPU_B1.variant_id
 
@@ -57,6 +64,15 @@ def test_scale_up_follows_a_rising_arrival_rate():
     assert kinds(decide(snapshot(rising, workers, demand), CONFIG)) == ["ADD_REPLICA"]
     flat = {VID: (10.0, 10.0, 10.0, 10.0)}
     assert decide(snapshot(rising, workers, flat), CONFIG) == []
+
+
+def test_noise_on_a_steady_rate_is_no_trend():
+    # A steady 100 q/s seen through 1 s windows (Poisson: about +-10): the fitted slope is +1.3/s,
+    # which projected 5 s ahead would ask for 106.5 rows/s; its lower confidence bound is below 0.
+    steady = live(2, 104.0, demand_slo_ms=1000.0)
+    assert trend_demand_rows(steady, (93.0, 108.0, 96.0, 99.0), CONFIG) == pytest.approx(104.0)
+    # The same rise without the scatter is a trend.
+    assert trend_demand_rows(steady, (94.0, 96.5, 99.0, 101.5), CONFIG) > 110.0
 
 
 def _low(low_for_s: float, demand: tuple[float, ...] = (5.0,) * 59, **kw):
@@ -160,3 +176,15 @@ def test_the_warm_pool_is_kept_for_cpu_workers_only():
     actions = decide(snapshot(state, busy, {gpu: tuple(x * 10 for x in swinging)}), with_gpu_pool)
     assert [a.hardware for a in actions if a.kind == "ADD_WORKER"] == ["gpu-t4"]
     assert kinds(decide(_varying(0, swinging), POOL)) == ["ADD_WORKER"]
+
+
+def test_replicas_carry_the_rate_plus_its_noise_in_scale_up_and_scale_down_alike():
+    config = replace(CONFIG, noise_headroom_sigmas=1.0)
+    assert noise_headroom_rows(100.0, 1.0, config) == pytest.approx(10.0)  # one sigma of 100 q/s over 1 s
+    assert noise_headroom_rows(100.0, 1.0, replace(config, slo_first=False)) == 0.0  # not INFaaS's rule
+    steady = live(13, 100.0, demand_slo_ms=1000.0)
+    assert scale_up_demand(steady, (100.0,) * 4, config) == pytest.approx(110.0)
+    # 110 rows/s need 13 replicas of 10 rows/s at 0.85; the 100 alone, 12. Scale-down counts the same
+    # headroom, so the 13th is not removed (it would be added back at the next tick).
+    assert not variant_is_low(CPU_B1, steady, config, (100.0,) * 59)
+    assert variant_is_low(CPU_B1, steady, CONFIG, (100.0,) * 59)
