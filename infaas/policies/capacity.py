@@ -150,7 +150,7 @@ def noise_headroom_rows(qps: float, avg_rows: float, config: PolicyConfig) -> fl
     `trend_demand_rows`), which had bought the same margin at random, with a replica added and removed
     600 times an hour. Simulated (seed 0; the fitted slope without headroom -> this at 1.5 sigmas):
     violations flat 40 -> 6, fluctuating-low 73 -> 23, -medium 2,701 -> 2,794, -high 193 -> 102, bursty
-    162 -> 94; cost 1-11% lower on each. At 1 sigma it was cheaper still (3-14%), but fluctuating-high's
+    162 -> 94; cost 0.6-11% lower on each. At 1 sigma it was cheaper still (3-14%), but fluctuating-high's
     violations came within 6% of static's."""
     return config.noise_headroom_sigmas * math.sqrt(max(qps, 0.0)) * avg_rows if config.slo_first else 0.0
 
