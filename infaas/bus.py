@@ -358,9 +358,11 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for message in reader.consume(500, 0.5):
-                if message.error() is None and start <= message.offset() < end:
+                if message.error() is not None:
+                    continue
+                if start <= message.offset() < end:
                     found.append(message)
-                if message.error() is None and message.offset() >= end - 1:
+                if message.offset() >= end - 1:
                     return found
     finally:
         reader.close()
