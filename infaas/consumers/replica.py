@@ -43,6 +43,10 @@ class HostedVariant:
     metrics: VariantMetrics = field(default_factory=VariantMetrics)
     run_lock: threading.Lock | None = None  # for executors that are not thread-safe
     last_queue: int = 0  # queue length at the last report, for the arrival rate
+    run_latency: list[float] = field(default_factory=list)  # the profile's run time by rows (batching's cap)
+
+    def __post_init__(self) -> None:
+        self.run_latency = self.run_latency or batching.run_latencies(self.variant)
 
 
 RECENT_RUNS = 16  # the runs a replica's pace is the median of: recent enough to follow contention
@@ -227,7 +231,7 @@ class Replica(threading.Thread):
         replica's recent runs (`plan_runs`)."""
         now, run_ms = now_ms(), self.run_ms()
         runs, hopeless = batching.plan_runs([q["rows"] for q in queries], [q["routed"]["deadline_at"] for q in queries],
-                                   self.policy.batch_size, now, run_ms)
+                                   self.policy.batch_size, now, run_ms, self.hosted.run_latency)
         late = []
         for index, start in hopeless:
             q = queries[index]

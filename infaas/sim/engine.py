@@ -107,7 +107,7 @@ class SimVariant:
 
     def __init__(self, variant: Variant, index: int, window: int):
         self.variant, self.index, self.batch = variant, index, variant.batch_size
-        self.latency = [variant.latency_at(n) for n in range(variant.batch_size + 1)]
+        self.latency = batching.run_latencies(variant)
         self.queue_at: list[float] = []  # arrival times, from `head` on still waiting
         self.queue_ids: list[int] = []  # their query indices
         self.queue_deadline: list[float] = []  # their deadlines (arrival + SLO)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from infaas.consumers.batching import ArrivalRate, BatchPolicy, wait_budget_ms
-from infaas.policies.batching import next_run, plan_runs
+from infaas.policies.batching import next_run, plan_runs, run_latencies
+from tests.unit.test_policies_scaling import GPU_B8
 
 B8 = BatchPolicy(batch_size=8, max_delay_ms=5.0, margin_ms=1.0)
 
@@ -83,3 +84,17 @@ def test_the_next_run_skips_the_late_and_stops_at_the_batch_size():
     assert next_run(deadlines, 2, 100.0) == ([1, 3], [0, 2], 4)
     assert next_run(deadlines, 2, 100.0, rows=[1, 3, 1, 1, 1], first=1) == ([1], [], 2)  # 3 rows run alone
     assert next_run([None, 100.0], 4, 100.0) == ([0, 1], [], 2)  # at its deadline it still starts
+
+
+def test_a_run_stops_growing_where_it_would_end_after_its_first_deadline():
+    latency = [0.0, 10.0, 18.0, 40.0, 45.0]  # by rows
+    deadlines = [120.0, 500.0, 500.0, 500.0]  # from t=100: two rows end at 118, three at 140, past 120
+    assert next_run(deadlines, 4, 100.0, latency=latency) == ([0, 1], [], 2)
+    assert next_run(deadlines, 4, 100.0) == ([0, 1, 2, 3], [], 4)  # no cap without run times
+    assert next_run([105.0, 500.0], 4, 100.0, latency=latency) == ([0], [], 1)  # alone, a query always runs
+    # Run after run, the same cap: the queries left over form the next run.
+    assert plan_runs([1] * 4, deadlines, 4, 100.0, 20.0, latency) == ([[0, 1], [2, 3]], [])
+
+
+def test_the_cap_uses_the_profiles_run_times():
+    assert run_latencies(GPU_B8) == [GPU_B8.latency_at(n) for n in range(9)]

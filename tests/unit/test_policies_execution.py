@@ -4,6 +4,7 @@ carry actions out with these functions (each test below fails if one side keeps 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from types import SimpleNamespace
 
@@ -17,7 +18,9 @@ from infaas.policies.snapshot import ACTIVE, INACTIVE, VariantLive
 from infaas.scaler.service import Scaler
 from infaas.sim.engine import SimOptions, Simulator
 from infaas.sim.traces import build_workload, flat_trace
-from tests.unit.test_policies_scaling import CPU_B1, GPU_B8, SMALL_CPU, live, snapshot, worker
+from tests.unit.test_policies_scaling import CPU_B1, GPU_B8, SMALL_CPU, live, snapshot, variant, worker
+
+SLOW_B4 = variant("slow:ort:cpu-2t:b4", batch=4, slope=50.0, intercept=0.0)  # 50 ms a row
 
 # ---------------------------------------------------------------- placement
 
@@ -120,6 +123,14 @@ def test_the_replica_forms_its_runs_with_the_shared_rule(calls):
     queries = [{"rows": 1, "routed": {"deadline_at": None}} for _ in range(3)]
     batch, late, rest = replica._next_run(queries)
     assert (batch, late, rest) == (queries[:1], [], queries[1:]) and calls["next_run"] == 3
+    # With the profile's run times as the simulator's cap: 2 rows end 100 ms from now, 3 after 150 ms,
+    # past the first query's deadline.
+    replica.hosted = HostedVariant(SLOW_B4, SimpleNamespace(), None, 0.0, 0.0)
+    replica.policy = SimpleNamespace(batch_size=4)
+    first = time.time() * 1000 + 125.0
+    queries = [{"rows": 1, "routed": {"deadline_at": deadline}} for deadline in (first, first + 1e4, first + 1e4)]
+    batch, late, rest = replica._next_run(queries)
+    assert (batch, late, rest) == (queries[:2], [], queries[2:])
 
 
 def test_the_simulator_places_batches_and_retires_with_the_shared_functions(calls):
