@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from .client import InfaasClient
 from .hardware import hardware
 from .loadgen import Arrival, LoadRun, validation_inputs
 from .policies.baselines import plan_baseline
+from .policies.selection import observed_batch_ms
 from .policies.snapshot import PolicyConfig
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
@@ -44,6 +46,19 @@ def arrivals_of(workload, task: str, variant: str | None = None) -> list[Arrival
             for at, slo, acc in zip(workload.arrival_ms, workload.deadline_ms, workload.accuracy_demand, strict=True)]
 
 
+def measured_slowdowns(runs: dict[str, list[tuple[float, int]]], variants: dict[str, Variant]) -> dict[str, float]:
+    """Per variant that ran: how many times its profile's full-batch time a full batch held a replica
+    (`runs`: per report interval, that time and the queries served in it), averaged over the intervals
+    by the queries served (the model run and its results produced, on this machine's shared cores)."""
+    out = {}
+    for variant_id, measured in runs.items():
+        profiled = variants[variant_id].latency_at(variants[variant_id].batch_size)
+        served = sum(n for _, n in measured)
+        if profiled > 0 and served > 0:
+            out[variant_id] = sum(ms * n for ms, n in measured) / served / profiled
+    return out
+
+
 class LiveObserver(threading.Thread):
     """What the run cost and did, from the topics: every worker report covers `interval_ms` of one
     worker being up (cost), and carries its replicas per variant (timeline); scaling events are
@@ -58,6 +73,9 @@ class LiveObserver(threading.Thread):
         self.workers: dict[int, set[str]] = defaultdict(set)  # second -> workers reporting
         self.replicas: dict[int, dict[str, int]] = defaultdict(dict)  # second -> worker:variant -> replicas
         self.actions: list[dict] = []
+        # variant -> (a full batch's time as measured in one report interval, queries served in it)
+        self.runs: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        self.variants: dict[str, Variant] = {}  # the catalogue, for the full-batch scaling (set by the caller)
         self.started = time.time()
         self.stopping = threading.Event()
 
@@ -85,6 +103,12 @@ class LiveObserver(threading.Thread):
         self.workers[second].add(report["worker_id"])
         for m in report["variants"]:
             self.replicas[second][f"{report['worker_id']}:{m['variant_id']}"] = m["replicas"]
+            held, variant = m["service_ms"] or m["exec_ms"], self.variants.get(m["variant_id"])
+            if variant is not None and held > 0 and m["avg_batch"] > 0 and m["served"] > 0:
+                self.runs[m["variant_id"]].append((observed_batch_ms(variant, held, m["avg_batch"]), m["served"]))
+
+    def slowdowns(self) -> dict[str, float]:
+        return measured_slowdowns(self.runs, self.variants)
 
     def wait_for_replicas(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -134,6 +158,7 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
                                                    scaler_args=scaler_args), env=env)
     inputs = validation_inputs(settings, task)
     observer = LiveObserver(run_settings)
+    observer.variants = {v.variant_id: v for v in variants}
     say(f"live {scenario} / {policy}: starting the pipeline ...")
     pipeline.start()
     observer.start()
@@ -162,7 +187,8 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
             "mean_accuracy": summary["mean_accuracy"], "latency_p50_ms": summary["p50_ms"],
             "latency_p99_ms": summary["p99_ms"], "duration_s": workload.duration_ms / 1000.0,
             "workers_peak": observer.peak_workers, "answered": answered, "lost": summary["lost"],
-            "statuses": summary["statuses"], "actions": observer.actions, "timeline": observer.timeline()}
+            "statuses": summary["statuses"], "actions": observer.actions, "timeline": observer.timeline(),
+            "service_slowdown": observer.slowdowns()}
 
 
 def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_scale: float, rate_scale: float,
@@ -188,12 +214,19 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
                          initial_workers={"cpu": workers}, config=config)
     simulated = simulate(variants, workload, options)
     simulated.pop("timeline", None)
-    comparison = {"live": live, "simulated": simulated,
+    # Again at the speeds the live replicas measured: what the simulator's dynamics predict once the
+    # profiles' error on this machine (its shared cores) is taken out.
+    say("and at the run times the live replicas measured: " + ", ".join(
+        f"{vid} x{factor:.2f}" for vid, factor in sorted(live["service_slowdown"].items())))
+    at_measured = simulate(variants, workload, replace(options, service_slowdown=live["service_slowdown"]))
+    at_measured.pop("timeline", None)
+    comparison = {"live": live, "simulated": simulated, "simulated_at_measured_speeds": at_measured,
                   "difference": {key: live[key] - simulated[key] for key in
                                  ("slo_violation_rate", "cost_usd", "throughput_qps", "mean_accuracy")}}
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"live-{scenario.replace('/', '-')}-{policy}.json"
-    (out_dir / name).write_text(json.dumps({**live, "simulated": simulated}, indent=1))
+    (out_dir / name).write_text(json.dumps({**live, "simulated": simulated,
+                                            "simulated_at_measured_speeds": at_measured}, indent=1))
     (out_dir / f"compare-{scenario.replace('/', '-')}-{policy}.json").write_text(json.dumps(comparison, indent=1))
     return comparison
 

@@ -103,9 +103,10 @@ def cmd_trace(args, settings) -> int:
                         args.seed, args.workers, args.min_workers, args.max_workers, Path(args.results),
                         say=lambda msg: print(f"infaas: {msg}", flush=True))
     keys = ("queries", "slo_violation_rate", "cost_usd", "throughput_qps", "mean_accuracy")
-    print(f"{'':20} {'live':>14} {'simulated':>14}")
+    measured = comparison["simulated_at_measured_speeds"]
+    print(f"{'':20} {'live':>14} {'simulated':>14} {'at measured speeds':>20}")
     for key in keys:
-        print(f"{key:20} {comparison['live'][key]:>14.6g} {comparison['simulated'][key]:>14.6g}")
+        print(f"{key:20} {comparison['live'][key]:>14.6g} {comparison['simulated'][key]:>14.6g} {measured[key]:>20.6g}")
     print(json.dumps(comparison["difference"]))
     return 0
 
