@@ -29,7 +29,6 @@ from .client import InfaasClient
 from .hardware import hardware
 from .loadgen import Arrival, LoadRun, validation_inputs
 from .policies.baselines import plan_baseline
-from .policies.selection import observed_batch_ms
 from .policies.snapshot import PolicyConfig
 from .serve import Pipeline, ServeOptions
 from .settings import Settings
@@ -46,16 +45,21 @@ def arrivals_of(workload, task: str, variant: str | None = None) -> list[Arrival
             for at, slo, acc in zip(workload.arrival_ms, workload.deadline_ms, workload.accuracy_demand, strict=True)]
 
 
-def measured_slowdowns(runs: dict[str, list[tuple[float, int]]], variants: dict[str, Variant]) -> dict[str, float]:
-    """Per variant that ran: how many times its profile's full-batch time a full batch held a replica
-    (`runs`: per report interval, that time and the queries served in it), averaged over the intervals
-    by the queries served (the model run and its results produced, on this machine's shared cores)."""
+def measured_service_times(runs: dict[str, list[tuple[float, float, float, int]]],
+                           variants: dict[str, Variant]) -> dict[str, tuple[float, float]]:
+    """Per variant that ran, how its runs took on this machine's shared cores, as `SimOptions.service_times`
+    (factor, ms): the model run against the profile at the same batch (factor), and the rest of a run's
+    hold on the replica (results produced: ms). `runs`: per report interval, the model's mean ms a batch,
+    the replica's, the mean batch and the queries served; averaged by the queries served."""
     out = {}
     for variant_id, measured in runs.items():
-        profiled = variants[variant_id].latency_at(variants[variant_id].batch_size)
-        served = sum(n for _, n in measured)
-        if profiled > 0 and served > 0:
-            out[variant_id] = sum(ms * n for ms, n in measured) / served / profiled
+        variant, served = variants[variant_id], sum(n for *_, n in measured)
+        if served <= 0:
+            continue
+        factor = sum(n * exec_ms / max(variant.latency_at(min(batch, variant.batch_size)), 1e-6)
+                     for exec_ms, _, batch, n in measured) / served
+        overhead = sum(n * max(held - exec_ms, 0.0) for exec_ms, held, _, n in measured) / served
+        out[variant_id] = (factor, overhead)
     return out
 
 
@@ -73,9 +77,8 @@ class LiveObserver(threading.Thread):
         self.workers: dict[int, set[str]] = defaultdict(set)  # second -> workers reporting
         self.replicas: dict[int, dict[str, int]] = defaultdict(dict)  # second -> worker:variant -> replicas
         self.actions: list[dict] = []
-        # variant -> (a full batch's time as measured in one report interval, queries served in it)
-        self.runs: dict[str, list[tuple[float, int]]] = defaultdict(list)
-        self.variants: dict[str, Variant] = {}  # the catalogue, for the full-batch scaling (set by the caller)
+        # variant -> per report interval: (model ms a batch, replica ms a batch, mean batch, queries served)
+        self.runs: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
         self.started = time.time()
         self.stopping = threading.Event()
 
@@ -103,12 +106,9 @@ class LiveObserver(threading.Thread):
         self.workers[second].add(report["worker_id"])
         for m in report["variants"]:
             self.replicas[second][f"{report['worker_id']}:{m['variant_id']}"] = m["replicas"]
-            held, variant = m["service_ms"] or m["exec_ms"], self.variants.get(m["variant_id"])
-            if variant is not None and held > 0 and m["avg_batch"] > 0 and m["served"] > 0:
-                self.runs[m["variant_id"]].append((observed_batch_ms(variant, held, m["avg_batch"]), m["served"]))
-
-    def slowdowns(self) -> dict[str, float]:
-        return measured_slowdowns(self.runs, self.variants)
+            if m["exec_ms"] > 0 and m["avg_batch"] > 0 and m["served"] > 0:
+                self.runs[m["variant_id"]].append((m["exec_ms"], max(m["service_ms"], m["exec_ms"]),
+                                                   m["avg_batch"], m["served"]))
 
     def wait_for_replicas(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -158,7 +158,6 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
                                                    scaler_args=scaler_args), env=env)
     inputs = validation_inputs(settings, task)
     observer = LiveObserver(run_settings)
-    observer.variants = {v.variant_id: v for v in variants}
     say(f"live {scenario} / {policy}: starting the pipeline ...")
     pipeline.start()
     observer.start()
@@ -188,7 +187,7 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
             "latency_p99_ms": summary["p99_ms"], "duration_s": workload.duration_ms / 1000.0,
             "workers_peak": observer.peak_workers, "answered": answered, "lost": summary["lost"],
             "statuses": summary["statuses"], "actions": observer.actions, "timeline": observer.timeline(),
-            "service_slowdown": observer.slowdowns()}
+            "service_times": measured_service_times(observer.runs, {v.variant_id: v for v in variants})}
 
 
 def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_scale: float, rate_scale: float,
@@ -216,9 +215,9 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
     simulated.pop("timeline", None)
     # Again at the speeds the live replicas measured: what the simulator's dynamics predict once the
     # profiles' error on this machine (its shared cores) is taken out.
-    say("and at the run times the live replicas measured: " + ", ".join(
-        f"{vid} x{factor:.2f}" for vid, factor in sorted(live["service_slowdown"].items())))
-    at_measured = simulate(variants, workload, replace(options, service_slowdown=live["service_slowdown"]))
+    say("and at the run times the live replicas measured (profile x factor + ms): " + ", ".join(
+        f"{vid} x{factor:.2f} + {ms:.2f} ms" for vid, (factor, ms) in sorted(live["service_times"].items())))
+    at_measured = simulate(variants, workload, replace(options, service_times=live["service_times"]))
     at_measured.pop("timeline", None)
     comparison = {"live": live, "simulated": simulated, "simulated_at_measured_speeds": at_measured,
                   "difference": {key: live[key] - simulated[key] for key in

@@ -80,10 +80,11 @@ class SimOptions:
     app_id: str = "sim"
     initial_workers: dict[str, int] | None = None  # infaas: default {"cpu": config.min_workers}
     config: PolicyConfig = field(default_factory=lambda: PolicyConfig(max_workers=500))
-    # Variant id -> how many times its profile's run time a run takes (default 1): execution only, the
-    # policies and the batch cap keep the profile, as live. For replaying a live run at the speeds its
-    # replicas measured (`replay.LiveObserver.slowdowns`).
-    service_slowdown: Mapping[str, float] = field(default_factory=dict)
+    # Variant id -> (factor, ms): a run takes the profile's time x factor + ms (default (1, 0)): execution
+    # only, the policies and the batch cap keep the profile, as live. For replaying a live run at the
+    # speeds its replicas measured (`replay.measured_service_times`): the model slower on shared cores,
+    # and a fixed cost per run (results produced) that a factor alone would scale with the batch.
+    service_times: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class SimWorker:
@@ -113,7 +114,7 @@ class SimVariant:
     def __init__(self, variant: Variant, index: int, window: int):
         self.variant, self.index, self.batch = variant, index, variant.batch_size
         self.latency = batching.run_latencies(variant)
-        self.slowdown = 1.0  # run time x this (`SimOptions.service_slowdown`)
+        self.slowdown, self.overhead_ms = 1.0, 0.0  # a run: latency x slowdown + overhead (`SimOptions.service_times`)
         self.queue_at: list[float] = []  # arrival times, from `head` on still waiting
         self.queue_ids: list[int] = []  # their query indices
         self.queue_deadline: list[float] = []  # their deadlines (arrival + SLO)
@@ -391,7 +392,7 @@ class Simulator:
         sv = self.sim_variants.get(variant_id)
         if sv is None:
             sv = SimVariant(self.catalog[variant_id], len(self.by_index), self.options.demand_window)
-            sv.slowdown = self.options.service_slowdown.get(variant_id, 1.0)
+            sv.slowdown, sv.overhead_ms = self.options.service_times.get(variant_id, (1.0, 0.0))
             self.sim_variants[variant_id] = sv
             self.by_index.append(sv)
         return sv
@@ -613,7 +614,7 @@ class Simulator:
                 sizes.append(len(late))
             if batch:
                 replica = replicas[k]
-                base = latency[len(batch)] * sv.slowdown
+                base = latency[len(batch)] * sv.slowdown + sv.overhead_ms
                 finish = start + base * replica.worker.factor
                 finishes.append(finish)
                 sizes.append(len(batch))

@@ -354,9 +354,10 @@ def _live_section(results: dict[str, dict[str, dict]], live: list[dict]) -> list
                      f"{verdicts} |")
     lines += ["", "Live: `infaas bench trace` replays the trace through the running pipeline on this machine (local "
               "workers, the demo zoo's measured profiles); sim: the simulator on the same trace, catalogue, policy "
-              "and seed; sim at measured speeds: the same, each variant's runs taking the time its live replicas "
-              "measured (full batch, results produced, averaged over the run) rather than its profile's, for "
-              "execution only (the policies still see the profiles, as live). Its gap to the live run is the "
+              "and seed; sim at measured speeds: the same, each variant's runs taking what its live replicas "
+              "measured (the profile's time x the model's measured slowdown, plus the measured rest of a run: "
+              "results produced; averaged over the run) for execution only (the policies still see the "
+              "profiles, as live). Its gap to the live run is the "
               "simulator's own; the gap between the two sims is the profiles' error on this machine's shared cores. "
               "Cost counts worker-seconds at the catalogue price; the live run's also counts the seconds "
               "before the first and after the last query. Tolerance: the simulator predicts the SLO violation rate within "

@@ -40,11 +40,11 @@ def test_one_replica_two_queries_a_second_queueing_and_cost_by_hand():
     assert summary["workers_peak"] == 1 and summary["mean_accuracy"] == pytest.approx(CPU_B1.accuracy)
 
 
-def test_a_measured_slowdown_stretches_the_runs_and_not_the_policy():
-    # As above, each run taking 1.4x the profile's 100 ms: the pair's second query ends at 280 ms.
+def test_measured_service_times_stretch_the_runs_and_not_the_policy():
+    # As above, each run taking 1.4x the profile's 100 ms + 5 ms: the pair's second query ends at 290 ms.
     arrivals = [t for second in range(10) for t in (second * 1000.0,) * 2]
-    sim, summary = run([CPU_B1], [trace(arrivals, slo=150.0)], service_slowdown={CPU_B1.variant_id: 1.4})
-    assert sorted(set((sim.finish - sim.workload.arrival_ms).round(6))) == [140.0, 280.0]
+    sim, summary = run([CPU_B1], [trace(arrivals, slo=150.0)], service_times={CPU_B1.variant_id: (1.4, 5.0)})
+    assert sorted(set((sim.finish - sim.workload.arrival_ms).round(6))) == [145.0, 290.0]
     assert summary["workers_peak"] == 1  # static still provisions from the profile, as live
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from infaas.cli import main
-from infaas.replay import measured_slowdowns
+from infaas.replay import measured_service_times
 from infaas.sim.report import REQUIRED_KEYS, live_agrees, load_live, ratios, render_markdown
 from tests.unit.test_policies_scaling import CPU_B1, variant
 
@@ -52,10 +52,15 @@ def test_the_live_row_shows_the_simulator_at_the_measured_speeds_too(tmp_path):
     assert "| no: violations; yes |" in text
 
 
-def test_measured_slowdowns_weigh_the_intervals_by_the_queries_served():
-    runs = {CPU_B1.variant_id: [(150.0, 30), (300.0, 10)], B8.variant_id: [(0.0, 0)]}
-    slowdowns = measured_slowdowns(runs, {v.variant_id: v for v in (CPU_B1, B8)})
-    assert slowdowns == {CPU_B1.variant_id: pytest.approx((150 * 30 + 300 * 10) / 40 / 100.0)}  # B8 served none
+def test_measured_service_times_weigh_the_intervals_by_the_queries_served():
+    # B8: latency(n) = 20 + 5n. Model runs of 60 ms at batch 4 (1.5x its 40 ms), held 65 ms, 30 queries;
+    # 80 ms at batch 4 (2x), held 90 ms, 10 queries; an interval that served none counts for nothing.
+    runs = {B8.variant_id: [(60.0, 65.0, 4.0, 30), (80.0, 90.0, 4.0, 10), (99.0, 99.0, 4.0, 0)],
+            CPU_B1.variant_id: [(150.0, 150.0, 1.0, 0)]}
+    times = measured_service_times(runs, {v.variant_id: v for v in (CPU_B1, B8)})
+    assert times.keys() == {B8.variant_id}
+    factor, overhead = times[B8.variant_id]
+    assert factor == pytest.approx((1.5 * 30 + 2.0 * 10) / 40) and overhead == pytest.approx((5 * 30 + 10 * 10) / 40)
 
 
 def test_live_results_need_the_summary_keys(tmp_path):
