@@ -74,12 +74,13 @@ def requirement_classes(variants: list[Variant]) -> list[RequirementClass]:
 def arrivals_from_trace(path: Path, duration_s: float, mean_qps: float, classes: list[RequirementClass],
                         seed: int = 0) -> list[Arrival]:
     """The trace's shape, time-scaled to `duration_s` and thinned/replicated to `mean_qps`."""
-    from .sim.traces import read_trace, scale_trace
+    from .sim.traces import is_rate_csv, load_trace, rates_total, read_trace
     rng = np.random.default_rng(seed)
-    trace = read_trace(path, task=TASK, rng=rng)
-    time_scale = duration_s * 1000.0 / max(trace.duration_ms, 1.0)
-    rate_scale = mean_qps * duration_s / max(len(trace), 1)
-    trace = scale_trace(trace, time_scale, rate_scale, rng)
+    shape = read_trace(path, task=TASK, rng=rng)
+    time_scale = duration_s * 1000.0 / max(shape.duration_ms, 1.0)
+    queries = rates_total(path) if is_rate_csv(path) else len(shape)  # a rate CSV's draw is only a sample
+    rate_scale = mean_qps * duration_s / max(queries, 1)
+    trace = load_trace(path, TASK, time_scale, rate_scale, rng)
     shares = np.array([c.share for c in classes])
     picks = rng.choice(len(classes), size=len(trace), p=shares / shares.sum())
     return [Arrival(float(at) / 1000.0, TASK, classes[k].latency_ms, classes[k].min_accuracy, classes[k].label,

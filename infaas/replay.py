@@ -194,7 +194,7 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
            seed: int, workers: int, min_workers: int, max_workers: int, out_dir: Path, say=print) -> dict:
     from .sim.engine import SimOptions
     from .sim.runner import simulate, workload_from
-    from .sim.traces import read_trace, scale_trace
+    from .sim.traces import load_trace
     config = PolicyConfig(min_workers=min_workers, max_workers=max_workers,
                           hardware_catalog=settings.hardware_catalog)
     with Store(settings) as store:
@@ -202,7 +202,7 @@ def replay(settings: Settings, trace_path: Path, task: str, policy: str, time_sc
     if not variants:
         raise ValueError(f"no variants of task {task!r}: register models first (e.g. `infaas zoo build`)")
     rng = np.random.default_rng(seed)
-    trace = scale_trace(read_trace(trace_path, task, rng), time_scale, rate_scale, rng)  # arrivals or rates
+    trace = load_trace(trace_path, task, time_scale, rate_scale, rng)  # arrivals or rates
     workload = workload_from([trace], variants, rng, config)
     scenario = f"{trace_path.parent.name}/{trace_path.stem}"
     live = live_run(settings, variants, workload, task, policy, scenario, workers, config, say)

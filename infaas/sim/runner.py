@@ -15,14 +15,23 @@ import numpy as np
 from ..catalog import Variant
 from ..policies.snapshot import PolicyConfig
 from .engine import SimOptions, Simulator
-from .traces import Trace, Workload, build_workload, flat_trace, read_trace, scale_trace, trace_files
+from .traces import (
+    Trace,
+    Workload,
+    build_workload,
+    flat_trace,
+    load_trace,
+    read_trace,
+    scale_trace,
+    trace_files,
+)
 
 
 def load_traces(specs: Sequence[str], time_scale: float, rate_scale: float, rng: np.random.Generator) -> list[Trace]:
     traces = []
     for spec in specs:
         for task, path in trace_files(spec):
-            traces.append(scale_trace(read_trace(path, task, rng), time_scale, rate_scale, rng))
+            traces.append(load_trace(path, task, time_scale, rate_scale, rng))
     return traces
 
 

@@ -64,9 +64,7 @@ def read_trace(path: str | Path, task: str | None = None, rng: np.random.Generat
     """A query trace or a per-second rate CSV (recognized by its `second,...` header)."""
     path = Path(path)
     task = task or path.stem
-    with path.open() as handle:
-        first = handle.readline().strip()
-    if first.lower().startswith("second"):
+    if is_rate_csv(path):
         return read_rate_csv(path, task, rng or np.random.default_rng(0))
     data = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
     if data.size == 0:
@@ -78,7 +76,36 @@ def read_trace(path: str | Path, task: str | None = None, rng: np.random.Generat
     return Trace(task, data[:, 0].copy(), data[:, 2].copy(), data[:, 1].astype(np.int16), str(path))
 
 
-def read_rate_csv(path: str | Path, task: str, rng: np.random.Generator) -> Trace:
+def is_rate_csv(path: str | Path) -> bool:
+    """Whether the file is a per-second rate CSV (a `second,...` header) rather than a query trace."""
+    with Path(path).open() as handle:
+        return handle.readline().strip().lower().startswith("second")
+
+
+def rates_total(path: str | Path) -> float:
+    """A rate CSV's expected number of queries: its per-second rates summed."""
+    rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
+    return float(np.clip(rows["qps"], 0.0, None).sum())
+
+
+def load_trace(path: str | Path, task: str | None, time_scale: float, rate_scale: float,
+               rng: np.random.Generator) -> Trace:
+    """A trace file `time_scale` x longer with `rate_scale` x its queries: a per-second rate CSV through its
+    rates (Poisson arrivals at the scaled rate), a query trace through `scale_trace`.
+
+    `scale_trace` spreads each query's copies over the gap after it: right for a dense trace, but the
+    bundled rate traces draw 0.5-2 queries a second, and at 30x each drawn query became a clump of 30
+    within its gap (tens of ms apart at the rarest), not 15-60 queries/s."""
+    if time_scale <= 0 or rate_scale <= 0:
+        raise ValueError("time and rate scales must be positive")
+    if is_rate_csv(path):
+        return read_rate_csv(path, task or Path(path).stem, rng, time_scale, rate_scale)
+    return scale_trace(read_trace(path, task, rng), time_scale, rate_scale, rng)
+
+
+def read_rate_csv(path: str | Path, task: str, rng: np.random.Generator, time_scale: float = 1.0,
+                  rate_scale: float = 1.0) -> Trace:
+    """Poisson arrivals at each second's rate x `rate_scale`, each second stretched `time_scale` x."""
     # With `names=True` the result is a structured array (one float64 field per column), which numpy's
     # stubs type as a plain float64 array; the cast gives it its real type, indexable by field name.
     rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
@@ -89,8 +116,8 @@ def read_rate_csv(path: str | Path, task: str, rng: np.random.Generator) -> Trac
     qos = rows["qos_level"] if "qos_level" in names else np.ones(len(rows))
     arrivals, deadlines, levels = [], [], []
     for second, qps, slo, level in zip(rows["second"], rows["qps"], deadline, qos, strict=True):
-        count = rng.poisson(max(qps, 0.0))
-        arrivals.append(np.sort(rng.uniform(second * 1000.0, (second + 1) * 1000.0, count)))
+        count = rng.poisson(max(qps, 0.0) * rate_scale)
+        arrivals.append(np.sort(rng.uniform(second * 1000.0 * time_scale, (second + 1) * 1000.0 * time_scale, count)))
         deadlines.append(np.full(count, slo))
         levels.append(np.full(count, level, dtype=np.int16))
     return Trace(task, np.concatenate(arrivals), np.concatenate(deadlines), np.concatenate(levels), str(path))

@@ -83,7 +83,7 @@ def test_static_cost_counts_every_row_of_a_query():
     from dataclasses import replace
     classes = [RequirementClass("accurate", 1.0, 250.0, 0.95, "")]
     variants = [_variant("cnn-tta", 0.97, 5.0), _variant("cnn-tta", 0.97, 2.5, 8)]
-    single = arrivals_from_trace(BUNDLED_TRACE, 60.0, 20.0, classes)
+    single = arrivals_from_trace(BUNDLED_TRACE, 60.0, 400.0, classes)  # 8 rows each: more than one replica
     batched = [replace(a, rows=8) for a in single]
     one, eight = (demo.static_cost(Settings(), variants, a, classes, max_workers=8) for a in (single, batched))
     assert 0 < one < eight

@@ -18,6 +18,7 @@ from infaas.sim.traces import (
     Trace,
     build_workload,
     flat_trace,
+    load_trace,
     read_trace,
     scale_trace,
     task_demands,
@@ -42,6 +43,18 @@ def test_reads_query_traces_and_rate_csvs(tmp_path):
     assert len(trace_files(str(tmp_path))) == 2
     with pytest.raises(ValueError):
         trace_files(str(tmp_path / "missing.txt"))
+
+
+def test_a_rate_csv_scales_through_its_rates_into_poisson_arrivals(tmp_path):
+    rates = tmp_path / "step.csv"
+    rates.write_text("second,qps\n" + "".join(f"{s},2.0\n" for s in range(100)))
+    trace = load_trace(rates, "vision", 1.0, 30.0, np.random.default_rng(0))
+    assert abs(len(trace) - 6000) < 300 and trace.task == "vision"
+    gaps = np.diff(trace.arrival_ms)
+    # Exponential gaps (coefficient of variation 1), not clumps of 30 copies of each query drawn at 2 q/s (1.7).
+    assert 0.9 < gaps.std() / gaps.mean() < 1.1
+    stretched = load_trace(rates, "vision", 2.0, 1.0, np.random.default_rng(0))
+    assert abs(len(stretched) - 200) < 50 and 190_000 < stretched.arrival_ms.max() <= 200_000
 
 
 def test_time_scale_stretches_and_rate_scale_multiplies_keeping_the_shape():
