@@ -47,7 +47,7 @@ def arrivals_of(workload, task: str, variant: str | None = None) -> list[Arrival
 
 def measured_service_times(runs: dict[str, list[tuple[float, float, float, int]]],
                            variants: dict[str, Variant]) -> dict[str, tuple[float, float]]:
-    """Per variant that ran, how its runs took on this machine's shared cores, as `SimOptions.service_times`
+    """Per variant that ran, how long its runs took on this machine's shared cores, as `SimOptions.service_times`
     (factor, ms): the model run against the profile at the same batch (factor), and the rest of a run's
     hold on the replica (results produced: ms). `runs`: per report interval, the model's mean ms a batch,
     the replica's, the mean batch and the queries served; averaged by the queries served."""
