@@ -82,10 +82,19 @@ def is_rate_csv(path: str | Path) -> bool:
         return handle.readline().strip().lower().startswith("second")
 
 
+def _rate_rows(path: str | Path) -> NDArray[np.void]:
+    """A rate CSV's rows, by column name (`second`, `qps`, optional `deadline_ms`, `qos_level`)."""
+    # With `names=True` the result is a structured array (one float64 field per column), which numpy's
+    # stubs type as a plain float64 array; the cast gives it its real type, indexable by field name.
+    rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
+    if rows.dtype.names is None:
+        raise ValueError(f"{path}: expected a header `second,qps[,deadline_ms[,qos_level]]`")
+    return rows
+
+
 def rates_total(path: str | Path) -> float:
     """A rate CSV's expected number of queries: its per-second rates summed."""
-    rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
-    return float(np.clip(rows["qps"], 0.0, None).sum())
+    return float(np.clip(_rate_rows(path)["qps"], 0.0, None).sum())
 
 
 def load_trace(path: str | Path, task: str | None, time_scale: float, rate_scale: float,
@@ -106,12 +115,8 @@ def load_trace(path: str | Path, task: str | None, time_scale: float, rate_scale
 def read_rate_csv(path: str | Path, task: str, rng: np.random.Generator, time_scale: float = 1.0,
                   rate_scale: float = 1.0) -> Trace:
     """Poisson arrivals at each second's rate x `rate_scale`, each second stretched `time_scale` x."""
-    # With `names=True` the result is a structured array (one float64 field per column), which numpy's
-    # stubs type as a plain float64 array; the cast gives it its real type, indexable by field name.
-    rows = cast("NDArray[np.void]", np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1))
-    names = rows.dtype.names
-    if names is None:
-        raise ValueError(f"{path}: expected a header `second,qps[,deadline_ms[,qos_level]]`")
+    rows = _rate_rows(path)
+    names = rows.dtype.names or ()
     deadline = rows["deadline_ms"] if "deadline_ms" in names else np.full(len(rows), 1000.0)
     qos = rows["qos_level"] if "qos_level" in names else np.ones(len(rows))
     arrivals, deadlines, levels = [], [], []
