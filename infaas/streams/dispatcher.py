@@ -307,9 +307,14 @@ class DeliveryTracker:
     in flight; a background thread serves the producer's delivery reports, and the batch's events
     are acknowledged (their offsets become committable) when its last message is acknowledged by
     Kafka. A message whose delivery fails is produced again: nothing is acknowledged undelivered.
-    The batches completed in one poll are handed to the event loop together: a wake-up of the loop
-    per batch cost a tenth of the dispatcher's CPU at 1,400 queries/s (profiled).
+    The reports are served every `HAND_OVER_S`, and the batches completed by then are handed to the
+    event loop together: served as each report came, at 260 queries/s (each its own batch) the thread
+    and the loop woke once per query, and a wake-up of the loop per batch cost a tenth of the
+    dispatcher's CPU at 1,400 queries/s (profiled). Acknowledged events only become committable
+    (Faust commits every 0.5 s), so the wait delays nothing a client sees.
     """
+
+    HAND_OVER_S = 0.02
 
     def __init__(self, producer, loop, ack_batch):
         self.producer, self.loop, self.ack_batch = producer, loop, ack_batch
@@ -365,8 +370,8 @@ class DeliveryTracker:
             self.loop.call_soon_threadsafe(self.ack_batch, done)
 
     def _serve_reports(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.05)
+        while not self._stop.wait(self.HAND_OVER_S):
+            self.producer.poll(0)
             self._hand_over()
 
     def close(self, timeout: float = 30.0) -> None:
