@@ -500,7 +500,7 @@ def _machine() -> dict:
 # where the profile, measured alone, promises more than the replica then serves).
 OVERLOAD_TASK = "heavy-task"
 OVERLOAD_SLO_MS = 200.0
-SHED = ("DEADLINE_EXCEEDED", "NO_FEASIBLE_VARIANT")
+SHED = ("DEADLINE_EXCEEDED", "NO_FEASIBLE_VARIANT", "THROTTLED")  # THROTTLED: by the client (client_throttle_k)
 
 
 def register_overload_model(settings: Settings, directory: Path) -> Variant:

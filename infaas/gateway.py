@@ -54,7 +54,7 @@ V2_TO_NUMPY = {"BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "INT16": "int16
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()}
 REQUIREMENTS = ("min_accuracy", "latency_ms", "max_cost")
 HTTP_OF_STATUS = {"OK": 200, "BAD_INPUT": 400, "UNKNOWN_MODEL": 404, "NO_FEASIBLE_VARIANT": 422,
-                  "DEADLINE_EXCEEDED": 504}
+                  "DEADLINE_EXCEEDED": 504, "THROTTLED": 429}
 MAX_BODY_BYTES = 32 << 20
 MAX_ROWS = 1024
 CATALOG_REFRESH_S = 5.0

@@ -55,6 +55,10 @@ class Settings:
     max_message_mb: int = 20
     topic_replication_factor: int = 1  # Kafka's, for the topics we create (production: 3)
     min_insync_replicas: int = 1  # with acks=all, writes need this many replicas (production: 2)
+    # Client-side adaptive throttling (`InfaasClient`): a class of queries is refused locally, as
+    # THROTTLED, with probability max(0, (requests - k * accepted) / (requests + 1)) over the last
+    # 5 s, so that load shed anyway costs no broker, dispatcher or client work. 0: off.
+    client_throttle_k: float = 2.0
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
@@ -247,6 +251,8 @@ def _check(settings: Settings) -> None:
     for name in ("worker_memory_mb", "scaler_interval_s", "unload_idle_s"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {name!r} must be positive, not {getattr(settings, name)}")
+    if settings.client_throttle_k != 0 and settings.client_throttle_k < 1:
+        raise SettingsError(f"setting 'client_throttle_k' must be 0 (off) or at least 1, not {settings.client_throttle_k}")
     if settings.max_batch_delay_ms < 0 or not 0 <= settings.offline_cpu_threshold <= 1:
         raise SettingsError("setting 'max_batch_delay_ms' must be >= 0 and 'offline_cpu_threshold' 0..1")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -29,6 +29,7 @@ def test_environment_values_are_coerced():
     ({"INFAAS_MAX_INPUT_MB": "20", "INFAAS_MAX_MESSAGE_MB": "20"}, "need 1 <= max_input_mb < max_message_mb"),
     ({"INFAAS_TOPIC_REPLICATION_FACTOR": "0"}, "'topic_replication_factor' must be at least 1"),
     ({"INFAAS_TOPIC_REPLICATION_FACTOR": "3", "INFAAS_MIN_INSYNC_REPLICAS": "4"}, "no write could succeed"),
+    ({"INFAAS_CLIENT_THROTTLE_K": "0.5"}, "'client_throttle_k' must be 0 \\(off\\) or at least 1"),
 ])
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(SettingsError, match=message):
