@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from ..scaler.processes import watch_supervisor
+from ..scaler.processes import watch_supervisor, yield_to_model_runs
 from ..settings import POLICY_NAMES, SCALER_BACKENDS
 
 
@@ -207,6 +207,7 @@ def cmd_app_list(args, settings) -> int:
 
 def cmd_dispatcher(args, settings) -> int:
     from ..streams import dispatcher
+    yield_to_model_runs()  # first: the threads started below inherit it
     watch_supervisor()
     _metrics_endpoint(settings, "dispatcher")
     return dispatcher.run(settings, args.web_port)
@@ -214,6 +215,7 @@ def cmd_dispatcher(args, settings) -> int:
 
 def cmd_monitor(args, settings) -> int:
     from ..streams import monitor
+    yield_to_model_runs()  # first: the threads started below inherit it
     watch_supervisor()
     _metrics_endpoint(settings, "monitor")
     return monitor.run(settings, web_port=args.web_port)

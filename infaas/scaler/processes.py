@@ -9,6 +9,7 @@ killing `serve` with SIGKILL leaves nothing running."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InfaasError
+
+log = logging.getLogger(__name__)
 
 SUPERVISOR_ENV = "INFAAS_SUPERVISOR_PID"  # process wiring, not a setting
 SUPERVISOR_POLL_S = 0.5
@@ -69,6 +72,22 @@ def watch_supervisor(environ: dict[str, str] | None = None) -> threading.Thread 
     thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
     thread.start()
     return thread
+
+
+def yield_to_model_runs() -> bool:
+    """Schedule this process (its threads to come, too) as SCHED_BATCH: it still gets its fair share
+    of the CPU, but its wake-ups no longer preempt a running thread, the workers' model runs among
+    them. For the dispatcher and the monitor, which wake once or more per query: beside them at 3x
+    one replica's capacity on 2 cores, a replica's runs were preempted 1,300 times a second and took
+    14-21 ms against 12 ms alone; as SCHED_BATCH, 400 times a second (measured). Call it before the
+    process starts threads (a thread keeps the policy it was created with). Linux only; elsewhere,
+    or if refused, nothing changes."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError) as err:
+        log.info("staying on the default scheduling policy (%s)", err)
+        return False
+    return True
 
 
 def exit_cause(returncode: int | None) -> str:
