@@ -73,9 +73,10 @@ def test_step_up_adds_replicas_and_step_down_removes_them(settings, slow_variant
     assert first_add_s < 15, f"first replica added only after {first_add_s:.1f} s"
     assert "demand" in added[-1]["reason"]
     # Every query was answered explicitly; on a machine this small the variant can also turn
-    # INTERFERED (its execution slowed by the contention), and then gets no new queries.
+    # INTERFERED (its execution slowed by the contention), and then gets no new queries (and the client,
+    # seeing them shed, refuses some of the class itself: THROTTLED).
     statuses = {r.status for r in results}
-    assert statuses <= {"OK", "NO_FEASIBLE_VARIANT", "DEADLINE_EXCEEDED"}, statuses
+    assert statuses <= {"OK", "NO_FEASIBLE_VARIANT", "DEADLINE_EXCEEDED", "THROTTLED"}, statuses
     counts = {s: sum(r.status == s for r in results) for s in statuses}
     assert sum(r.ok for r in results) > len(results) / 2, counts
 

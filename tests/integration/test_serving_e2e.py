@@ -63,7 +63,11 @@ def test_predictions_equal_direct_onnxruntime(settings, client, zoo, validation)
         variant = variants[result.variant]
         if variant.optimizer.startswith("ort"):
             expected = direct_outputs(settings, variant, inputs[i:i + 1])
-            np.testing.assert_allclose(result.outputs[0], expected[0], rtol=1e-5, atol=1e-6)
+            # Dynamic int8 quantization scales activations by the whole batch's range: a row batched
+            # with others differs from the row alone (up to 0.0011, 2.4%, seen), fp32 does not.
+            loose = variant.optimizer == "ort-int8"
+            np.testing.assert_allclose(result.outputs[0], expected[0], rtol=0.1 if loose else 1e-5,
+                                       atol=0.01 if loose else 1e-6)
         assert result.prediction.shape == (1,)
 
 
@@ -97,7 +101,7 @@ def test_every_query_gets_exactly_one_result(client, validation):
     client.flush()
     results = [client.wait(f) for f in futures]
     assert len({r.query_id for r in results}) == 300
-    assert all(r.status in ("OK", "DEADLINE_EXCEEDED") for r in results)
+    assert all(r.status in ("OK", "DEADLINE_EXCEEDED", "THROTTLED") for r in results)  # THROTTLED: by the client
     assert client.in_flight == 0
 
 
