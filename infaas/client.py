@@ -249,7 +249,11 @@ class InfaasClient:
         record = {"query_id": query_id, "app_id": self.app_id, "task": task, "model": model, "variant": variant,
                   "inputs": to_tensor(inputs), "min_accuracy": min_accuracy, "latency_ms": latency_ms,
                   "max_cost": max_cost, "reply_topic": self.reply_topic, "sent_at": now_ms()}
-        return self.send_raw(query_id, self.codec.encode("Query", record))
+        future = self.send_raw(query_id, self.codec.encode("Query", record))
+        if future.done():  # answered here (too large): nothing will come back for the throttle
+            with self._lock:
+                self._classes.pop(query_id, None)
+        return future
 
     def send_raw(self, query_id: str, payload: bytes) -> concurrent.futures.Future:
         """Send pre-encoded bytes (e.g. for load generators); the result is matched by query_id."""
@@ -356,7 +360,7 @@ class InfaasClient:
             self._answered.add(query_id)
             key = self._classes.pop(query_id, None)
         result = QueryResult.from_record(record)
-        if key is not None and (result.ok or shed_for_load(result, key[4])):
+        if key is not None and (result.ok or shed_for_load(result, latency_ms=key[4])):
             self.throttle.record(key, accepted=result.ok)
         future.set_result(result)
 
