@@ -57,7 +57,8 @@ class Settings:
     min_insync_replicas: int = 1  # with acks=all, writes need this many replicas (production: 2)
     # Client-side adaptive throttling (`InfaasClient`): a class of queries is refused locally, as
     # THROTTLED, with probability max(0, (requests - k * accepted) / (requests + 1)) over the last
-    # 5 s, so that load shed anyway costs no broker, dispatcher or client work. 0: off.
+    # 5 s (once the service shed 20 of the class there), so that load shed anyway costs no broker,
+    # dispatcher or client work. 0: off.
     client_throttle_k: float = 2.0
     # --- Cassandra -------------------------------------------------------------------------
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)

@@ -57,6 +57,19 @@ def test_throttle_refuses_in_proportion_to_what_the_service_sheds():
     assert always.refuses(("b",)) is None  # another class is not affected
 
 
+def test_throttle_waits_for_enough_sheds_and_its_own_refusals_do_not_count_as_sheds():
+    clock = Clock()
+    throttle = AdaptiveThrottle(2.0, min_shed=20, clock=clock, draw=lambda: 0.0)
+    answered(throttle, ("a",), accepted=0, shed=19)  # a few sheds of a quiet class: not overload
+    assert throttle.refuses(("a",)) is None
+    answered(throttle, ("a",), accepted=0, shed=1)
+    assert throttle.refuses(("a",)) is not None
+    clock.now += 4.0  # the 20 sheds are still in the window; the refusals above are not sheds
+    assert throttle.refuses(("a",)) is not None
+    clock.now += 1.0  # the sheds expired: the refusals alone do not keep the class refused
+    assert throttle.refuses(("a",)) is None
+
+
 def test_throttle_forgets_after_its_window_and_can_be_off():
     clock = Clock()
     throttle = AdaptiveThrottle(2.0, window_s=5.0, clock=clock, draw=lambda: 0.0)
