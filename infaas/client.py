@@ -134,9 +134,10 @@ class AdaptiveThrottle:
     or shed for load, and the refusals themselves; and only once the service shed at least
     `min_shed` of the class in the window. Without that floor a class of a few queries a second was
     refused on a handful of sheds (the refusals, counted as requests, then kept it refused until the
-    window passed): 58 queries of a live trace replay were THROTTLED after 8 sheds in all. Under overload most of what the service would
-    shed anyway never costs the broker, the dispatcher or this client anything, and the cores they
-    share with the workers serve queries instead: at 3x one replica's capacity on 2 cores, the
+    window passed): 58 queries of a live trace replay were THROTTLED after 8 sheds in all.
+
+    Under overload most of what the service would shed anyway never costs the broker, the dispatcher
+    or this client anything, and the cores they share with the workers serve queries instead: at 3x one replica's capacity on 2 cores, the
     dispatcher alone spent half a core refusing queries (measured). With k = 2 the service still
     sees up to twice what it accepts, so it sees the demand rise, and within the window after the
     load falls no query is refused. (The book keeps 2 minutes; 5 s reacts within a scaler's step.)"""
