@@ -102,6 +102,7 @@ class SystemView:
         self._queues: dict[str, tuple[int, dict[str, int]]] = {}  # worker id -> (reported at, variant -> queue)
         # worker id -> variant -> (ms a batch held its replica, avg_batch) of the latest interval that ran batches
         self._speeds: dict[str, dict[str, tuple[float, float]]] = {}
+        self._overruns: dict[str, dict[str, float]] = {}  # worker id -> variant -> overrun_ms of its latest answers
         self._routed: dict[str, deque[int]] = {}  # variant -> when this process routed queries to it (ms)
         self._queued = False  # some variant's estimated queue was not empty at the last rebuild
         self._overrides: dict[str, tuple[int, VariantLive]] = {}  # local beliefs until the monitor confirms
@@ -199,6 +200,10 @@ class SystemView:
                 held = m["service_ms"] or m["exec_ms"]  # the model run alone from a worker that predates service_ms
                 if held > 0 and m["avg_batch"] > 0:  # an idle interval keeps the last measure
                     speeds[m["variant_id"]] = (held, m["avg_batch"])
+            overruns = self._overruns.setdefault(record["worker_id"], {})
+            for m in record["variants"]:
+                if m["served"] + m["deadline_missed"] > 0:  # likewise
+                    overruns[m["variant_id"]] = m["overrun_ms"]
             self._last_report = time.monotonic()
         elif name == "ScalingEvent":
             if record["kind"] in ("UPGRADE_VARIANT", "DOWNGRADE_VARIANT") and record["variant_id"]:
@@ -306,9 +311,10 @@ class SystemView:
         batch_ms = self._observed_batch_ms(variant, workers)
         routed = len(self._routed.get(variant_id, ()))
         queue = estimated_queue(variant, state.replicas, reported, routed, now - as_of, batch_ms)
-        if queue == state.queue_len and batch_ms == state.batch_ms:
+        overrun = max((self._overruns.get(wid, {}).get(variant_id, 0.0) for wid in workers), default=0.0)
+        if queue == state.queue_len and batch_ms == state.batch_ms and overrun == state.overrun_ms:
             return state
-        return dataclasses.replace(state, queue_len=queue, batch_ms=batch_ms)
+        return dataclasses.replace(state, queue_len=queue, batch_ms=batch_ms, overrun_ms=overrun)
 
     def _observed_batch_ms(self, variant: Variant, workers: dict) -> float:
         """A full batch's execution time as the variant's live replicas measured it, averaged over its

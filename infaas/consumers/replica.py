@@ -90,6 +90,7 @@ class Replica(threading.Thread):
         self.producer = bus.producer(self.settings)
         self.failed_deliveries = 0  # results Kafka did not accept, over the replica's life
         self._batch_failures: list[str] = []  # delivery errors of the batch being served
+        self._overruns: list[float] = []  # of the round's answers (see `_result`)
         self.run_times: deque[float] = deque(maxlen=RECENT_RUNS)  # ms each recent run held the replica
 
     def run(self) -> None:
@@ -176,7 +177,9 @@ class Replica(threading.Thread):
         # queue drained at the run time alone is drained faster than it is.
         self.hosted.metrics.record(served, errors=sum(s not in ("OK", "DEADLINE_EXCEEDED") for s in statuses),
                                    missed=statuses.count("DEADLINE_EXCEEDED"), rows=rows, batches=batches,
-                                   exec_ms=exec_ms, busy_ms=now_ms() - began if batches else 0.0)
+                                   exec_ms=exec_ms, busy_ms=now_ms() - began if batches else 0.0,
+                                   overruns=self._overruns)
+        self._overruns = []
         self._update_lag()
 
     @property
@@ -276,7 +279,10 @@ class Replica(threading.Thread):
 
     def _result(self, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
                 compute_started: float | None = None, outputs: list[dict] | None = None) -> Result:
-        return result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started, outputs)
+        result = result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started, outputs)
+        if status in ("OK", "DEADLINE_EXCEEDED"):  # the dispatcher's estimate was about these
+            self._overruns.append(result.completed_at - routed["dispatched_at"] - routed["estimated_ms"])
+        return result
 
     def _produce(self, topic: str, result: Result) -> None:
         payload = result.encode(self.codec)

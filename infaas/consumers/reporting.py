@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from .replica import HostedVariant
 
 
+# The dispatcher admits a query to a queued variant only if its estimate plus this percentile of the
+# variant's recent overruns fits the SLO: at 3x a replica's capacity its queue was held at the SLO's
+# edge, where an estimate off by -120..+50 ms (10th-90th percentile, from once-a-second reports) made
+# 11-13% of the answers late and shed others after their deadline (`infaas bench overload`).
+OVERRUN_PERCENTILE = 95
+
+
 class VariantMetrics:
     """Counters for one reporting interval; thread-safe."""
 
@@ -27,13 +34,16 @@ class VariantMetrics:
         self.exec_ms = 0.0  # model execution time, summed over batches
         self.busy_ms = 0.0  # time the replicas were busy with batches (runs, results, commits), summed
         self.latencies: list[float] = []
+        self.overruns: list[float] = []  # ms each answer came after the dispatcher's estimate (< 0: before)
         self.demand_accuracy = 0.0  # the strictest requirements among the queries served
         self.demand_slo_ms = 0.0
 
     def record(self, served: list[dict], errors: int, missed: int, rows: int, batches: int, exec_ms: float,
-               busy_ms: float = 0.0) -> None:
-        """`served`: the OK results with their queries' requirements (see Replica._serve)."""
+               busy_ms: float = 0.0, overruns: list[float] | None = None) -> None:
+        """`served`: the OK results with their queries' requirements (see Replica._serve); `overruns`: how
+        much later than the dispatcher estimated each OK or DEADLINE_EXCEEDED answer came (ms)."""
         with self._lock:
+            self.overruns += overruns or []
             self.served += len(served)
             self.errors += errors
             self.deadline_missed += missed
@@ -56,6 +66,8 @@ class VariantMetrics:
                         "exec_ms": self.exec_ms / self.batches if self.batches else 0.0,
                         "service_ms": self.busy_ms / self.batches if self.batches else 0.0,
                         "avg_rows": self.query_rows / self.served if self.served else 1.0,
+                        "overrun_ms": max(float(np.percentile(self.overruns, OVERRUN_PERCENTILE)), 0.0)
+                        if self.overruns else 0.0,
                         "demand_accuracy": self.demand_accuracy, "demand_slo_ms": self.demand_slo_ms}
             self.reset()
         return snapshot
@@ -78,7 +90,7 @@ def variant_report(hosted: HostedVariant, elapsed_s: float) -> dict:
             "p99_ms": float(np.percentile(latencies, 99)) if latencies is not None else 0.0,
             "avg_latency_ms": float(latencies.mean()) if latencies is not None else 0.0,
             "queue_len": queue, "avg_batch": taken["avg_batch"],
-            "memory_mb": hosted.memory_mb, "avg_rows": taken["avg_rows"],
+            "memory_mb": hosted.memory_mb, "avg_rows": taken["avg_rows"], "overrun_ms": taken["overrun_ms"],
             "demand_accuracy": taken["demand_accuracy"], "demand_slo_ms": taken["demand_slo_ms"]}
 
 

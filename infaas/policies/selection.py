@@ -163,7 +163,8 @@ class LiveIndex:
     """The dynamic part, per snapshot: which candidates are inactive, and the loaded ones' state
     (plain Python tuples: the loaded are few, and a loop over them beats numpy's per-call cost)."""
     inactive: np.ndarray  # bool, aligned with the CandidateIndex
-    loaded: tuple[tuple[int, str, float, Variant], ...]  # (position, status, queue wait ms, variant)
+    # (position, status, queue wait ms, variant, admission margin ms)
+    loaded: tuple[tuple[int, str, float, Variant, float], ...]
     ready_hardware: np.ndarray  # bool, aligned: a ready worker of the variant's hardware exists
     _loadable: dict = field(default_factory=dict, compare=False, repr=False)  # batch -> masks
 
@@ -179,7 +180,7 @@ class LiveIndex:
     @classmethod
     def build(cls, snapshot: Snapshot, index: CandidateIndex) -> LiveIndex:
         lives = [snapshot.live_of(v.variant_id) for v in index.variants]
-        loaded = tuple((i, live.status, wait_ms(index.variants[i], live), index.variants[i])
+        loaded = tuple((i, live.status, wait_ms(index.variants[i], live), index.variants[i], admission_margin_ms(live))
                        for i, live in enumerate(lives) if live.status != INACTIVE)
         ready = {w.hardware for w in snapshot.workers.values() if w.ready}
         return cls(np.array([live.status == INACTIVE for live in lives], dtype=bool), loaded,
@@ -194,6 +195,14 @@ def wait_ms(variant: Variant, live: VariantLive) -> float:
     loading = variant.load_ms if live.replicas > 0 and serving <= 0 else 0.0
     return (queue_wait_ms(variant, live.queue_len, max(serving, 1), live.batch_ms)
             + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)
+
+
+def admission_margin_ms(live: VariantLive) -> float:
+    """What a query's estimate must leave of its SLO to join the variant's queue: how much later than
+    estimated its recent answers came (`overrun_ms`, measured by its replicas). Only with a queue ahead:
+    its estimate is what errs (the drain between once-a-second reports), and an idle variant is always
+    admitted, so that it keeps running and being measured. The simulator's estimate is exact (0)."""
+    return live.overrun_ms if live.queue_len > 0 else 0.0
 
 
 def capacity_starting(live: VariantLive) -> bool:
@@ -410,7 +419,7 @@ def _split_off(snapshot: Snapshot, index: CandidateIndex, live: LiveIndex, head:
     the load would make it late."""
     ratio = _SCALER.upgrade_cost_ratio
     active = snapshot.variants[decision.variant_id or ""]
-    position = next(p for p, _, _, v in live.loaded if v is active)
+    position = next(p for p, _, _, v, _ in live.loaded if v is active)
     _, ready = live.loadable(index, batch)
     spend = snapshot.live_of(active.variant_id).replicas * replica_price_per_hour(active)
     # What moving the whole active spend to the cheaper variant would save must pay for `ratio` replicas
@@ -454,14 +463,14 @@ def _best_loaded(live: LiveIndex, accurate: int, batch: int, slo: float, max_cos
     load): the cheapest (`cost`, aligned with the index: `slo_cost`), then the fastest (no SLO, `slo`
     infinite: the fastest, then the cheapest)."""
     best = None
-    for position, state, wait, variant in live.loaded:
+    for position, state, wait, variant, margin in live.loaded:
         if (state not in statuses or position >= accurate or variant.batch_size < batch
                 or (fits is not None and not fits[position])
                 or variant.cost_per_1k > max_cost):
             continue
         estimate = variant.latency_at(batch) + wait
         key = (float(cost[position]), estimate) if slo != math.inf else (estimate, variant.cost_per_1k)
-        if estimate <= slo and (best is None or key < best[0]):
+        if estimate + margin <= slo and (best is None or key < best[0]):
             best = (key, estimate, variant)
     return (best[2], best[1]) if best else None
 

@@ -39,6 +39,9 @@ class VariantLive:
     avg_rows: float = 1.0  # rows per query (INFaaS's "actual batch"): demand in rows/s is qps * avg_rows
     moving_to: str = ""  # an upgrade/downgrade target being loaded; this variant retires once it serves
     batch_ms: float = 0.0  # a full batch's execution time as its replicas measured it (0: not measured)
+    # How much later than estimated its recent answers came (95th percentile, >= 0; 0: not measured): the
+    # margin a query needs to be admitted to its queue (`selection.admission_margin_ms`).
+    overrun_ms: float = 0.0
     named: bool = False  # queries named this variant (model-/variant-specific): vertical scaling never moves them
     # The strictest demands over the last `peak_window_s` (monitoring.track carries them; 0: unknown): one
     # report's are those of the few queries of a second, and a downgrade judged on them drops a class.

@@ -67,17 +67,23 @@ def test_a_slowed_variant_is_not_admitted_past_what_it_drains_within_the_slo():
     assert decide(10 * PROFILED_BATCH_MS, queue_len=0).status == OK
 
 
-def test_the_dispatchers_view_drains_each_variant_at_the_speed_its_workers_report(base_settings, monkeypatch):
+def view_of_large(base_settings, monkeypatch, workers: list[str]) -> tuple[SystemView, dict]:
+    """A dispatcher's view of LARGE, active on `workers` (a replica each), and its clock (ms, settable)."""
     clock = {"ms": int(time.time() * 1000)}
     monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: clock["ms"] / 1000, monotonic=time.monotonic))
     view = SystemView(base_settings)
     view.catalog = Catalog(apps=frozenset({"demo"}), variants={LARGE.variant_id: LARGE},
                            models={LARGE.model: (LARGE.task, LARGE.app_id, LARGE.public)})
-    now = clock["ms"]
-    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": 1, "workers": ["w1"],
-             "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0, "demand_accuracy": 0.0,
-             "demand_slo_ms": 0.0, "updated_at": now}
+    state = {"variant_id": LARGE.variant_id, "task": "digits", "state": "ACTIVE", "replicas": len(workers),
+             "workers": workers, "qps": 0.0, "avg_latency_ms": 0.0, "queue_len": 0, "avg_rows": 1.0,
+             "demand_accuracy": 0.0, "demand_slo_ms": 0.0, "updated_at": clock["ms"]}
     view._apply(base_settings.topic("state"), CODEC.encode("VariantState", state))
+    return view, clock
+
+
+def test_the_dispatchers_view_drains_each_variant_at_the_speed_its_workers_report(base_settings, monkeypatch):
+    view, clock = view_of_large(base_settings, monkeypatch, ["w1"])
+    now = clock["ms"]
     report = worker_report(now, queue_len=16)
     # The model runs as profiled (6 ms at batch 1), but each batch holds the replica three times as long
     # (results produced, delivered, committed, on contended cores): the queue drains at the latter.
@@ -120,3 +126,57 @@ def test_behind_a_queue_the_querys_own_run_is_slowed_as_observed_too():
     assert decide(3).status == OK and decide(3).estimated_ms == pytest.approx(80.0)
     assert decide(4, batch_ms=10.0).status == OK  # at the profiled speed: 50 ms
     assert decide(0, batch_ms=1000.0).status == OK  # an empty queue is always admitted: it keeps being measured
+
+
+def test_a_queued_variant_admits_only_what_its_measured_overrun_leaves_within_the_slo():
+    # A batch-1 variant at 10 ms a query and a 100 ms SLO, 4 queued: the estimate is 50 ms. Its recent
+    # answers came up to 60 ms later than estimated: 50 + 60 > 100, so the query is shed at once,
+    # not answered late or shed after its deadline by the worker.
+    one = variant("one:ort-fp32:cpu-1t:b1", 0.98, 0.0, 10.0, batch=1)
+    workers = {"w1": WorkerLive("w1", "cpu", variants={one.variant_id: 1})}
+
+    def decide(queue_len: int, overrun_ms: float):
+        live = {one.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w1",), queue_len=queue_len,
+                                            overrun_ms=overrun_ms)}
+        return select(Snapshot(variants={one.variant_id: one}, live=live, workers=workers, at_ms=1),
+                      Request("demo", task="digits", latency_ms=100.0))
+
+    assert decide(4, 0.0).status == OK
+    assert decide(4, 60.0).status == NO_FEASIBLE_VARIANT
+    # Within the margin: admitted, and the estimate the replicas check themselves against is the bare one.
+    assert decide(4, 40.0).status == OK and decide(4, 40.0).estimated_ms == pytest.approx(50.0)
+    assert decide(0, 1000.0).status == OK  # an empty queue is always admitted: it keeps being measured
+
+
+def test_a_worker_reports_how_much_later_than_estimated_its_answers_came():
+    from infaas.consumers.reporting import VariantMetrics
+    metrics = VariantMetrics()
+    overruns = [float(ms) for ms in range(-50, 50)]
+    metrics.record([], errors=0, missed=0, rows=1, batches=1, exec_ms=1.0, overruns=overruns[:60])
+    metrics.record([], errors=0, missed=1, rows=0, batches=0, exec_ms=0.0, overruns=overruns[60:])
+    assert metrics.take()["overrun_ms"] == pytest.approx(44.05)  # the 95th percentile of -50..49
+    metrics.record([], errors=0, missed=0, rows=2, batches=2, exec_ms=1.0, overruns=[-30.0, -10.0])
+    assert metrics.take()["overrun_ms"] == 0.0  # earlier than estimated: no margin
+    assert metrics.take()["overrun_ms"] == 0.0  # nothing answered
+
+
+def test_the_dispatchers_view_takes_the_largest_overrun_its_workers_report(base_settings, monkeypatch):
+    view, clock = view_of_large(base_settings, monkeypatch, ["w1", "w2"])
+    now = clock["ms"]
+
+    def report(worker_id: str, served: int, overrun_ms: float) -> bytes:
+        record = worker_report(now, queue_len=8)
+        record["worker_id"] = worker_id
+        record["variants"][0].update(served=served, overrun_ms=overrun_ms)
+        return CODEC.encode("WorkerReport", record)
+
+    view._apply(base_settings.topic("metrics"), report("w1", 10, 25.0))
+    view._apply(base_settings.topic("metrics"), report("w2", 10, 40.0))
+    view._rebuild()
+    assert view.snapshot.live_of(LARGE.variant_id).overrun_ms == pytest.approx(40.0)
+    view._apply(base_settings.topic("metrics"), report("w2", 0, 0.0))  # answered nothing: keeps its last measure
+    view._rebuild()
+    assert view.snapshot.live_of(LARGE.variant_id).overrun_ms == pytest.approx(40.0)
+    view._apply(base_settings.topic("metrics"), report("w2", 10, 5.0))
+    view._rebuild()
+    assert view.snapshot.live_of(LARGE.variant_id).overrun_ms == pytest.approx(25.0)
