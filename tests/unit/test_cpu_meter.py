@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from infaas.benchmarks import CpuMeter, cpu_seconds
 from infaas.settings import load_settings
@@ -35,3 +36,17 @@ def test_cpu_seconds_of_an_unknown_process_is_zero():
     assert cpu_seconds(None) == 0.0
     assert cpu_seconds(2 ** 22 + 12345) == 0.0  # above the kernel's pid limit: never a live process
     assert cpu_seconds(os.getpid()) > 0.0
+
+
+def test_the_overload_benchmark_measures_the_cpu_time_the_hypervisor_stole():
+    from infaas.benchmarks import cpu_times, steal_share
+    before = cpu_times()
+    busy = time.process_time()
+    while time.process_time() - busy < 0.2:  # some CPU time passes
+        pass
+    after = cpu_times()
+    assert after[1] > before[1] and 0 <= after[0] - before[0] <= after[1] - before[1]
+    share = steal_share(before, after)
+    assert share is not None and 0.0 <= share <= 1.0
+    assert steal_share((10, 100), (40, 200)) == 0.3  # 30 of 100 ticks went to other guests
+    assert steal_share((10, 100), (10, 100)) is None  # no time passed: no share
