@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from infaas.policies.snapshot import PolicyConfig
-from infaas.sim.bounds import cost_bounds
+from infaas.sim.bounds import best_packed_cost, cost_bounds
 from infaas.sim.engine import SimOptions, SimWorker
 from infaas.sim.report import _costs, goal_section
 from infaas.sim.traces import build_workload
-from tests.unit.test_policies_scaling import CPU_B1
+from tests.unit.test_policies_scaling import CPU_B1, SMALL_CPU
 from tests.unit.test_sim_engine import CPU_HOURLY, trace
 
 
@@ -38,6 +38,21 @@ def test_cost_bounds_by_hand():
     assert bounds["static_fluid"] == pytest.approx(115 * per_row)
     # Whole workers per 10 s window for its busiest second: 2 (20 q/s), then 1 (5 q/s).
     assert bounds["static_packed"] == pytest.approx((2 + 1) * CPU_HOURLY * 10 / 3600)
+    assert bounds["best_packed"] == bounds["static_packed"]  # one variant: static's is the best there is
+
+
+def test_the_best_packed_bound_splits_classes_only_where_whole_workers_allow_it():
+    # Two classes of one task over 20 s: SMALL_CPU (50 rows/s a worker) meets only the first, CPU_B1
+    # (10 rows/s a worker) both; every worker costs the same.
+    classes = [("vision", 0.70, 1000.0), ("vision", 0.75, 1000.0)]
+    window = CPU_HOURLY * 10 / 3600  # one worker for one 10 s window
+
+    def best(first_rate: float) -> float:
+        counts = np.array([np.full(20, first_rate), np.full(20, 5.0)])
+        return best_packed_cost(counts, classes, [0, 1], [CPU_B1, SMALL_CPU], CPU_B1, PolicyConfig())
+
+    assert best(5.0) == pytest.approx(2 * window)  # 10 rows/s fill one CPU_B1 worker: splitting would take two
+    assert best(40.0) == pytest.approx(4 * window)  # one SMALL_CPU + one CPU_B1 worker, not five of CPU_B1
 
 
 def _run(violations: float, cost: float) -> dict:
@@ -47,9 +62,14 @@ def _run(violations: float, cost: float) -> dict:
 def test_the_goal_table_says_which_goals_are_met():
     met = {"infaas": _run(0.001, 10.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
     missed = {"infaas": _run(0.003, 10.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
-    bounds = {0: {"fluctuating-low": {"cheapest_fluid": 5.0, "static_fluid": 6.0, "static_packed": 12.5}}}
+    bounds = {0: {"fluctuating-low": {"cheapest_fluid": 5.0, "static_fluid": 6.0, "static_packed": 12.5,
+                                      "best_packed": 10.0}}}
     text = "\n".join(goal_section({0: {"fluctuating-low": met}}, bounds))
     assert "| fluctuating-low | 0 | 0.10% / 0.20% / 1.00% | yes | 10.00x | 2.50x (2x) | 5.00x / 4.17x / 2.00x " \
-           "| 50% / 60% / 125% | yes |" in text and "Every goal met." in text
+           "/ 2.50x | 50% / 60% / 125% / 100% | yes |" in text and "Every goal met." in text
     text = "\n".join(goal_section({1: {"bursty": missed}}, {}))
-    assert "| no | 3.33x | 2.50x (1.5x) |" in text and "**no**" in text
+    assert "| no | 3.33x | 2.50x (1.5x) |" in text and text.count("**no** |") == 1
+    # A goal beyond what whole workers allow says so.
+    beyond = {0: {"fluctuating-low": {**bounds[0]["fluctuating-low"], "best_packed": 20.0}}}
+    cheap = {"infaas": _run(0.001, 20.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
+    assert "**no** (goal > best packed) |" in "\n".join(goal_section({0: {"fluctuating-low": cheap}}, beyond))
