@@ -43,3 +43,13 @@ def result_for(variant: Variant, query: dict, status: str, error: str | None, ro
                   accuracy=variant.accuracy, latency_ms=max(done - query["sent_at"], 0.0),
                   queue_ms=max(queue_ms, 0.0), compute_ms=compute_ms, best_accuracy_within_slo=None,
                   fastest_latency_ms=None, completed_at=int(done))
+
+
+def estimate_overrun_ms(routed: dict, completed_at: float, serving_since: float | None) -> float | None:
+    """How much later than the dispatcher estimated (`estimated_ms`, from `dispatched_at`) a query was
+    answered, or None for one routed before the replica served its first query: that one waited for the
+    replica to start (load, group join), which the estimate does not count, and the first report's
+    margin would otherwise keep the variant's queue refused for a whole interval after every start."""
+    if serving_since is None or routed["dispatched_at"] < serving_since:
+        return None
+    return completed_at - routed["dispatched_at"] - routed["estimated_ms"]

@@ -21,7 +21,7 @@ from ..policies import batching
 from ..schemas.codec import DecodeError
 from ..schemas.messages import Result
 from ..tensors import to_tensor
-from .admission import admit, now_ms, result_for
+from .admission import admit, estimate_overrun_ms, now_ms, result_for
 from .batching import ArrivalRate, BatchPolicy, wait_budget_ms
 from .reporting import VariantMetrics
 
@@ -91,6 +91,7 @@ class Replica(threading.Thread):
         self.failed_deliveries = 0  # results Kafka did not accept, over the replica's life
         self._batch_failures: list[str] = []  # delivery errors of the batch being served
         self._overruns: list[float] = []  # of the round's answers (see `_result`)
+        self.serving_since: float | None = None  # when it first got a query
         self.run_times: deque[float] = deque(maxlen=RECENT_RUNS)  # ms each recent run held the replica
 
     def run(self) -> None:
@@ -100,6 +101,7 @@ class Replica(threading.Thread):
                 if first is None or first.error():
                     self._update_lag()
                     continue
+                self.serving_since = self.serving_since or now_ms()
                 items = self._gather(self._decode(first))
                 # Whatever is already queued joins this round (no waiting): one flush and one commit
                 # then cover several model runs, which is what keeps small batch sizes fast.
@@ -280,8 +282,9 @@ class Replica(threading.Thread):
     def _result(self, query: dict, status: str, error: str | None, routed: dict, compute_ms: float = 0.0,
                 compute_started: float | None = None, outputs: list[dict] | None = None) -> Result:
         result = result_for(self.hosted.variant, query, status, error, routed, compute_ms, compute_started, outputs)
-        if status in ("OK", "DEADLINE_EXCEEDED"):  # the dispatcher's estimate was about these
-            self._overruns.append(result.completed_at - routed["dispatched_at"] - routed["estimated_ms"])
+        overrun = estimate_overrun_ms(routed, result.completed_at, self.serving_since)
+        if overrun is not None and status in ("OK", "DEADLINE_EXCEEDED"):  # the estimate was about these
+            self._overruns.append(overrun)
         return result
 
     def _produce(self, topic: str, result: Result) -> None:

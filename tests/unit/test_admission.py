@@ -180,3 +180,13 @@ def test_the_dispatchers_view_takes_the_largest_overrun_its_workers_report(base_
     view._apply(base_settings.topic("metrics"), report("w2", 10, 5.0))
     view._rebuild()
     assert view.snapshot.live_of(LARGE.variant_id).overrun_ms == pytest.approx(25.0)
+
+
+def test_the_overrun_counts_only_queries_routed_once_the_replica_served():
+    from infaas.consumers.admission import estimate_overrun_ms
+    routed = {"dispatched_at": 1_000, "estimated_ms": 40.0}
+    assert estimate_overrun_ms(routed, 1_100.0, serving_since=900.0) == 60.0  # 100 ms taken, 40 estimated
+    assert estimate_overrun_ms(routed, 1_010.0, serving_since=900.0) == -30.0  # earlier than estimated
+    # Routed while the replica was still starting: it waited for the start, not for a queue.
+    assert estimate_overrun_ms(routed, 1_900.0, serving_since=1_500.0) is None
+    assert estimate_overrun_ms(routed, 1_900.0, serving_since=None) is None
