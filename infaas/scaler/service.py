@@ -141,7 +141,6 @@ class Scaler:
         self.stopping: dict[str, int] = {}  # worker id -> asked to stop at
         self.retiring: dict[str, str] = {}  # source variant -> the variant its traffic moved to
         self.first_seen: dict[str, int] = {}  # variant -> when reports first showed it loaded (ms)
-        self.actions_taken: list[dict] = []
         self._stop = threading.Event()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -449,7 +448,6 @@ class Scaler:
         self.producer.poll(0)
         event = scaling_event.to_record()
         self.writer.submit("put_scaling_event", event)
-        self.actions_taken.append(event)
         metrics.SCALING_ACTIONS.labels(action.kind).inc()
 
 
