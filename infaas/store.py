@@ -176,7 +176,20 @@ class Store:
 
     def select(self, cql: str, *params: Any) -> list[dict[str, Any]]:
         cql = cql.replace("{ks}", self.keyspace)
-        return [_plain(row) for row in self.session.execute(self._prepare(cql), params)]
+        result = self.session.execute(self._prepare(cql), params)
+        rows = []
+        while True:
+            page = result.current_rows
+            rows += [_plain(row) for row in page]
+            if isinstance(page, list):
+                # The driver's response future and its (cancelled) timeout timer reference each other, so
+                # the page they hold lives until a full garbage collection. The catalogue is read every few
+                # seconds: those pages piled up and fragmented the heap (the scaler's RSS grew 0.5 MB a
+                # minute, measured). Nothing reads the page after us.
+                page.clear()
+            if not result.has_more_pages:
+                return rows
+            result.fetch_next_page()
 
     def execute(self, cql: str, *params: Any) -> None:
         self.session.execute(self._prepare(cql.replace("{ks}", self.keyspace)), params)
