@@ -241,6 +241,9 @@ def _busiest_host(snapshot: Snapshot, live: VariantLive) -> str | None:
 
 # ---------------------------------------------------------------- model autoscaler: vertical
 
+PER_SLO_KEPT = 64  # SLOs whose columns `TaskArrays.throughput` keeps per task
+
+
 @dataclass(frozen=True)
 class TaskArrays:
     """Per-task columns for the vertical search (profiles only: memoized across snapshots)."""
@@ -287,6 +290,8 @@ class TaskArrays:
                 useful = self.load_useful
             with np.errstate(divide="ignore"):
                 cached = usable, np.where(latency > 0, batch * 1000.0 / latency, np.inf), useful
+            if len(self._per_slo) >= PER_SLO_KEPT:  # SLOs are measured floats: keep the newest, not every one
+                del self._per_slo[next(iter(self._per_slo))]
             self._per_slo[(slo_ms, factor)] = cached
         return cached
 

@@ -187,3 +187,18 @@ def test_no_prefetch_when_no_worker_has_room_for_it():
             "g1": WorkerLive("g1", "gpu-t4", variants={BIG_GPU.variant_id: 1})}
     decision = select(Snapshot(CATALOG, live=lives, workers=full, at_ms=1), request)
     assert decision.variant_id == BIG_GPU.variant_id and decision.prefetch is None and decision.prefetch_on is None
+
+
+def test_the_per_slo_columns_stay_bounded_and_correct_under_measured_slos():
+    """Demand SLOs are measured floats (each query's remaining budget): memoizing every one grew the
+    scaler's memory without bound. Only the newest `PER_SLO_KEPT` are kept, and an evicted SLO is
+    computed again to the same columns."""
+    from infaas.policies.scaling import PER_SLO_KEPT, TaskArrays
+    arrays = TaskArrays.build(list(CATALOG.values()), CONFIG)
+    first = [column.copy() for column in arrays.throughput(150.25, 2.0)]
+    for i in range(10 * PER_SLO_KEPT):
+        arrays.throughput(150.0 + i / 7.0, 2.0)
+    assert len(arrays._per_slo) == PER_SLO_KEPT
+    again = arrays.throughput(150.25, 2.0)
+    for expected, got in zip(first, again, strict=True):
+        assert (expected == got).all()
