@@ -36,6 +36,7 @@ RETIREMENT_MS = 10 * 60 * 1000  # how long a retired variant stays out of select
 # The monitor republishes every loaded variant's state each second; an older record is left over
 # from an earlier run (the topic is compacted, so it stays) and says nothing about now.
 STALE_STATE_MS = 10_000
+FORGET_WORKER_MS = 10 * 60 * 1000  # a worker silent this long is forgotten (it is long gone from snapshots)
 REESTIMATE_S = 0.1  # how often queue estimates are refreshed while a queue is left
 
 
@@ -263,6 +264,7 @@ class SystemView:
                     del self._retiring[variant_id]
                 elif variant_id in live and live[variant_id].status != INACTIVE:
                     live[variant_id] = dataclasses.replace(live[variant_id], status=RETIRING)
+        self._forget_silent_workers(now)
         workers = {wid: w for wid, (seen, w) in list(self._workers.items()) if now - seen <= self.worker_expiry_ms}
         if self.estimate_queues:
             live = self._estimate_queues(live, workers, now)
@@ -273,6 +275,13 @@ class SystemView:
         self.snapshot = snapshot
         if self.on_change:
             self.on_change(snapshot)
+
+    def _forget_silent_workers(self, now: int) -> None:
+        """Drop what was kept about workers silent for `FORGET_WORKER_MS`: each worker an autoscaled
+        deployment ever ran would otherwise stay in memory. One that reports again is learnt again."""
+        for worker_id in [wid for wid, (seen, _) in self._workers.items() if now - seen > FORGET_WORKER_MS]:
+            for kept in (self._workers, self._queues, self._speeds, self._overruns):
+                kept.pop(worker_id, None)
 
     def _estimate_queues(self, live: dict[str, VariantLive], workers: dict, now: int) -> dict[str, VariantLive]:
         """Each loaded variant's queue now (`_queue_now`)."""

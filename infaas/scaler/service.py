@@ -51,6 +51,7 @@ FRESH_FOR_S = 3.0  # after reports resume (Kafka back), judge silent workers onl
 LEASE_NAME = "scaler"
 LEASE_TTL_S = 5  # a dead leader's lease is free this long after its last renewal
 LEASE_MARGIN_S = 2.0  # a leader that cannot renew stops acting this long before its lease may expire
+FORGET_AFTER_MS = 60_000  # a gone or retired worker is forgotten this long after (if it reports again: a worker)
 INITIAL_WORKERS_WAIT_S = 3.0  # how long a new leader waits for reports before starting initial workers
 
 
@@ -249,8 +250,11 @@ class Scaler:
                 self._replace(worker, exited.get(worker_id, "it stopped reporting"))
         now = now_ms()
         for worker_id, since in list(self.gone.items()):
-            if worker_id in reporting and now - since > 60_000:
-                del self.gone[worker_id]  # it came back (a long pause, not a crash): a worker again
+            if now - since > FORGET_AFTER_MS:
+                del self.gone[worker_id]  # back (a long pause, not a crash): a worker again; or never back
+        for worker_id, since in list(self.stopping.items()):
+            if worker_id not in reporting and now - since > FORGET_AFTER_MS:
+                del self.stopping[worker_id]  # stopped: an autoscaled deployment retires workers all the time
         self.known.update({wid: w for wid, w in reporting.items() if wid not in self.gone and wid not in exited})
 
     def _replace(self, worker: WorkerLive, cause: str) -> None:

@@ -190,3 +190,24 @@ def test_the_overrun_counts_only_queries_routed_once_the_replica_served():
     # Routed while the replica was still starting: it waited for the start, not for a queue.
     assert estimate_overrun_ms(routed, 1_900.0, serving_since=1_500.0) is None
     assert estimate_overrun_ms(routed, 1_900.0, serving_since=None) is None
+
+
+def test_the_view_forgets_a_worker_silent_for_ten_minutes_and_learns_it_again(base_settings, monkeypatch):
+    """An autoscaled deployment runs ever new workers: what the view keeps about each must not outlive it."""
+    view, clock = view_of_large(base_settings, monkeypatch, ["w1"])
+    report = worker_report(clock["ms"], queue_len=4)
+    report["variants"][0].update(exec_ms=6.0, service_ms=18.0, avg_batch=1.0, served=5, overrun_ms=12.0)
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", report))
+    view._rebuild()
+    kept = lambda: ["w1" in table for table in (view._workers, view._queues, view._speeds, view._overruns)]  # noqa: E731
+    assert kept() == [True] * 4
+    clock["ms"] += views.FORGET_WORKER_MS - 1_000  # long expired from snapshots, not yet forgotten
+    view._rebuild()
+    assert "w1" not in view.snapshot.workers and kept() == [True] * 4
+    clock["ms"] += 2_000
+    view._rebuild()
+    assert kept() == [False] * 4
+    report["reported_at"] = clock["ms"]
+    view._apply(base_settings.topic("metrics"), CODEC.encode("WorkerReport", report))
+    view._rebuild()
+    assert "w1" in view.snapshot.workers and kept() == [True] * 4
