@@ -279,7 +279,8 @@ class SystemView:
     def _forget_silent_workers(self, now: int) -> None:
         """Drop what was kept about workers silent for `FORGET_WORKER_MS`: each worker an autoscaled
         deployment ever ran would otherwise stay in memory. One that reports again is learnt again."""
-        for worker_id in [wid for wid, (seen, _) in self._workers.items() if now - seen > FORGET_WORKER_MS]:
+        # A copy: the feed thread adds reports while another thread (catalogue, dispatcher) rebuilds.
+        for worker_id in [wid for wid, (seen, _) in list(self._workers.items()) if now - seen > FORGET_WORKER_MS]:
             for kept in (self._workers, self._queues, self._speeds, self._overruns):
                 kept.pop(worker_id, None)
 
