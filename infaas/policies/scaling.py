@@ -31,6 +31,9 @@ SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above,
   scale-down  the peak of the last `peak_window_s`, low for `scale_down_hold_s`, and nothing removed
               while an addition still loads or waits for a worker (one action until its effect shows);
   vertical    never moves a variant whose queries named it (`VariantLive.named`);
+  co-location a light GPU variant (its peak needs at most `gpu_colocation_share` of a replica) reserves
+              that share of a GPU and moves beside other light ones whose SLOs allow waiting for each
+              other's batches; one that is no longer light moves back to a GPU of its own (`colocation`);
   workers     per hardware kind: replicas without room get workers at once (no back-off: a lost
               worker's replicas recover this way), a hot kind one more (backed off per kind and
               direction), a warm pool of idle workers from the recent variability (`warm_pool_size`; CPU only);
@@ -52,6 +55,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..catalog import Variant
+from . import execution
 from .actions import (
     ADD_REPLICA,
     ADD_WORKER,
@@ -65,6 +69,8 @@ from .actions import (
 from .baselines import BaselinePlan
 from .capacity import (
     MIN_USEFUL_SHARE,
+    hardware_of,
+    noise_headroom_rows,
     peak_demand_rows,
     peak_windows,
     replica_price_per_hour,
@@ -127,7 +133,8 @@ def decide(snapshot: Snapshot, config: PolicyConfig, policy: str = INFAAS,
                 actions += move
     for variant_id in scaled:
         if variant_id not in moved:
-            actions += horizontal(snapshot, config, ledger, variant_id)
+            step = colocation(snapshot, config, ledger, variant_id) if policy == INFAAS else []
+            actions += step or horizontal(snapshot, config, ledger, variant_id)
     if policy == INFAAS:
         actions += unload_idle(snapshot, config, exclude=moved)
     keep = set(baseline.variants.values()) if baseline is not None else set()
@@ -157,18 +164,28 @@ class Ledger:
     free_mb: dict[str, float]
     hosted: dict[str, int]
     wanted: dict[str, float]  # hardware -> workers' worth of replicas that found no room (fractional)
+    snapshot: Snapshot | None = None
+    reserved: dict[str, float] = field(default_factory=dict)  # SLO-first: `execution.reserved_share`
+    hosts: dict[str, set[str]] = field(default_factory=dict)  # worker -> the variants it hosts
 
     @classmethod
     def of(cls, snapshot: Snapshot, config: PolicyConfig) -> Ledger:
         workers = dict(snapshot.workers)
         return cls(config, workers, {w: x.utilization for w, x in workers.items()},
                    {w: (x.free_memory_mb if x.memory_budget_mb > 0 else math.inf) for w, x in workers.items()},
-                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, {})
+                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, {}, snapshot,
+                   {w: execution.reserved_share(snapshot, x, config) for w, x in workers.items()},
+                   {w: {v for v, n in x.variants.items() if n > 0} for w, x in workers.items()})
 
     def place(self, variant: Variant, load_fraction: float, exclude: tuple[str, ...] = (),
-              want: bool = True) -> str | None:
-        """The worker for one more replica (None: no room; then, if `want`, a worker of its hardware is wanted)."""
+              want: bool = True, shared_only: bool = False) -> str | None:
+        """The worker for one more replica (None: no room; then, if `want`, a worker of its hardware is wanted).
+        `shared_only`: only a worker that hosts other variants (co-location)."""
         whole = replica_share(variant, self.config)
+        if self.config.slo_first and self.snapshot is not None and execution.light(self.snapshot, variant, self.config):
+            return self._place_light(variant, exclude, want, shared_only)
+        if shared_only:
+            return None
         # SLO-first reserves a replica's whole share: co-located replicas planned at their current load
         # contend as soon as the load rises, which is when their capacity is needed.
         share = whole if self.config.slo_first else whole * min(max(load_fraction, 0.0), 1.0)
@@ -181,9 +198,32 @@ class Ledger:
             return None
         # Ready workers first; then the fullest that still has room (pack before spreading).
         chosen = min(fits, key=lambda w: (not self.workers[w].ready, -self.util[w], w))
+        return self._take(chosen, variant, share)
+
+    def _place_light(self, variant: Variant, exclude: tuple[str, ...], want: bool, shared_only: bool) -> str | None:
+        """A light GPU replica (`execution.light`): on the fullest GPU whose reserved share leaves room for it and
+        whose variants it `can_share` with; else (unless `shared_only`) on an empty one."""
+        snapshot, share = self.snapshot, self.config.gpu_colocation_share
+        assert snapshot is not None
+        fits = [w for w, x in self.workers.items()
+                if x.hardware == variant.hardware and w not in exclude and self.free_mb[w] >= variant.peak_memory_mb
+                and self.reserved.get(w, 0.0) + share <= 1.0 + 1e-9
+                and ((self.hosts[w] - {variant.variant_id}
+                      and execution.can_share(snapshot, variant, self.hosts[w], self.config))
+                     or (not shared_only and not self.hosts[w]))]
+        if not fits:
+            if want:
+                self.wanted[variant.hardware] = self.wanted.get(variant.hardware, 0.0) + share
+            return None
+        chosen = min(fits, key=lambda w: (not self.workers[w].ready, -self.reserved.get(w, 0.0), w))
+        return self._take(chosen, variant, share)
+
+    def _take(self, chosen: str, variant: Variant, share: float) -> str:
         self.util[chosen] += share
+        self.reserved[chosen] = self.reserved.get(chosen, 0.0) + share
         self.free_mb[chosen] -= variant.peak_memory_mb
         self.hosted[chosen] += 1
+        self.hosts.setdefault(chosen, set()).add(variant.variant_id)
         return chosen
 
 
@@ -237,6 +277,59 @@ def _add_replica(ledger: Ledger, variant: Variant, load: float, before: int, rea
 def _busiest_host(snapshot: Snapshot, live: VariantLive) -> str | None:
     hosts = [w for w in live.workers if w in snapshot.workers]
     return max(hosts, key=lambda w: (snapshot.workers[w].utilization, w), default=None)
+
+
+# ---------------------------------------------------------------- GPU co-location
+
+def colocation(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_id: str) -> list[Action]:
+    """SLO-first GPU co-location (`execution.light`), one step at a time, each once the last one's replica
+    serves (nothing loading or waiting for a worker):
+      * a light variant alone on a GPU, loaded for `scale_down_hold_s`, gets a replica on a GPU it can share
+        (`Ledger.place`, fullest first; only onto one that reserves more than its own, or as much and sorts
+        first, so that two light variants alone never swap);
+      * once that serves, its replica on the GPU it had alone goes (the VM autoscaler removes the empty GPU);
+      * a variant no longer light with a replica on a shared GPU: that replica goes once its other replicas
+        carry its demand; before that, it gets a replica on a GPU of its own (the load rose: the variants it
+        shares with must not wait for its batches)."""
+    variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
+    if (not config.slo_first or config.gpu_colocation_share <= 0 or hardware_of(variant, config).kind == "cpu"
+            or live.loading or live.unplaced or live.moving_to):
+        return []
+    hosts = [w for w in live.workers if w in snapshot.workers]
+    shared = [w for w in hosts if any(n > 0 and v != variant_id for v, n in snapshot.workers[w].variants.items())]
+    alone = [w for w in hosts if w not in shared]
+    replicas = live.replicas
+    if execution.light(snapshot, variant, config):
+        if shared and alone:
+            return [Action(REMOVE_REPLICA, f"light: it serves on {shared[0]}, shared; the GPU it had alone goes",
+                           variant_id, worker_id=alone[0], hardware=variant.hardware, from_count=replicas,
+                           to_count=replicas - 1)]
+        if (len(alone) != 1 or shared or replicas != 1 or not execution.light(snapshot, variant, config, entering=True)
+                or snapshot.at_ms - live.loaded_at_ms < config.scale_down_hold_s * 1000):
+            return []
+        own = alone[0]
+        mine = ledger.reserved.get(own, 0.0)
+        exclude = tuple(w for w in ledger.workers if w == own or (ledger.reserved.get(w, 0.0), own) < (mine, w))
+        target = ledger.place(variant, 0.0, exclude=exclude, want=False, shared_only=True)
+        if target is None:
+            return []
+        return [Action(ADD_REPLICA, f"light (its peak needs <= {config.gpu_colocation_share / 2:g} of a replica): "
+                       f"co-located on {target}, which it can share", variant_id, worker_id=target,
+                       hardware=variant.hardware, from_count=replicas, to_count=replicas + 1)]
+    if not shared:
+        return []
+    slo = live.demand_slo_ms
+    recent = snapshot.demand.get(variant_id, ())
+    demand = max(scale_up_demand(live, recent, config),
+                 peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+                 + noise_headroom_rows(live.qps, live.avg_rows, config))
+    on_own = replicas - sum(snapshot.workers[w].variants.get(variant_id, 0) for w in shared)
+    if on_own >= replicas_for(variant, demand, config, slo):
+        return [Action(REMOVE_REPLICA, f"no longer light ({demand:.1f} rows/s): its {on_own} replica(s) on GPUs of "
+                       f"their own carry it; the one on shared {shared[0]} goes", variant_id, worker_id=shared[0],
+                       hardware=variant.hardware, from_count=replicas, to_count=replicas - 1)]
+    return [_add_replica(ledger, variant, 1.0, replicas, f"no longer light ({demand:.1f} rows/s): a replica on a "
+                         f"GPU of its own, off shared {shared[0]}", exclude=tuple(shared))]
 
 
 # ---------------------------------------------------------------- model autoscaler: vertical

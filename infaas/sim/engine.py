@@ -27,6 +27,8 @@ Model (times in ms):
     or one GPU; each replica uses its share while busy. The offered busy share of a worker over a
     tick (a backlogged replica counts as fully busy) is its utilization; above 1 it slows every
     batch on the worker by that factor in the next tick, which the monitor then sees as interference.
+    A GPU runs one batch at a time: on a GPU shared by several replicas, a batch waits, with the chance
+    that the others were busy in the last tick, for a uniform share of their mean batch (`_gpu_waits`).
   * Cost: every worker is billed per second it exists, starting or started, at the hardware's
     `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU), and for
     at least `billing_minimum_s` (60 s, as EC2 bills) from its start.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
 from bisect import bisect_right
 from collections import Counter, deque
@@ -101,11 +104,14 @@ class SimWorker:
 
 
 class SimReplica:
-    __slots__ = ("sim_variant", "worker", "units", "ready_at", "free_at", "busy")
+    __slots__ = ("sim_variant", "worker", "units", "ready_at", "free_at", "busy", "runs", "wait_p", "wait_ms")
 
     def __init__(self, sim_variant: SimVariant, worker: SimWorker, units: int, ready_at: float):
         self.sim_variant, self.worker, self.units = sim_variant, worker, units
-        self.ready_at, self.free_at, self.busy = ready_at, ready_at, 0.0
+        self.ready_at, self.free_at, self.busy, self.runs = ready_at, ready_at, 0.0, 0
+        # On a GPU shared with other replicas: the chance that one of their batches runs when this one's
+        # starts, and their mean batch time, from the last tick (`_gpu_waits`).
+        self.wait_p, self.wait_ms = 0.0, 0.0
 
 
 class SimVariant:
@@ -240,6 +246,7 @@ class Simulator:
         self.catalog = {v.variant_id: v for v in variants}
         self.workload = workload
         self.rng = np.random.default_rng(self.options.seed)
+        self.draw = random.Random(self.options.seed).random  # per batch on a shared GPU: cheaper than numpy's
         self.sim_variants: dict[str, SimVariant] = {}
         self.by_index: list[SimVariant] = []
         self.workers: dict[str, SimWorker] = {}
@@ -586,10 +593,10 @@ class Simulator:
     def _serve(self, end: float) -> None:
         for sv in self.by_index:
             if sv.head < len(sv.queue_at) and sv.replicas:
-                self._serve_variant(sv, end)
+                self._serve_variant(sv, end, self.draw)
 
     @staticmethod
-    def _serve_variant(sv: SimVariant, end: float) -> None:
+    def _serve_variant(sv: SimVariant, end: float, draw) -> None:
         """Each free replica runs the next batch of what has arrived (`batching.next_run`: up to the batch
         size, never waiting for more); the queries whose deadline passed before it could start are answered
         without running. Those are moved ahead of the batch in the queue, so that every batch and every
@@ -616,9 +623,12 @@ class Simulator:
                 replica = replicas[k]
                 base = latency[len(batch)] * sv.slowdown + sv.overhead_ms
                 finish = start + base * replica.worker.factor
+                if replica.wait_p and draw() < replica.wait_p:  # a GPU runs one batch at a time
+                    finish += draw() * replica.wait_ms
                 finishes.append(finish)
                 sizes.append(len(batch))
                 replica.busy += base
+                replica.runs += 1
                 exec_sum += finish - start
                 ran += 1
                 heapq.heapreplace(heap, (finish, k))
@@ -654,9 +664,29 @@ class Simulator:
                 changes.append((second, count))
         for worker in self.workers.values():
             offered = 0.0
+            if worker.hardware != "cpu":
+                self._gpu_waits(worker)
             for replica in worker.replicas:
                 backlogged = replica.sim_variant.queued > 0 and replica.ready_at <= end
                 share = 1.0 if backlogged else min(replica.busy / self.options.tick_ms, 1.0)
                 offered += share * replica.units / worker.units
-                replica.busy = 0.0
+                replica.busy, replica.runs = 0.0, 0
             worker.util, worker.factor = min(offered, 1.0), max(offered, 1.0)
+
+    def _gpu_waits(self, worker: SimWorker) -> None:
+        """Replicas sharing a GPU: one GPU runs one batch at a time, so a batch that starts while another
+        replica's runs waits for the rest of it. Each replica's chance of that in the next tick is the share of
+        the last tick the others were busy, and the wait a uniform share of their mean batch time. (Above full
+        use, the worker's contention factor slows every batch as well.)"""
+        tick = self.options.tick_ms
+        if len(worker.replicas) < 2:
+            for replica in worker.replicas:
+                replica.wait_p = 0.0
+            return
+        busy = [min(r.busy / tick, 1.0) for r in worker.replicas]
+        total_busy = sum(r.busy for r in worker.replicas)
+        total_runs = sum(r.runs for r in worker.replicas)
+        for replica, mine in zip(worker.replicas, busy, strict=True):
+            runs = total_runs - replica.runs
+            replica.wait_p = min(sum(busy) - mine, 1.0)
+            replica.wait_ms = (total_busy - replica.busy) / runs if runs else 0.0
