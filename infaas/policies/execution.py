@@ -81,12 +81,16 @@ def can_share(snapshot: Snapshot, variant: Variant, hosted: Iterable[str], confi
     """Whether the variant may join a GPU that runs the `hosted` variants: all light, and each one's SLO
     leaves time to wait for a batch of every one of them (one GPU runs one batch at a time), its own
     included, and then to run its own: `latency(b) + sum of latency(b) <= SLO` for each."""
-    group = [variant] + [snapshot.variants[v] for v in hosted if v != variant.variant_id and v in snapshot.variants]
-    if len(group) - 1 < sum(1 for v in hosted if v != variant.variant_id) or not all(light(snapshot, v, config) for v in group):
+    others = [v for v in hosted if v != variant.variant_id]
+    if any(v not in snapshot.variants for v in others):
+        return False  # a variant the snapshot does not know: its batches cannot be timed
+    group = [variant, *(snapshot.variants[v] for v in others)]
+    if not all(light(snapshot, v, config) for v in group):
         return False
     runs = [batch_run_ms(snapshot, v, config) for v in group]
     total = sum(runs)
-    return all(run + total <= snapshot.live_of(v.variant_id).strictest_slo_ms for v, run in zip(group, runs, strict=True))
+    slos = [snapshot.live_of(v.variant_id).strictest_slo_ms for v in group]
+    return all(run + total <= slo for run, slo in zip(runs, slos, strict=True))
 
 
 def worker_with_room(snapshot: Snapshot, variant: Variant, starting: bool = False) -> WorkerLive | None:

@@ -70,6 +70,8 @@ def test_no_sharing_where_an_slo_leaves_no_time_to_wait_for_the_other_batches():
     view = snap(lives, [gpu("g1", a=1)])
     assert not execution.can_share(view, B, ["a:ort:gpu-t4:b1"])
     assert execution.worker_with_room(view, B) is None
+    # Nor beside a variant the snapshot does not know: its batches cannot be timed.
+    assert not execution.can_share(snap({B.variant_id: state(2.0)}, []), B, ["gone:ort:gpu-t4:b1"])
     ledger = Ledger.of(view, CONFIG)
     assert ledger.place(B, 0.0, shared_only=True, want=False) is None
 
