@@ -292,7 +292,7 @@ def colocation(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
         carry its demand; before that, it gets a replica on a GPU of its own (the load rose: the variants it
         shares with must not wait for its batches)."""
     variant, live = snapshot.variants[variant_id], snapshot.live_of(variant_id)
-    if (not config.slo_first or config.gpu_colocation_share <= 0 or hardware_of(variant, config).kind == "cpu"
+    if (not config.slo_first or not 0 < config.gpu_colocation_share < 1 or hardware_of(variant, config).kind == "cpu"
             or live.loading or live.unplaced or live.moving_to):
         return []
     hosts = [w for w in live.workers if w in snapshot.workers]
@@ -313,7 +313,7 @@ def colocation(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
         target = ledger.place(variant, 0.0, exclude=exclude, want=False, shared_only=True)
         if target is None:
             return []
-        return [Action(ADD_REPLICA, f"light (its peak needs <= {config.gpu_colocation_share / 2:g} of a replica): "
+        return [Action(ADD_REPLICA, f"light (its peak needs <= {config.gpu_colocation_share * execution.ENTER_SHARE:g} of a replica): "
                        f"co-located on {target}, which it can share", variant_id, worker_id=target,
                        hardware=variant.hardware, from_count=replicas, to_count=replicas + 1)]
     if not shared:
