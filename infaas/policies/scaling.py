@@ -162,18 +162,20 @@ class Ledger:
     workers: dict[str, WorkerLive]
     util: dict[str, float]
     free_mb: dict[str, float]
-    hosts: dict[str, set[str]]  # worker -> the variants it hosts
+    hosted: dict[str, int]
     wanted: dict[str, float]  # hardware -> workers' worth of replicas that found no room (fractional)
     snapshot: Snapshot | None = None
     reserved: dict[str, float] = field(default_factory=dict)  # SLO-first: `execution.reserved_share`
+    hosts: dict[str, set[str]] = field(default_factory=dict)  # worker -> the variants it hosts
 
     @classmethod
     def of(cls, snapshot: Snapshot, config: PolicyConfig) -> Ledger:
         workers = dict(snapshot.workers)
         return cls(config, workers, {w: x.utilization for w, x in workers.items()},
                    {w: (x.free_memory_mb if x.memory_budget_mb > 0 else math.inf) for w, x in workers.items()},
-                   {w: {v for v, n in x.variants.items() if n > 0} for w, x in workers.items()}, {}, snapshot,
-                   {w: execution.reserved_share(snapshot, x, config) for w, x in workers.items()})
+                   {w: sum(1 for n in x.variants.values() if n > 0) for w, x in workers.items()}, {}, snapshot,
+                   {w: execution.reserved_share(snapshot, x, config) for w, x in workers.items()},
+                   {w: {v for v, n in x.variants.items() if n > 0} for w, x in workers.items()})
 
     def place(self, variant: Variant, load_fraction: float, exclude: tuple[str, ...] = (),
               want: bool = True, shared_only: bool = False) -> str | None:
@@ -189,7 +191,7 @@ class Ledger:
         share = whole if self.config.slo_first else whole * min(max(load_fraction, 0.0), 1.0)
         fits = [w for w, x in self.workers.items()
                 if x.hardware == variant.hardware and w not in exclude and self.free_mb[w] >= variant.peak_memory_mb
-                and (not self.hosts[w] or self.util[w] + share <= self.config.worker_util_high)]
+                and (self.hosted[w] == 0 or self.util[w] + share <= self.config.worker_util_high)]
         if not fits:
             if want:
                 self.wanted[variant.hardware] = self.wanted.get(variant.hardware, 0.0) + whole
@@ -220,7 +222,8 @@ class Ledger:
         self.util[chosen] += share
         self.reserved[chosen] = self.reserved.get(chosen, 0.0) + share
         self.free_mb[chosen] -= variant.peak_memory_mb
-        self.hosts[chosen].add(variant.variant_id)
+        self.hosted[chosen] += 1
+        self.hosts.setdefault(chosen, set()).add(variant.variant_id)
         return chosen
 
 
@@ -637,7 +640,7 @@ def slo_first_workers(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, 
     actions = []
     for kind in kinds:
         of_kind = [w for w in snapshot.workers.values() if w.hardware == kind]
-        idle = sum(1 for w in of_kind if not ledger.hosts.get(w.worker_id))
+        idle = sum(1 for w in of_kind if ledger.hosted.get(w.worker_id, 0) == 0)
         pool = warm_pool_size(snapshot, config, kind, in_use=len(of_kind) - idle)
         count, reasons = math.ceil(wanted.get(kind, 0.0) - 1e-9), []
         if count:

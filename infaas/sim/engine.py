@@ -43,7 +43,7 @@ import random
 import time
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -596,7 +596,7 @@ class Simulator:
                 self._serve_variant(sv, end, self.draw)
 
     @staticmethod
-    def _serve_variant(sv: SimVariant, end: float, draw: Callable[[], float]) -> None:
+    def _serve_variant(sv: SimVariant, end: float, draw) -> None:
         """Each free replica runs the next batch of what has arrived (`batching.next_run`: up to the batch
         size, never waiting for more); the queries whose deadline passed before it could start are answered
         without running. Those are moved ahead of the batch in the queue, so that every batch and every
@@ -684,9 +684,9 @@ class Simulator:
                 replica.wait_p = 0.0
             return
         busy = [min(r.busy / tick, 1.0) for r in worker.replicas]
-        all_busy, total_busy_ms = sum(busy), sum(r.busy for r in worker.replicas)
+        total_busy = sum(r.busy for r in worker.replicas)
         total_runs = sum(r.runs for r in worker.replicas)
         for replica, mine in zip(worker.replicas, busy, strict=True):
             runs = total_runs - replica.runs
-            replica.wait_p = min(all_busy - mine, 1.0)
-            replica.wait_ms = (total_busy_ms - replica.busy) / runs if runs else 0.0
+            replica.wait_p = min(sum(busy) - mine, 1.0)
+            replica.wait_ms = (total_busy - replica.busy) / runs if runs else 0.0
