@@ -20,7 +20,10 @@
    adding replicas.
 7. Only when nothing loaded meets the accuracy: the cheapest cold variant whose inference meets
    the SLO, so the task gets one.
-   INTERFERED variants never get new queries.
+8. INTERFERED variants get new queries only when nothing else answers the query: at the speed
+   their replicas were measured, within the SLO. INFaaS gives them none; where nothing else can
+   take the class, that refused queries an interfered variant served in time (a 60 s SLO
+   refused while 3 replicas shared 2 cores, measured live).
 
 Step 3 scans the (few) loaded variants in Python; step 4 is a vectorized scan over a per-task
 index precomputed when profiles change, so a decision is O(candidates) with a small constant.
@@ -189,12 +192,13 @@ class LiveIndex:
 
 def wait_ms(variant: Variant, live: VariantLive) -> float:
     """The queue ahead, drained by the replicas that serve now (not those still loading), the query's own
-    run slowed as the replicas were observed (`own_run_slowing_ms`), and the load (at most `load_ms` more)
-    while none of its replicas serves yet."""
+    run slowed as the replicas were observed (`own_run_slowing_ms`; an INTERFERED variant's always, as its
+    state says they run slow), and the load (at most `load_ms` more) while none of its replicas serves yet."""
     serving = live.serving_replicas
     loading = variant.load_ms if live.replicas > 0 and serving <= 0 else 0.0
+    slowed = live.queue_len > 0 or live.status == INTERFERED
     return (queue_wait_ms(variant, live.queue_len, max(serving, 1), live.batch_ms)
-            + own_run_slowing_ms(variant, live.queue_len, live.batch_ms) + loading)
+            + (own_run_slowing_ms(variant, live.batch_ms) if slowed else 0.0) + loading)
 
 
 def admission_margin_ms(live: VariantLive) -> float:
@@ -211,13 +215,12 @@ def capacity_starting(live: VariantLive) -> bool:
     return live.loading > 0 or live.unplaced > 0
 
 
-def own_run_slowing_ms(variant: Variant, queue_len: int, batch_ms: float) -> float:
+def own_run_slowing_ms(variant: Variant, batch_ms: float) -> float:
     """What a query behind a queue adds to its own profiled run (one row) at the speed the replicas were
     observed at: on contended cores the queue ahead drains slower, and so does the query's own run;
     counting only the former admitted queries that then answered OK but after their SLO (15-33 of a
-    3x overload phase). An empty queue adds nothing: see `slowdown`."""
-    if queue_len <= 0:
-        return 0.0
+    3x overload phase). Behind an empty queue it is not counted (see `slowdown`), unless the variant
+    is INTERFERED (`wait_ms`)."""
     return (slowdown(variant, batch_ms) - 1.0) * variant.latency_at(1)
 
 
@@ -371,6 +374,10 @@ def select(snapshot: Snapshot, request: Request) -> Decision:
         cold = _load_cold(snapshot, index, live, head, bounds, cost, latency, batch)
         if cold is not None:
             return cold
+    best = _best_loaded(live, accurate, batch, slo, max_cost, cost, None, INTERFERED)
+    if best is not None:
+        return Decision(OK, best[0].variant_id, "interfered variant, at the speed it was measured (no other "
+                        "meets the requirements)", best[1])
     return _infeasible(index, latency, batch, accurate, min_acc, slo, max_cost)
 
 
@@ -495,7 +502,7 @@ def _infeasible(index: CandidateIndex, latency: np.ndarray, batch: int, accurate
             else f"no variant answers within {slo:g} ms",
             f"fastest latency at accuracy >= {min_acc:g} is {fastest:.2f} ms" if fastest is not None
             else f"no variant reaches accuracy {min_acc:g} (best: {best_any:.4f})"))
-    reason = "no variant meets accuracy >= {:g}, latency <= {:g} ms, cost <= {:g} (interfered ones excluded): {}"
+    reason = "no variant meets accuracy >= {:g}, latency <= {:g} ms, cost <= {:g} (interfered ones at their measured speed): {}"
     return Decision(NO_FEASIBLE_VARIANT, reason=reason.format(min_acc, slo, max_cost, explanation),
                     best_accuracy_within_slo=best_acc, fastest_latency_ms=fastest)
 

@@ -91,12 +91,17 @@ def test_a_queue_estimate_adds_what_was_routed_and_drains_at_full_batches():
     assert estimated_queue(replace(LARGE, slope_ms=0.0, intercept_ms=0.0), 1, 5, 5, 1.0) == 0  # instant: empty
 
 
-def test_interfered_variants_never_get_queries():
-    live = {LARGE.variant_id: VariantLive(INTERFERED, 1)}
-    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.97))
-    assert decision.status == NO_FEASIBLE_VARIANT
+def test_interfered_variants_get_queries_only_when_nothing_else_answers():
     live = {SMALL.variant_id: VariantLive(INTERFERED, 1)}
     assert select(snapshot(live), Request("demo", task="digits")).variant_id != SMALL.variant_id
+    # LARGE is the only variant accurate enough, measured 4x slower than its profile (13 ms a batch of 8).
+    live = {LARGE.variant_id: VariantLive(INTERFERED, 1, batch_ms=52.0)}
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.97, latency_ms=100.0))
+    assert decision.status == OK and decision.variant_id == LARGE.variant_id and "interfered" in decision.reason
+    assert decision.estimated_ms == pytest.approx(4 * LARGE.latency_at(1))  # its own run, at the measured speed
+    # 20 ms meets the profile (6 ms) but not the measured speed (24 ms): refused, not sent to be late.
+    decision = select(snapshot(live), Request("demo", task="digits", min_accuracy=0.97, latency_ms=20.0))
+    assert decision.status == NO_FEASIBLE_VARIANT
 
 
 def test_overloaded_is_the_last_resort():
