@@ -90,6 +90,12 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_events)
 
+    p = sub.add_parser("trace", help="where a query is: sent, routed, answered, or lost on the way")
+    p.add_argument("query_id", help="the query's id (QueryResult.query_id, or the one given to submit)")
+    p.add_argument("--since-min", type=float, default=10.0, help="look at messages from this many minutes back")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_trace)
+
     p = sub.add_parser("demo", help="stack + zoo + pipeline + a trace with mixed requirements, with a dashboard")
     p.add_argument("--duration", type=float, default=150.0, help="seconds of load")
     p.add_argument("--qps", type=float, default=40.0, help="mean queries per second")
@@ -347,6 +353,22 @@ def cmd_events(args, settings) -> int:
                       f"{e['from_count']}->{e['to_count']}", e["reason"])
     Console().print(table)
     return 0
+
+
+def cmd_trace(args, settings) -> int:
+    from dataclasses import asdict
+
+    from ..store import now_ms
+    from ..tracing import trace_query
+    from . import UserFacingError
+    if args.since_min <= 0:
+        raise UserFacingError(f"--since-min must be positive, not {args.since_min:g}")
+    found = trace_query(settings, args.query_id, since_ms=now_ms() - int(args.since_min * 60_000))
+    if args.json:
+        print(json.dumps({**asdict(found), "verdict": found.verdict()}))
+    else:
+        print("\n".join(found.lines()))
+    return 0 if found.answered else 1
 
 
 def cmd_demo(args, settings) -> int:

@@ -71,6 +71,19 @@ def test_predictions_equal_direct_onnxruntime(settings, client, zoo, validation)
         assert result.prediction.shape == (1,)
 
 
+def test_an_answered_query_is_traced_through_its_variant(settings, client, validation):
+    from infaas.store import now_ms
+    from infaas.tracing import trace_query
+    inputs, _ = validation
+    since = now_ms() - 1000
+    result = client.query(inputs[:1], task=TASK)
+    assert result.ok, result.error
+    found = trace_query(settings, result.query_id, since_ms=since)
+    assert found.verdict() == "answered (OK)", found.lines()
+    assert len(found.sent) == 1 and found.sent[0].topic == settings.topic("queries")
+    assert [h.topic for h in found.routed] == [settings.variant_topic(result.variant)]
+
+
 def test_requirements_steer_the_choice(client, zoo, validation):
     _, variants = zoo
     inputs, _ = validation
