@@ -4,9 +4,8 @@ Imported (`aggregate_profiled.csv`): `imported.load_proteus_profiles` with CPU v
 CPU worker (`threads` = the catalogue's CPU `worker_units`, 2 vCPUs), since the file does not say how
 many cores Proteus measured on; this is optimistic for CPU variants and is stated in the report.
 
-Servable: variants whose linear latency model is positive at batch 1 and at their own batch. The
-single least-squares fit per model and accelerator goes negative for the YOLOv5 CPU profiles (their
-batch-16 latency is super-linear), which would make them look free; they are left out.
+Servable: variants whose linear latency model is positive at batch 1 and at their own batch (a fit
+that would go negative is taken through the origin instead, `proteus_profiles.linear_fit`).
 
 Synthetic (`synthetic_catalogue`, about 4,400 variants; `source="synthetic"`, ids carry the
 optimizer): derived from the Proteus profiles to give the scale of INFaaS's 4,032-variant zoo, for
@@ -69,9 +68,10 @@ def load_catalogue(spec: str, settings=None, hardware_catalog: str | None = None
 
 def synthetic_catalogue(csv_path: str | Path, hardware_catalog: str | None = None) -> list[Variant]:
     measured = load_imported(csv_path, hardware_catalog)
-    fits: dict[tuple[str, str], Variant] = {}
+    fits: dict[tuple[str, str], Variant] = {}  # the largest batch's: its fit spans every measured batch size
     for v in measured:
-        fits.setdefault((v.model, v.hardware), v)
+        if v.batch_size > fits.get((v.model, v.hardware), v).batch_size or (v.model, v.hardware) not in fits:
+            fits[(v.model, v.hardware)] = v
     by_id = {v.variant_id: v for v in measured}
     threads_full = cpu_worker_threads(hardware_catalog)
     for (_, hw), base in sorted(fits.items()):

@@ -29,6 +29,8 @@ Model (times in ms):
     batch on the worker by that factor in the next tick, which the monitor then sees as interference.
     A GPU runs one batch at a time: on a GPU shared by several replicas, a batch waits, with the chance
     that the others were busy in the last tick, for a uniform share of their mean batch (`_gpu_waits`).
+  * A run's time varies around the profile's median as a lognormal whose tail is the profiled one
+    (`service_spread`; `SimOptions.service_variance`).
   * Cost: every worker is billed per second it exists, starting or started, at the hardware's
     `worker_price_per_hour` (a CPU worker has `worker_units` vCPUs; a GPU worker is one GPU), and for
     at least `billing_minimum_s` (60 s, as EC2 bills) from its start.
@@ -45,6 +47,7 @@ from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 
@@ -88,6 +91,25 @@ class SimOptions:
     # speeds its replicas measured (`replay.measured_service_times`): the model slower on shared cores,
     # and a fixed cost per run (results produced) that a factor alone would scale with the batch.
     service_times: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Runs vary as profiled: a run's time is the median's x a lognormal factor whose tail is the profile's
+    # (`service_spread`). False: every run takes the median's (the profile's linear fit).
+    service_variance: bool = True
+
+
+# The percentile a profile's `latency_p99_ms` holds, by the profile's source: the Proteus file gives the 90th
+# (`proteus_profiles`); our profiler measures the 99th, and a synthetic variant states its 99th as 1.1x.
+TAIL_PERCENTILE = {"imported": 90.0}
+
+
+def service_spread(variant: Variant) -> float:
+    """The sigma of a run's time around the profile's median, taken as lognormal (a median of 1, and the
+    profiled tail at its percentile): `ln(tail / median) / z`. 0 (every run the median) when the profile has
+    no tail above its median."""
+    median, tail = variant.latency_p50_ms, variant.latency_p99_ms
+    if median <= 0 or tail <= median:
+        return 0.0
+    percentile = TAIL_PERCENTILE.get(variant.source, 99.0)
+    return math.log(tail / median) / NormalDist().inv_cdf(percentile / 100.0)
 
 
 class SimWorker:
@@ -121,6 +143,7 @@ class SimVariant:
         self.variant, self.index, self.batch = variant, index, variant.batch_size
         self.latency = batching.run_latencies(variant)
         self.slowdown, self.overhead_ms = 1.0, 0.0  # a run: latency x slowdown + overhead (`SimOptions.service_times`)
+        self.spread = 0.0  # and x a lognormal factor of this sigma (`service_spread`)
         self.queue_at: list[float] = []  # arrival times, from `head` on still waiting
         self.queue_ids: list[int] = []  # their query indices
         self.queue_deadline: list[float] = []  # their deadlines (arrival + SLO)
@@ -247,6 +270,7 @@ class Simulator:
         self.workload = workload
         self.rng = np.random.default_rng(self.options.seed)
         self.draw = random.Random(self.options.seed).random  # per batch on a shared GPU: cheaper than numpy's
+        self.vary = random.Random(self.options.seed + 1).lognormvariate  # a run's factor (`service_spread`)
         self.sim_variants: dict[str, SimVariant] = {}
         self.by_index: list[SimVariant] = []
         self.workers: dict[str, SimWorker] = {}
@@ -400,6 +424,7 @@ class Simulator:
         if sv is None:
             sv = SimVariant(self.catalog[variant_id], len(self.by_index), self.options.demand_window)
             sv.slowdown, sv.overhead_ms = self.options.service_times.get(variant_id, (1.0, 0.0))
+            sv.spread = service_spread(sv.variant) if self.options.service_variance else 0.0
             self.sim_variants[variant_id] = sv
             self.by_index.append(sv)
         return sv
@@ -593,10 +618,10 @@ class Simulator:
     def _serve(self, end: float) -> None:
         for sv in self.by_index:
             if sv.head < len(sv.queue_at) and sv.replicas:
-                self._serve_variant(sv, end, self.draw)
+                self._serve_variant(sv, end, self.draw, self.vary)
 
     @staticmethod
-    def _serve_variant(sv: SimVariant, end: float, draw) -> None:
+    def _serve_variant(sv: SimVariant, end: float, draw, vary) -> None:
         """Each free replica runs the next batch of what has arrived (`batching.next_run`: up to the batch
         size, never waiting for more); the queries whose deadline passed before it could start are answered
         without running. Those are moved ahead of the batch in the queue, so that every batch and every
@@ -621,7 +646,7 @@ class Simulator:
                 sizes.append(len(late))
             if batch:
                 replica = replicas[k]
-                base = latency[len(batch)] * sv.slowdown + sv.overhead_ms
+                base = latency[len(batch)] * sv.slowdown * (vary(0.0, sv.spread) if sv.spread else 1.0) + sv.overhead_ms
                 finish = start + base * replica.worker.factor
                 if replica.wait_p and draw() < replica.wait_p:  # a GPU runs one batch at a time
                     finish += draw() * replica.wait_ms

@@ -244,10 +244,11 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         "Simulator: `infaas/sim/engine.py` (1 s monitor/scaler tick, dispatcher decisions per request class every "
         f"{options.route_ms} ms on the live dispatcher's queue estimate, "
         "deadline-bounded dynamic batching, contention between co-located replicas, a batch on a shared GPU waiting "
-        "for the others' with the chance they were busy in the last tick, a 60 s billing minimum per "
+        "for the others' with the chance they were busy in the last tick, run times varying around the profile's "
+        "median as a lognormal with the profiled tail (the Proteus file's 90th percentile; no variance where "
+        "it is blank), a 60 s billing minimum per "
         "worker). Assumptions not yet modelled: load times are 1 s (CPU) and 2 s (GPU) for every Proteus model "
-        "(INFaaS reports 0.6-11 s by model size), service times are the profile's median fit with no variance, "
-        "co-location ignores memory (the profiles give none); seed "
+        "(INFaaS reports 0.6-11 s by model size), co-location ignores memory (the profiles give none); seed "
         f"{options.seed} (the goal table: every seed). Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
     ]
 

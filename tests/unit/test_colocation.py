@@ -152,5 +152,5 @@ def test_the_simulator_applies_the_wait_to_batches_on_a_shared_gpu():
     sv.replicas, shared.replicas = [replica], [replica]
     sv.queue_at, sv.queue_ids, sv.queue_deadline = [0.0], [0], [300.0]
     replica.wait_p, replica.wait_ms = 1.0, 100.0
-    Simulator._serve_variant(sv, 1000.0, lambda: 0.5)  # always waits, for half of the others' batch
+    Simulator._serve_variant(sv, 1000.0, lambda: 0.5, lambda *_: 1.0)  # always waits, for half of the others' batch
     assert sv.batch_finish == [pytest.approx(40.0 + 50.0)]

@@ -73,3 +73,50 @@ def test_the_goal_table_says_which_goals_are_met():
     beyond = {0: {"fluctuating-low": {**bounds[0]["fluctuating-low"], "best_packed": 20.0}}}
     cheap = {"infaas": _run(0.001, 20.0), "static": _run(0.002, 25.0), "replica-only": _run(0.01, 12.0)}
     assert "**no** (goal > best packed) |" in "\n".join(goal_section({0: {"fluctuating-low": cheap}}, beyond))
+
+
+def test_the_service_spread_reads_the_tail_at_the_percentile_its_source_holds():
+    from dataclasses import replace
+
+    from infaas.sim.engine import service_spread
+    measured = replace(CPU_B1, latency_p50_ms=100.0, latency_p99_ms=200.0)
+    assert service_spread(measured) == pytest.approx(np.log(2.0) / 2.3263, rel=1e-3)  # our profiler: the 99th
+    imported = replace(measured, source="imported")
+    assert service_spread(imported) == pytest.approx(np.log(2.0) / 1.2816, rel=1e-3)  # Proteus: the 90th
+    assert service_spread(replace(measured, latency_p99_ms=100.0)) == 0.0  # no tail: every run the median
+    assert service_spread(replace(measured, latency_p50_ms=0.0)) == 0.0
+
+
+def test_runs_vary_as_the_profiled_tail_and_not_without_it():
+    from dataclasses import replace
+
+    from tests.unit.test_sim_engine import run, trace
+    tailed = replace(CPU_B1, latency_p50_ms=100.0, latency_p99_ms=200.0)  # 100 ms median, 200 ms at the 99th
+    arrivals = np.arange(0, 4_000_000, 1000.0)  # one query a second: no queue, a query's latency is its run
+    sim, _ = run([tailed], [trace(arrivals, slo=10_000.0)])
+    latency = sim.finish - sim.workload.arrival_ms
+    assert np.median(latency) == pytest.approx(100.0, rel=0.03)
+    assert np.percentile(latency, 99) == pytest.approx(200.0, rel=0.12)
+    sim, _ = run([tailed], [trace(arrivals, slo=10_000.0)], service_variance=False)
+    assert np.allclose(sim.finish - sim.workload.arrival_ms, 100.0)
+
+
+def test_the_proteus_import_fits_each_variant_to_its_own_batch_sizes_and_keeps_the_90th_percentile(tmp_path):
+    from infaas.proteus_profiles import load_proteus_profiles
+    (tmp_path / "model_variants").mkdir()
+    (tmp_path / "model_variants" / "resnet.csv").write_text("resnet18,100\n")
+    header = "Model,Accel,Trials,batchsize,50th_pct,90th_pct,avg_latency(ms),Min,Max,Accuracy,Normalized_Accuracy"
+    rows = ["resnet18,onnxruntime_gpu_pascal,1000,1,2.0,2.2,2.1,1.9,9.0,69.8,100",
+            "resnet18,onnxruntime_gpu_pascal,1000,2,3.0,,3.1,2.9,12.0,69.8,100",  # no 90th: only the maximum
+            "resnet18,onnxruntime_gpu_pascal,100,4,7.0,7.5,7.1,6.9,8.0,69.8,100",
+            "resnet18,onnxruntime_gpu_pascal,100,4,9.0,9.5,9.1,8.9,10.0,69.8,100"]  # batch 4 measured twice
+    (tmp_path / "profiles.csv").write_text("\n".join([header, *rows]) + "\n")
+    b1, b2, b4 = sorted(load_proteus_profiles(tmp_path / "profiles.csv"), key=lambda v: v.batch_size)
+    assert (b1.latency_p50_ms, b1.latency_p99_ms, b1.source) == (2.0, 2.2, "imported")
+    assert (b2.latency_p50_ms, b2.latency_p99_ms) == (3.0, 3.0)  # the tail is unknown: the median, no variance
+    assert (b4.latency_p50_ms, b4.latency_p99_ms) == (8.0, 8.5)  # one variant, the two measurements' mean
+    # Each variant's line runs through the batch sizes it runs: exact for batch 1 and 2, whatever the larger do.
+    assert (b1.slope_ms, b1.intercept_ms) == (0.0, 2.0)
+    assert (b2.latency_at(1), b2.latency_at(2)) == (pytest.approx(2.0), pytest.approx(3.0))
+    assert b4.latency_at(4) == pytest.approx(8.0, rel=0.05)  # least squares over 1, 2, 4, 4 (through the origin)
+    assert b4.latency_at(1) == pytest.approx(72 / 37)
