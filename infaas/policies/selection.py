@@ -22,7 +22,7 @@
    the SLO, so the task gets one.
 8. INTERFERED variants get new queries only when nothing else answers the query: at the speed
    their replicas were measured, within the SLO. INFaaS gives them none; where nothing else can
-   take the class, that refused queries an interfered variant served in time (a 60 s SLO
+   take the class, that refused queries the interfered variant would have served in time (a 60 s SLO
    refused while 3 replicas shared 2 cores, measured live).
 
 Step 3 scans the (few) loaded variants in Python; step 4 is a vectorized scan over a per-task
