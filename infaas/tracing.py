@@ -59,11 +59,9 @@ class QueryTrace:
             return f"answered ({statuses})" + (f", {len(self.answered)} times" if len(self.answered) > 1 else "")
         if self.routed:
             hop = self.routed[-1]
-            variant_topic = hop.topic
             if any(h.consumed for h in self.routed):
-                return (f"LOST at a worker: routed to {variant_topic}, read and committed by its replicas, "
-                        "and never answered")
-            return f"waiting: routed to {variant_topic}, not yet read by its replicas (committed {hop.committed})"
+                return f"LOST at a worker: routed to {hop.topic}, read and committed by its replicas, and never answered"
+            return f"waiting: routed to {hop.topic}, not yet read by its replicas (committed {hop.committed})"
         if self.sent:
             hop = self.sent[-1]
             if any(h.consumed for h in self.sent):

@@ -70,8 +70,9 @@ def synthetic_catalogue(csv_path: str | Path, hardware_catalog: str | None = Non
     measured = load_imported(csv_path, hardware_catalog)
     fits: dict[tuple[str, str], Variant] = {}  # the largest batch's: its fit spans every measured batch size
     for v in measured:
-        if v.batch_size > fits.get((v.model, v.hardware), v).batch_size or (v.model, v.hardware) not in fits:
-            fits[(v.model, v.hardware)] = v
+        key = (v.model, v.hardware)
+        if key not in fits or v.batch_size > fits[key].batch_size:
+            fits[key] = v
     by_id = {v.variant_id: v for v in measured}
     threads_full = cpu_worker_threads(hardware_catalog)
     for (_, hw), base in sorted(fits.items()):
