@@ -5,14 +5,19 @@ with ONNX Runtime, and the model's published accuracy. Each (model, accelerator,
 becomes one `Variant` with `source="imported"`, whose linear latency model is fitted to the medians of
 the batch sizes up to its own (the batches it runs). What the file does not say is filled in by stated
 assumptions, never presented as measured:
-  - load latency: `load_ms` per hardware kind (default 1 s CPU, 2 s GPU, inside the 0.59-11 s range
-    INFaaS reports), since the file has none;
+  - load latency and memory, which the file does not give, from the model's size: its published
+    parameter count (`PARAMETERS_M`) as fp32 weights. A load reads the weights and builds the session:
+    `LOAD_BASE_MS` per hardware kind (a GPU adds its context and the copy) plus `LOAD_MS_PER_MB`, which
+    puts the smallest model (mobilenet0.25, 2 MB) at 0.5 s on CPU and the largest (gpt2-xl, 6.2 GB) at
+    11 s on GPU, the range INFaaS reports (0.59-11 s). Peak memory is `MEMORY_WEIGHT_COPIES` copies of
+    the weights (the initializers and the optimized graph while the session is built) plus
+    `RUNTIME_MB`; activations are not counted. A model not in the table keeps `UNKNOWN_LOAD_MS` and
+    memory 0 (unknown);
   - tail latency: the file's 90th percentile is stored as `latency_p99_ms` (the simulator reads it as
     the 90th, `sim.engine.TAIL_PERCENTILE`). Where it is blank (160 of the 416 GPU rows) the tail is
     unknown and the median is stored: the file's maximum there (typically 3.6-3.8x the median) is the
     worst of its trials, no percentile;
   - cost: from the hardware catalogue, the CPU rows as `cpu_threads` vCPUs (default 4);
-  - memory: unknown (0).
 Names are made plain for topic names: `prajjwal1/bert-tiny` -> `prajjwal1-bert-tiny`.
 """
 
@@ -29,7 +34,45 @@ from .catalog import Variant, variant_id
 from .hardware import cost_per_1k
 
 ACCELERATORS = {"onnxruntime_cpu": "cpu", "onnxruntime_gpu_pascal": "gpu-p100", "onnxruntime_gpu_ampere": "gpu-a100"}
-DEFAULT_LOAD_MS = {"cpu": 1000.0, "gpu": 2000.0}
+
+# Published parameter counts, millions (the models' papers and model cards).
+PARAMETERS_M = {
+    "albert-base-v2": 11.7, "albert-large-v2": 17.7, "albert-xlarge-v2": 58.7, "albert-xxlarge-v2": 223.0,
+    "bert-base-uncased": 110.0, "bert-large-uncased": 340.0, "roberta-base": 125.0, "roberta-large": 355.0,
+    "prajjwal1/bert-tiny": 4.4, "prajjwal1/bert-mini": 11.3, "prajjwal1/bert-small": 28.8,
+    "prajjwal1/bert-medium": 41.4,
+    "densenet121": 8.0, "densenet161": 28.7, "densenet169": 14.1, "densenet201": 20.0,
+    "efficientnet-b0": 5.3, "efficientnet-b1": 7.8, "efficientnet-b3": 12.2, "efficientnet-b5": 30.4,
+    "efficientnet-b7": 66.3,
+    "gpt2": 124.0, "gpt2-medium": 355.0, "gpt2-large": 774.0, "gpt2-xl": 1558.0,
+    "mobilenet0.25": 0.47, "mobilenet0.5": 1.3, "mobilenet0.75": 2.6, "mobilenet1.0": 4.2,
+    "resnest14": 10.6, "resnest26": 17.1, "resnest50": 27.5, "resnest269": 110.9,
+    "resnet18_v1": 11.7, "resnet34_v1": 21.8, "resnet50_v1": 25.6, "resnet101_v1": 44.5, "resnet152_v1": 60.2,
+    "t5-small": 60.5, "t5-base": 223.0, "t5-large": 738.0,
+    "yolov5n": 1.9, "yolov5s": 7.2, "yolov5m": 21.2, "yolov5l": 46.5, "yolov5x": 86.7,
+}
+LOAD_BASE_MS = {"cpu": 500.0, "gpu": 1000.0}
+LOAD_MS_PER_MB = 1.6
+MEMORY_WEIGHT_COPIES = 2.0
+RUNTIME_MB = 100.0
+UNKNOWN_LOAD_MS = {"cpu": 1000.0, "gpu": 2000.0}
+
+
+def weights_mb(model: str) -> float | None:
+    """The model's fp32 weights in MB, or None when its size is not in the table."""
+    params = PARAMETERS_M.get(model)
+    return None if params is None else params * 4.0
+
+
+def assumed_load_ms(model: str, hardware: str) -> float:
+    kind = "cpu" if hardware == "cpu" else "gpu"
+    size = weights_mb(model)
+    return UNKNOWN_LOAD_MS[kind] if size is None else LOAD_BASE_MS[kind] + LOAD_MS_PER_MB * size
+
+
+def assumed_peak_memory_mb(model: str) -> float:
+    size = weights_mb(model)
+    return 0.0 if size is None else MEMORY_WEIGHT_COPIES * size + RUNTIME_MB
 
 
 def plain_name(name: str) -> str:
@@ -62,11 +105,9 @@ def linear_fit(batches: list[int], latencies: list[float]) -> tuple[float, float
     return float(slope), float(intercept)
 
 
-def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, load_ms: dict[str, float] | None = None,
-                          app_id: str = "imported", hardware_catalog: str | None = None) -> list[Variant]:
+def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, app_id: str = "imported", hardware_catalog: str | None = None) -> list[Variant]:
     csv_path = Path(csv_path)
     families = model_families(csv_path.parent / "model_variants")
-    load_ms = {**DEFAULT_LOAD_MS, **(load_ms or {})}
     points: dict[tuple[str, str], list[dict]] = defaultdict(list)
     with csv_path.open() as handle:
         for row in csv.DictReader(handle):
@@ -91,8 +132,8 @@ def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, load_ms
                 task=plain_name(families.get(model, name)), variant_id=variant_id(name, "ort", hardware, threads, batch),
                 model=name, model_version=1, app_id=app_id, public=True, optimizer="ort", hardware=hardware,
                 threads=threads, batch_size=batch, artifact="", artifact_bytes=0,
-                accuracy=float(same[0]["Accuracy"]) / 100.0, load_ms=load_ms["cpu" if hardware == "cpu" else "gpu"],
+                accuracy=float(same[0]["Accuracy"]) / 100.0, load_ms=assumed_load_ms(model, hardware),
                 latency_p50_ms=p50, latency_p99_ms=tail, slope_ms=slope, intercept_ms=intercept,
-                throughput_qps=batch * 1000.0 / p50 if p50 > 0 else 0.0, peak_memory_mb=0.0,
+                throughput_qps=batch * 1000.0 / p50 if p50 > 0 else 0.0, peak_memory_mb=assumed_peak_memory_mb(model),
                 cost_per_1k=cost_per_1k(hardware, threads, batch, p50, hardware_catalog), source="imported"))
     return variants

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from ..catalog import Variant
 from .actions import ADD_REPLICA, ADD_WORKER, Action
-from .capacity import replica_share, replica_throughput, replicas_for, serving_cost_per_hour, usable_batch
+from .capacity import (
+    hardware_of,
+    replica_share,
+    replica_throughput,
+    replicas_for,
+    serving_cost_per_hour,
+    usable_batch,
+)
 from .snapshot import PolicyConfig
 
 BASELINES = ("static", "replica-only")
@@ -63,7 +70,11 @@ def fixed_variant(variants: Iterable[Variant], demand: TaskDemand, config: Polic
     cost = lambda v: serving_cost_per_hour(v, peak, config, demand.min_slo_ms)  # noqa: E731
     feasible = [v for v in pool if _meets(v, demand, config)]
     if feasible:
-        return min(feasible, key=lambda v: (cost(v), v.variant_id)), ""
+        # Equal cost at the planned utilization (whole replicas): the one carrying more per replica, since
+        # static provisions the peak at its full throughput (a batch-16 replica where batch 1 needs two).
+        return min(feasible, key=lambda v: (cost(v), -replica_throughput(v, demand.min_slo_ms,
+                                                                          config.slo_batch_factor),
+                                            v.variant_id)), ""
     within_slo = [v for v in pool if _meets(v, demand, config, accuracy=False)]
     if within_slo:
         best = max(within_slo, key=lambda v: (v.accuracy, -cost(v), v.variant_id))
@@ -94,6 +105,16 @@ def plan_baseline(policy: str, variants: Iterable[Variant], demands: Iterable[Ta
     return BaselinePlan(policy, chosen, replicas, notes)
 
 
+def replicas_per_worker(variant: Variant, config: PolicyConfig) -> int:
+    """Replicas of one variant share a worker only while they fit whole (e.g. 1-thread CPU replicas), in
+    its units and in its memory."""
+    by_units = math.floor(1.0 / replica_share(variant, config) + 1e-9)
+    memory_mb = hardware_of(variant, config).memory_gb * 1024.0
+    if memory_mb > 0 and variant.peak_memory_mb > 0:
+        by_units = min(by_units, math.floor(memory_mb / variant.peak_memory_mb))
+    return max(1, by_units)
+
+
 def initial_actions(plan: BaselinePlan, variants: Mapping[str, Variant], config: PolicyConfig) -> list[Action]:
     """Provisioning before the first query: the workers the plan's replicas fill, then the replicas
     (placed on those workers, in order, by the executor: `worker_id` None)."""
@@ -102,8 +123,7 @@ def initial_actions(plan: BaselinePlan, variants: Mapping[str, Variant], config:
     for task, variant_id in sorted(plan.variants.items()):
         variant = variants[variant_id]
         count = plan.replicas[task]
-        # Replicas of one variant share a worker only while they fit whole (e.g. 1-thread CPU replicas).
-        per_worker = max(1, math.floor(1.0 / replica_share(variant, config) + 1e-9))
+        per_worker = replicas_per_worker(variant, config)
         units_needed[variant.hardware] = units_needed.get(variant.hardware, 0) + math.ceil(count / per_worker)
         replicas += [Action(ADD_REPLICA, f"{plan.policy}: replica {i + 1} of {count} for task {task}", variant_id,
                             hardware=variant.hardware, from_count=i, to_count=i + 1) for i in range(count)]

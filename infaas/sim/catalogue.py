@@ -5,7 +5,8 @@ CPU worker (`threads` = the catalogue's CPU `worker_units`, 2 vCPUs), since the 
 many cores Proteus measured on; this is optimistic for CPU variants and is stated in the report.
 
 Servable: variants whose linear latency model is positive at batch 1 and at their own batch (a fit
-that would go negative is taken through the origin instead, `proteus_profiles.linear_fit`).
+that would go negative is taken through the origin instead, `proteus_profiles.linear_fit`), and whose
+peak memory fits one worker of their hardware (gpt2-large and larger do not fit a 4 GB CPU worker).
 
 Synthetic (`synthetic_catalogue`, about 4,400 variants; `source="synthetic"`, ids carry the
 optimizer): derived from the Proteus profiles to give the scale of INFaaS's 4,032-variant zoo, for
@@ -15,7 +16,8 @@ speed measurements. For every measured (model, accelerator) fit:
   * CPU variants on the whole worker (2 threads) and on one vCPU (latency x 1.8);
   * an extra GPU kind, `gpu-t4`, at 1.2 x the P100 latency;
   * batch sizes 1..16 on CPU, 1..64 on GPU, on the linear latency model of the fit;
-  * load latency 1 s (CPU), 2 s (GPU), 3 s for TensorRT engines.
+  * load latency and memory as the measured fit's (`proteus_profiles.assumed_load_ms`), TensorRT
+    engines 1 s longer to load.
 The measured points themselves (`ort`, 2 threads on CPU, measured batch sizes) stay as imported.
 """
 
@@ -34,11 +36,13 @@ ONE_THREAD_FACTOR = 1.8
 DERIVED_GPUS = {"gpu-t4": ("gpu-p100", 1.2)}
 CPU_BATCHES = (1, 2, 4, 8, 16)
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
-LOAD_MS = {"cpu": 1000.0, "gpu": 2000.0, "tensorrt": 3000.0}
+TENSORRT_EXTRA_LOAD_MS = 1000.0
 
 
-def servable(variant: Variant) -> bool:
-    return variant.latency_at(1) > 0 and variant.latency_at(variant.batch_size) > 0
+def servable(variant: Variant, hardware_catalog: str | None = None) -> bool:
+    memory_mb = hardware(variant.hardware, hardware_catalog).memory_gb * 1024.0
+    return (variant.latency_at(1) > 0 and variant.latency_at(variant.batch_size) > 0
+            and (memory_mb <= 0 or variant.peak_memory_mb <= memory_mb))
 
 
 def cpu_worker_threads(hardware_catalog: str | None = None) -> int:
@@ -48,7 +52,7 @@ def cpu_worker_threads(hardware_catalog: str | None = None) -> int:
 def load_imported(csv_path: str | Path, hardware_catalog: str | None = None) -> list[Variant]:
     variants = load_proteus_profiles(csv_path, cpu_threads=cpu_worker_threads(hardware_catalog),
                                      hardware_catalog=hardware_catalog)
-    return [v for v in variants if servable(v)]
+    return [v for v in variants if servable(v, hardware_catalog)]
 
 
 def load_catalogue(spec: str, settings=None, hardware_catalog: str | None = None) -> list[Variant]:
@@ -57,7 +61,7 @@ def load_catalogue(spec: str, settings=None, hardware_catalog: str | None = None
         from ..store import Store
         with Store(settings) as store:
             variants = store.all_variants()
-        return [v for v in variants if servable(v)]
+        return [v for v in variants if servable(v, hardware_catalog)]
     if spec.startswith("synthetic"):
         _, _, path = spec.partition(":")
         return synthetic_catalogue(path or proteus_dir() / PROFILES_CSV, hardware_catalog)
@@ -90,7 +94,7 @@ def _derived(base: Variant, hw: str, hw_factor: float, threads_full: int, hardwa
     for optimizer, latency_factor, accuracy_factor in (CPU_OPTIMIZERS if cpu else GPU_OPTIMIZERS):
         for threads, thread_factor in thread_options:
             factor = latency_factor * thread_factor * hw_factor
-            load = LOAD_MS["tensorrt" if optimizer == "tensorrt" else "cpu" if cpu else "gpu"]
+            load = base.load_ms + (TENSORRT_EXTRA_LOAD_MS if optimizer == "tensorrt" else 0.0)
             for batch in (CPU_BATCHES if cpu else GPU_BATCHES):
                 latency = factor * base.latency_at(batch)
                 yield Variant(
@@ -100,5 +104,5 @@ def _derived(base: Variant, hw: str, hw_factor: float, threads_full: int, hardwa
                     accuracy=base.accuracy * accuracy_factor, load_ms=load, latency_p50_ms=latency,
                     latency_p99_ms=latency * 1.1, slope_ms=base.slope_ms * factor,
                     intercept_ms=base.intercept_ms * factor, throughput_qps=batch * 1000.0 / latency,
-                    peak_memory_mb=0.0, cost_per_1k=cost_per_1k(hw, threads, batch, latency, hardware_catalog),
+                    peak_memory_mb=base.peak_memory_mb, cost_per_1k=cost_per_1k(hw, threads, batch, latency, hardware_catalog),
                     source="synthetic")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..catalog import Variant
 from ..policies.snapshot import PolicyConfig
+from ..proteus_profiles import LOAD_BASE_MS, LOAD_MS_PER_MB, MEMORY_WEIGHT_COPIES, RUNTIME_MB
 from .engine import SimOptions, Simulator
 from .traces import (
     Trace,
@@ -247,8 +248,12 @@ def setup_lines(args, config: PolicyConfig, variants, used, catalogue, scenarios
         "for the others' with the chance they were busy in the last tick, run times varying around the profile's "
         "median as a lognormal with the profiled tail (the Proteus file's 90th percentile; no variance where "
         "it is blank), a 60 s billing minimum per "
-        "worker). Assumptions not yet modelled: load times are 1 s (CPU) and 2 s (GPU) for every Proteus model "
-        "(INFaaS reports 0.6-11 s by model size), co-location ignores memory (the profiles give none); seed "
+        "worker, replicas placed only where their memory fits). Assumed, since the Proteus profiles give neither: "
+        "load time and memory from the model's published parameter count as fp32 weights (load "
+        f"{LOAD_BASE_MS['cpu'] / 1000:g} s on CPU, {LOAD_BASE_MS['gpu'] / 1000:g} s on GPU, plus {LOAD_MS_PER_MB:g} "
+        "ms per MB: 0.5 s for mobilenet0.25 to 11 s for gpt2-xl, INFaaS's reported 0.6-11 s; memory "
+        f"{MEMORY_WEIGHT_COPIES:g}x the weights plus {RUNTIME_MB:g} MB, activations not counted, so gpt2-large, "
+        "gpt2-xl and t5-large do not fit a 4 GB CPU worker and are not offered there); seed "
         f"{options.seed} (the goal table: every seed). Everything here is simulated; see the live-vs-simulator section for the real pipeline.",
     ]
 

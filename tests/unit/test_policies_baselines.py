@@ -52,3 +52,12 @@ def test_initial_actions_start_the_workers_the_replicas_fill():
     actions = initial_actions(plan, {v.variant_id: v for v in CATALOG}, CONFIG)
     assert [a.kind for a in actions] == ["ADD_WORKER", "ADD_REPLICA", "ADD_REPLICA"]
     assert actions[0].hardware == "cpu" and actions[0].to_count == 2  # one 2-thread replica per 2-vCPU worker
+
+
+def test_at_equal_planned_cost_static_keeps_the_variant_that_carries_more_per_replica():
+    # 140 q/s at 300 ms: two replicas of either at the planned utilization (b1 carries 85, b8 133); static,
+    # provisioning the peak at full throughput, needs two of b1 (100 q/s) but one of b8 (160 q/s).
+    b1 = variant("large:trt:gpu-t4:b1", hardware="gpu-t4", intercept=10.0, accuracy=0.80)
+    b8 = variant("large:trt:gpu-t4:b8", hardware="gpu-t4", batch=8, slope=5.0, intercept=10.0, accuracy=0.80)
+    assert fixed_variant([b1, b8], demand(140.0), CONFIG)[0] == b8
+    assert plan_baseline("static", [b1, b8], [demand(140.0)], CONFIG).replicas == {"vision": 1}

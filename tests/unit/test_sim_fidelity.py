@@ -120,3 +120,45 @@ def test_the_proteus_import_fits_each_variant_to_its_own_batch_sizes_and_keeps_t
     assert (b2.latency_at(1), b2.latency_at(2)) == (pytest.approx(2.0), pytest.approx(3.0))
     assert b4.latency_at(4) == pytest.approx(8.0, rel=0.05)  # least squares over 1, 2, 4, 4 (through the origin)
     assert b4.latency_at(1) == pytest.approx(72 / 37)
+
+
+def test_the_proteus_import_assumes_load_time_and_memory_from_the_model_size(tmp_path):
+    from infaas.proteus_profiles import PARAMETERS_M, assumed_load_ms, assumed_peak_memory_mb
+    loads = {model: assumed_load_ms(model, "cpu") for model in PARAMETERS_M}
+    gpu_loads = [assumed_load_ms(model, "gpu-p100") for model in PARAMETERS_M]
+    # Inside the range INFaaS reports (0.59-11 s), the largest model slowest, a GPU slower than a CPU.
+    assert 500 <= min(loads.values()) < 600 and 10_000 < max(gpu_loads) <= 11_000
+    assert max(loads, key=loads.get) == "gpt2-xl" and min(loads, key=loads.get) == "mobilenet0.25"
+    assert all(g > c for g, c in zip(gpu_loads, loads.values(), strict=True))
+    assert assumed_peak_memory_mb("resnet50_v1") == pytest.approx(2 * 25.6 * 4 + 100)  # two copies of 102 MB
+    assert (assumed_load_ms("my-own-model", "cpu"), assumed_peak_memory_mb("my-own-model")) == (1000.0, 0.0)
+
+    from infaas.sim.catalogue import load_imported
+    (tmp_path / "model_variants").mkdir()
+    (tmp_path / "model_variants" / "gpt2.csv").write_text("gpt2,100\ngpt2-xl,100\n")
+    header = "Model,Accel,Trials,batchsize,50th_pct,90th_pct,avg_latency(ms),Min,Max,Accuracy,Normalized_Accuracy"
+    rows = [f"{model},{accel},100,1,50.0,55.0,51.0,49.0,60.0,40.0,100"
+            for model in ("gpt2", "gpt2-xl") for accel in ("onnxruntime_cpu", "onnxruntime_gpu_pascal")]
+    (tmp_path / "profiles.csv").write_text("\n".join([header, *rows]) + "\n")
+    imported = {(v.model, v.hardware): v for v in load_imported(tmp_path / "profiles.csv")}
+    # gpt2-xl needs 12.6 GB: a 16 GB P100 holds it, a 4 GB CPU worker does not (not servable there).
+    assert set(imported) == {("gpt2", "cpu"), ("gpt2", "gpu-p100"), ("gpt2-xl", "gpu-p100")}
+    assert imported[("gpt2-xl", "gpu-p100")].load_ms > 10 * imported[("gpt2", "cpu")].load_ms / 2
+
+
+def test_memory_limits_co_location_in_the_simulator():
+    from dataclasses import replace
+
+    from tests.unit.test_policies_scaling import variant
+    from tests.unit.test_sim_engine import run
+
+    def workers_for_two_replicas(memory_mb: float) -> int:
+        # 1-vCPU replicas of 100 ms; 15 queries a second need two of them (static provisions the peak).
+        one_thread = replace(variant("resnet:ort:cpu-1t:b1", threads=1), peak_memory_mb=memory_mb)
+        arrivals = np.arange(0, 60_000, 1000 / 15)
+        sim, summary = run([one_thread], [trace(arrivals, slo=1000.0)])
+        assert sim.baseline.replicas["vision"] == 2 and summary["slo_violation_rate"] == 0.0
+        return summary["workers_peak"]
+
+    assert workers_for_two_replicas(1024.0) == 1  # both on one 2-vCPU, 4 GB worker
+    assert workers_for_two_replicas(3 * 1024.0) == 2  # 3 GB each: a worker holds only one
