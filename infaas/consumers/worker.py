@@ -301,6 +301,8 @@ class Worker:
         if not mine:
             return
         action, variant_id = command["action"], command["variant_id"]
+        # Why it was asked (the dispatcher's or scaler's reason): where a variant came from, in the worker's log.
+        log.info("%s: %s %s (%s)", self.worker_id, action, variant_id or "", command.get("reason") or "no reason given")
         try:
             if action == "LOAD" and variant_id:
                 self._load_or_retry(variant_id, max(command["replicas"], 1))

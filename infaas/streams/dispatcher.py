@@ -114,6 +114,11 @@ class Dispatcher:
             # loads it now rather than at the next timer tick (up to a second later) with the query waiting.
             self.unplaced.setdefault(decision.variant_id, decision.reason)
             out += self.place_unplaced()
+            if decision.variant_id in self.unplaced:
+                # Believed loading, as in the simulator: the next queries of the task (other classes) wait on
+                # it too, rather than each class loading its own cheapest variant while no worker is ready.
+                self.view.believe(decision.variant_id, VariantLive(status=ACTIVE, replicas=1,
+                                                                   loaded_at_ms=snapshot.at_ms))
         self.routed_at[decision.variant_id] = snapshot.at_ms
         if decision.prefetch is not None and decision.prefetch_on is not None:  # a cheaper variant for the class
             out.append(self._load_command(decision, snapshot, decision.prefetch, decision.prefetch_on))
@@ -206,8 +211,8 @@ class Dispatcher:
         no further query may come."""
         snapshot, out = self.view.snapshot, []
         for variant_id, reason in list(self.unplaced.items()):
-            variant = snapshot.variants.get(variant_id)
-            if variant is None or snapshot.live_of(variant_id).loaded:  # gone, or loaded by someone else
+            variant, state = snapshot.variants.get(variant_id), snapshot.live_of(variant_id)
+            if variant is None or (state.loaded and state.workers):  # gone, or loaded by someone else
                 self.unplaced.pop(variant_id)
                 continue
             worker = least_utilized_worker(snapshot, variant.hardware, variant.peak_memory_mb)

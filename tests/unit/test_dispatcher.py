@@ -239,6 +239,20 @@ def test_a_cold_variant_chosen_before_any_worker_is_ready_is_loaded_once_one_is(
     assert dispatcher.place_unplaced() == []  # asked once
 
 
+def test_while_no_worker_is_ready_the_next_classes_wait_on_the_variant_already_chosen(dispatcher, base_settings):
+    """As in the simulator: the variant chosen while no worker was ready is believed loading, so a less
+    demanding class waits on it too instead of loading its own cheapest variant (three variants for one
+    task in a live replay's first second, where the simulator loaded one)."""
+    dispatcher.view.snapshot = Snapshot(variants=CATALOG, workers={}, at_ms=1)
+    handle(dispatcher, min_accuracy=0.97)
+    out = handle(dispatcher, query_id="q2")  # no accuracy demand: SMALL would be the cheapest cold variant
+    assert [o.topic for o in out] == [base_settings.variant_topic(LARGE.variant_id)]
+    assert list(dispatcher.unplaced) == [LARGE.variant_id]
+    dispatcher.view.snapshot = dataclasses.replace(dispatcher.view.snapshot, workers=WORKERS, at_ms=2)
+    commands = dispatcher.place_unplaced()  # the belief is no load: a worker is still asked for one
+    assert [CODEC.decode_as("WorkerCommand", c.value)["variant_id"] for c in commands] == [LARGE.variant_id]
+
+
 def test_a_variant_unloaded_after_queries_were_routed_to_it_is_watched_for_stranded_ones(dispatcher):
     from infaas.policies.snapshot import ACTIVE, VariantLive
     loaded = {LARGE.variant_id: VariantLive(ACTIVE, replicas=1, workers=("w2",))}
