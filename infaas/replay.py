@@ -110,6 +110,12 @@ class LiveObserver(threading.Thread):
                 self.runs[m["variant_id"]].append((m["exec_ms"], max(m["service_ms"], m["exec_ms"]),
                                                    m["avg_batch"], m["served"]))
 
+    def wait_for_workers(self, count: int, timeout_s: float) -> None:
+        """Until `count` workers have reported (the simulator's initial workers are ready at 0)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(set().union(*self.workers.values())) < count:
+            time.sleep(0.5)
+
     def wait_for_replicas(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not any(any(r.values()) for r in self.replicas.values()):
@@ -163,6 +169,11 @@ def live_run(settings: Settings, variants: list[Variant], workload, task: str, p
     observer.start()
     if policy != "infaas":
         observer.wait_for_replicas(timeout_s=90)  # provisioned before the first query, as simulated
+    else:
+        # Its initial workers up first, as simulated: queries sent before any worker was ready waited in the
+        # queries topic, and the dispatcher read that backlog in partition order, not the trace's, so which
+        # class chose first (and so which variants loaded) changed from run to run.
+        observer.wait_for_workers(initial, timeout_s=90)
     try:
         with InfaasClient(run_settings, app_id="demo", timeout_s=120) as client:
             run = LoadRun(client, arrivals_of(workload, task, fixed_variant), {task: inputs},
