@@ -28,6 +28,11 @@ class Hardware:
     def worker_price_per_hour(self) -> float:
         return self.price_per_hour * self.worker_units
 
+    @property
+    def memory_mb(self) -> float:
+        """One worker's memory (0: not limited)."""
+        return self.memory_gb * 1024.0
+
 
 @lru_cache(maxsize=8)
 def load_catalog(path: str | None = None) -> dict[str, Hardware]:

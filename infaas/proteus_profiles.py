@@ -105,7 +105,8 @@ def linear_fit(batches: list[int], latencies: list[float]) -> tuple[float, float
     return float(slope), float(intercept)
 
 
-def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, app_id: str = "imported", hardware_catalog: str | None = None) -> list[Variant]:
+def load_proteus_profiles(csv_path: str | Path, *, cpu_threads: int = 4, app_id: str = "imported",
+                          hardware_catalog: str | None = None) -> list[Variant]:
     csv_path = Path(csv_path)
     families = model_families(csv_path.parent / "model_variants")
     points: dict[tuple[str, str], list[dict]] = defaultdict(list)

@@ -108,11 +108,11 @@ def plan_baseline(policy: str, variants: Iterable[Variant], demands: Iterable[Ta
 def replicas_per_worker(variant: Variant, config: PolicyConfig) -> int:
     """Replicas of one variant share a worker only while they fit whole (e.g. 1-thread CPU replicas), in
     its units and in its memory."""
-    by_units = math.floor(1.0 / replica_share(variant, config) + 1e-9)
-    memory_mb = hardware_of(variant, config).memory_gb * 1024.0
+    fits = math.floor(1.0 / replica_share(variant, config) + 1e-9)
+    memory_mb = hardware_of(variant, config).memory_mb
     if memory_mb > 0 and variant.peak_memory_mb > 0:
-        by_units = min(by_units, math.floor(memory_mb / variant.peak_memory_mb))
-    return max(1, by_units)
+        fits = min(fits, math.floor(memory_mb / variant.peak_memory_mb))
+    return max(1, fits)
 
 
 def initial_actions(plan: BaselinePlan, variants: Mapping[str, Variant], config: PolicyConfig) -> list[Action]:

@@ -40,7 +40,7 @@ TENSORRT_EXTRA_LOAD_MS = 1000.0
 
 
 def servable(variant: Variant, hardware_catalog: str | None = None) -> bool:
-    memory_mb = hardware(variant.hardware, hardware_catalog).memory_gb * 1024.0
+    memory_mb = hardware(variant.hardware, hardware_catalog).memory_mb
     return (variant.latency_at(1) > 0 and variant.latency_at(variant.batch_size) > 0
             and (memory_mb <= 0 or variant.peak_memory_mb <= memory_mb))
 

@@ -494,7 +494,7 @@ class Simulator:
         low, high = self.options.worker_start_s
         delay = (low if high <= low else float(self.rng.uniform(low, high))) * 1000.0
         self.worker_count += 1
-        worker = SimWorker(f"{hardware}-{self.worker_count}", hardware, worker_units(hw), hw.memory_gb * 1024.0,
+        worker = SimWorker(f"{hardware}-{self.worker_count}", hardware, worker_units(hw), hw.memory_mb,
                         hw.worker_price_per_hour, now, now + delay if ready_at is None else ready_at)
         self.workers[worker.worker_id] = worker
         self.all_workers.append(worker)
