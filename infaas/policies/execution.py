@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from ..catalog import Variant
 from .capacity import (
     hardware_of,
-    peak_demand_rows,
-    peak_windows,
+    recent_peak_rows,
     replica_share,
     replica_throughput,
     target_utilization,
@@ -50,8 +49,7 @@ def light(snapshot: Snapshot, variant: Variant, config: PolicyConfig = _SCALER, 
     key = ("light", variant.variant_id)
     need = snapshot._memo.get(key)
     if need is None:
-        peak = peak_demand_rows(live, snapshot.demand.get(variant.variant_id, ()), config.queue_drain_s,
-                                peak_windows(config))
+        peak = recent_peak_rows(live, snapshot.demand.get(variant.variant_id, ()), config)
         capacity = (replica_throughput(variant, slo, config.slo_batch_factor)
                     * target_utilization(variant, config, slo))
         need = snapshot._memo[key] = peak / capacity if capacity > 0 else math.inf

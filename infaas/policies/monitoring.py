@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..catalog import Variant
-from .capacity import noise_headroom_rows, peak_demand_rows, peak_windows, replica_throughput, replicas_for
+from .capacity import noise_headroom_rows, recent_peak_rows, replica_throughput, replicas_for
 from .snapshot import (
     ACTIVE,
     INACTIVE,
@@ -70,7 +70,7 @@ def variant_is_low(variant: Variant, live: VariantLive, config: PolicyConfig,
     recent demand windows (`recent`, queries/s; SLO-first, the last `peak_window_s` of them): a lull
     has to last before it counts."""
     replicas = live.replicas + live.unplaced
-    peak = (peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+    peak = (recent_peak_rows(live, recent, config)
             + noise_headroom_rows(live.qps, live.avg_rows, config))  # judged as scale-up adds: no flapping
     return replicas > 1 and replicas > replicas_for(variant, peak, config, live.demand_slo_ms)
 

@@ -28,7 +28,8 @@ SLO-first (`PolicyConfig.slo_first`, infaas; the baselines keep the rules above,
               demand plus `noise_headroom_sigmas` of its Poisson noise, up and down alike;
   scale-up    on the arrival rate's rising trend too (`trend_horizon_s` ahead, the slope's lower
               confidence bound: noise is no trend), not only its level;
-  scale-down  the peak of the last `peak_window_s`, low for `scale_down_hold_s`, and nothing removed
+  scale-down  the peak of the last `peak_window_s` (of `peak_smooth_windows`-second means: one second's
+              Poisson spike is noise), low for `scale_down_hold_s`, and nothing removed
               while an addition still loads or waits for a worker (one action until its effect shows);
   vertical    never moves a variant whose queries named it (`VariantLive.named`);
   co-location a light GPU variant (its peak needs at most `gpu_colocation_share` of a replica) reserves
@@ -71,8 +72,8 @@ from .capacity import (
     MIN_USEFUL_SHARE,
     hardware_of,
     noise_headroom_rows,
-    peak_demand_rows,
     peak_windows,
+    recent_peak_rows,
     replica_price_per_hour,
     replica_share,
     replica_throughput,
@@ -321,7 +322,7 @@ def colocation(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant
     slo = live.demand_slo_ms
     recent = snapshot.demand.get(variant_id, ())
     demand = max(scale_up_demand(live, recent, config),
-                 peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+                 recent_peak_rows(live, recent, config)
                  + noise_headroom_rows(live.qps, live.avg_rows, config))
     on_own = replicas - sum(snapshot.workers[w].variants.get(variant_id, 0) for w in shared)
     if on_own >= replicas_for(variant, demand, config, slo):
@@ -417,7 +418,7 @@ def vertical(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_i
     scaling_up = scale_delta(variant, now, replicas, config, slo) > 0
     if config.slo_first and not scaling_up:
         return downgrade(snapshot, config, ledger, variant_id)
-    demand = now if scaling_up else peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+    demand = now if scaling_up else recent_peak_rows(live, recent, config)
     capacity = replicas * replica_throughput(variant, slo, config.slo_batch_factor)
     if not scaling_up and demand > config.downgrade_load_share * capacity:
         return []  # the load has not fallen: nothing to downgrade
@@ -470,7 +471,7 @@ def downgrade(snapshot: Snapshot, config: PolicyConfig, ledger: Ledger, variant_
     slo = live.strictest_slo_ms or config.slo_batch_factor * variant.latency_at(variant.batch_size)
     accuracy = live.strictest_accuracy or variant.accuracy
     recent = snapshot.demand.get(variant_id, ())
-    demand = peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config))
+    demand = recent_peak_rows(live, recent, config)
     replicas = live.replicas + live.unplaced
     stay = replicas_for(variant, demand, config, slo) * replica_price_per_hour(variant, config)
     # Merges are for replicas on dear hardware (a GPU that each class would keep); on the task's cheapest
@@ -531,7 +532,7 @@ def _merge_target(snapshot: Snapshot, config: PolicyConfig, variant: Variant, li
         tightest = min(slo, other.strictest_slo_ms) if other.strictest_slo_ms > 0 else slo
         if usable_batch(target, tightest, config.slo_batch_factor) == 0:
             continue
-        own = peak_demand_rows(other, snapshot.demand.get(other_id, ()), config.queue_drain_s, peak_windows(config))
+        own = recent_peak_rows(other, snapshot.demand.get(other_id, ()), config)
         if replicas_for(target, own + demand, config, tightest) > other.replicas:
             continue  # no room for both peaks: merging would need a replica, or overload it
         share = demand / (replica_throughput(target, tightest, config.slo_batch_factor)

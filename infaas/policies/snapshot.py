@@ -154,6 +154,12 @@ class PolicyConfig:
     target_util_max: float = 0.85
     peak_window_s: float = 60.0  # scale-down judges the peak demand of this many 1 s windows
     scale_down_hold_s: float = 60.0  # and removes a replica only after being low this long
+    # Scale-down's peak is of the means of this many consecutive windows: the single second in which a steady
+    # Poisson stream peaks (about 2.3 sigmas above its rate in a minute) is noise, and had held replicas.
+    # Simulated, seed 0, 1 -> 5: cost flat -13%, fluctuating-low -5%, -high -8%, bursty -4%, fluctuating-medium
+    # +2%; violations up (flat 0.006 -> 0.011%, fluctuating-medium 0.86 -> 1.34%, bursty 0.025 -> 0.053%), all
+    # still below static's. At 10, bursty's came within 3% of static's.
+    peak_smooth_windows: int = 5
     trend_windows: int = 5  # scale-up extrapolates the arrival rate's trend over this many windows
     trend_horizon_s: float = 5.0  # this far ahead (about a load and a tick)
     # Replicas carry the demand plus this many standard deviations of its Poisson noise (sqrt of the

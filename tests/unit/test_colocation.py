@@ -27,8 +27,9 @@ LOADED = AT - 300_000  # loaded five minutes before "now": past the hold
 
 
 def state(peak: float, slo: float = 300.0, replicas: int = 1, workers=("g1",), **kw):
-    """A variant's live state whose demand peaked at `peak` queries/s over the window, with an SLO of `slo`."""
-    return live(replicas, 1.0, workers=workers, demand_slo_ms=slo, loaded_at_ms=LOADED, **kw), (1.0,) * 58 + (peak,)
+    """A variant's live state whose demand peaked at `peak` queries/s for 5 s of the window, with an SLO of `slo`."""
+    return (live(replicas, 1.0, workers=workers, demand_slo_ms=slo, loaded_at_ms=LOADED, **kw),
+            (1.0,) * 54 + (peak,) * 5)
 
 
 def snap(lives: dict, workers: list, catalog=CATALOG) -> Snapshot:

@@ -68,7 +68,7 @@ def _settled(lives: dict, workers: list[WorkerLive], demand: dict, loaded_for_s:
 def _on_gpu(qps: float, peak: float | None = None, loaded_for_s: float = 120.0, **kw) -> Snapshot:
     state = {GPU.variant_id: live(1, qps, workers=("g1",), demand_accuracy=0.75, demand_slo_ms=300.0, **kw)}
     workers = [worker("g1", "gpu-t4", util=0.1, hosts={GPU.variant_id: 1}), worker("w1"), worker("w2")]
-    history = (peak if peak is not None else qps,) + (qps,) * 58
+    history = (peak if peak is not None else qps,) * 5 + (qps,) * 54  # a peak of 5 s: load, not noise
     return _settled(state, workers, {GPU.variant_id: history}, loaded_for_s)
 
 
@@ -125,7 +125,7 @@ def _two_on_gpus(big_peak: float, target=BIG_GPU) -> Snapshot:
              GPU.variant_id: live(1, 5.0, workers=("g1",), demand_accuracy=0.75, demand_slo_ms=300.0)}
     workers = [worker("g1", "gpu-t4", util=0.1, hosts={GPU.variant_id: 1}),
                worker("g2", target.hardware, util=0.5, hosts={target.variant_id: 1})]
-    demand = {target.variant_id: (big_peak,) + (20.0,) * 58, GPU.variant_id: (5.0,) * 59}
+    demand = {target.variant_id: (big_peak,) * 5 + (20.0,) * 54, GPU.variant_id: (5.0,) * 59}
     return _settled(lives, workers, demand)
 
 

@@ -13,6 +13,7 @@ import pytest
 from infaas.policies import decide
 from infaas.policies.capacity import (
     noise_headroom_rows,
+    recent_peak_rows,
     scale_up_demand,
     target_utilization,
     trend_demand_rows,
@@ -87,8 +88,8 @@ def test_scale_down_waits_a_minute_low_and_judges_a_minute_of_peaks():
     assert kinds(decide(_low(30), replace(CONFIG, slo_first=False))) == ["REMOVE_REPLICA"]
     actions = decide(_low(60), CONFIG)
     assert kinds(actions) == ["REMOVE_REPLICA"] and (actions[0].from_count, actions[0].to_count) == (3, 2)
-    # 20 rows/s 50 s ago still needs the 3 replicas (0.85 x 10 rows/s each).
-    assert decide(_low(60, demand=(20.0,) + (5.0,) * 58), CONFIG) == []
+    # 20 rows/s for 5 s, 50 s ago, still needs the 3 replicas (0.85 x 10 rows/s each).
+    assert decide(_low(60, demand=(20.0,) * 5 + (5.0,) * 54), CONFIG) == []
 
 
 def test_one_action_at_a_time_per_variant():
@@ -188,3 +189,15 @@ def test_replicas_carry_the_rate_plus_its_noise_in_scale_up_and_scale_down_alike
     # headroom, so the 13th is not removed (it would be added back at the next tick).
     assert not variant_is_low(CPU_B1, steady, config, (100.0,) * 59)
     assert variant_is_low(CPU_B1, steady, CONFIG, (100.0,) * 59)
+
+
+def test_scale_down_judges_the_peak_of_a_few_seconds_not_one_seconds_noise():
+    smoothed = replace(CONFIG, peak_smooth_windows=5)
+    # One second at 20 q/s 9 s ago, 5 q/s otherwise: a Poisson spike, whose 5 s mean (8) fits 1 replica of
+    # 10 rows/s at 0.85; taken alone (a peak of single seconds) it held all 3 replicas.
+    spike = (5.0,) * 50 + (20.0,) + (5.0,) * 8
+    assert kinds(decide(_low(60, demand=spike), smoothed)) == ["REMOVE_REPLICA"]
+    assert decide(_low(60, demand=spike), replace(smoothed, peak_smooth_windows=1)) == []
+    # INFaaS's rule (the baselines') keeps its peak of single seconds.
+    assert recent_peak_rows(live(3, 5.0), spike, replace(smoothed, slo_first=False)) == pytest.approx(20.0)
+    assert recent_peak_rows(live(3, 5.0), spike, smoothed) == pytest.approx(8.0)
