@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..catalog import Variant
 from ..hardware import Hardware, hardware, variant_price_per_hour
 from .snapshot import PolicyConfig, VariantLive
@@ -76,23 +74,16 @@ def demand_rows(live: VariantLive, recent: tuple[float, ...] = (), windows: int 
     return sum(samples) / len(samples) * live.avg_rows + backlog_rows(live, drain_s)
 
 
-def peak_demand_rows(live: VariantLive, recent: tuple[float, ...] = (), drain_s: float = 0.0,
-                     windows: int = 0, smooth: int = 1) -> float:
-    """Rows/s at the peak of the last `windows` load windows (0: all given): a lull has to last before it
-    counts. `smooth` > 1: the peak of the means of `smooth` consecutive windows."""
-    samples = (*recent, live.qps)
-    samples = samples[-(windows + smooth - 1):] if windows > 0 else samples
-    if smooth > 1 and len(samples) >= smooth:
-        sums = np.convolve(np.asarray(samples, dtype=float), np.ones(smooth), mode="valid")
-        return float(sums.max()) / smooth * live.avg_rows + backlog_rows(live, drain_s)
-    return max(samples) * live.avg_rows + backlog_rows(live, drain_s)
-
-
 def recent_peak_rows(live: VariantLive, recent: tuple[float, ...], config: PolicyConfig) -> float:
-    """Rows/s at the peak scale-down judges: of the last `peak_windows`; SLO-first, of the means of
-    `peak_smooth_windows` consecutive windows, as a one-second Poisson spike is noise, not load."""
+    """Rows/s at the peak scale-down judges, of the last `peak_windows` load windows (a lull has to last
+    before it counts), plus the backlog; SLO-first, the peak of the means of `peak_smooth_windows`
+    consecutive windows, as a one-second Poisson spike is noise, not load."""
     smooth = max(config.peak_smooth_windows, 1) if config.slo_first else 1
-    return peak_demand_rows(live, recent, config.queue_drain_s, peak_windows(config), smooth)
+    samples = (*recent, live.qps)[-(peak_windows(config) + smooth - 1):]
+    if len(samples) < smooth:
+        smooth = 1
+    peak = max(sum(samples[i:i + smooth]) for i in range(len(samples) - smooth + 1)) / smooth
+    return peak * live.avg_rows + backlog_rows(live, config.queue_drain_s)
 
 
 INFAAS_PEAK_WINDOWS = 10  # INFaaS's rule (the baselines'): the peak of the last 10 s
