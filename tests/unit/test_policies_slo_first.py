@@ -129,15 +129,29 @@ def test_a_warm_pool_sized_from_the_recent_variability():
 
 
 def test_worker_back_off_is_per_kind_and_direction():
-    hot = snapshot({}, [worker("w1", util=0.9), worker("w2", util=0.95)])
-    assert kinds(decide(hot, CONFIG, last_worker_action_ms={("cpu", DOWN): AT - 1000, ("gpu-t4", UP): AT - 1000})) \
-        == ["ADD_WORKER"]
-    assert decide(hot, CONFIG, last_worker_action_ms={("cpu", UP): AT - 1000}) == []
+    low = AT - 60_000  # empty and low for a minute: removable
+    spare = snapshot({}, [worker("w1"), worker("w2", low_since_ms=low), worker("w3", low_since_ms=low)])
+    assert kinds(decide(spare, CONFIG, last_worker_action_ms={("cpu", UP): AT - 1000, ("gpu-t4", DOWN): AT - 1000})) \
+        == ["REMOVE_WORKER"] * 2
+    assert decide(spare, CONFIG, last_worker_action_ms={("cpu", DOWN): AT - 1000}) == []
     # Replicas that found no room (a lost worker's among them) get their workers without waiting.
     recovering = snapshot({VID: live(2, 10.0, unplaced=1, demand_slo_ms=1000.0, workers=("w1",))},
                           [worker("w1", util=0.9, hosts={VID: 1}), worker("w2", util=0.9, hosts={VID: 1})])
     actions = decide(recovering, CONFIG, last_worker_action_ms={("cpu", UP): AT - 1000})
     assert kinds(actions)[-1] == "ADD_WORKER" and "found no room" in actions[-1].reason
+
+
+def test_a_hot_kind_gets_no_worker_that_no_replica_needs():
+    """INFaaS's VM autoscaler adds a worker when all of a kind run above 80%; SLO-first, only replicas
+    that found no room (or the warm pool) start one: a lone GPU reads hot whenever a query waits, and the
+    empty GPU that started each time was billed, then removed."""
+    hosted = {GPU_B8.variant_id: live(1, 2.0, workers=("g1",), demand_slo_ms=1000.0)}
+    busy = snapshot(hosted, [worker("g1", hardware="gpu-t4", util=0.95, hosts={GPU_B8.variant_id: 1})],
+                    {GPU_B8.variant_id: (2.0,) * 59})
+    assert "ADD_WORKER" not in kinds(decide(busy, CONFIG))
+    infaas_rule = [a for a in decide(busy, replace(CONFIG, slo_first=False))
+                   if a.kind == "ADD_WORKER" and a.hardware == "gpu-t4"]
+    assert len(infaas_rule) == 1 and "above 80%" in infaas_rule[0].reason
 
 
 def test_only_empty_workers_leave():
