@@ -135,6 +135,7 @@ def generate_report(args, settings, say=print) -> Path:
         timelines[scenario.name] = {p: s["timeline"] for p, s in runs.items()}
         results[scenario.name] = {p: without_timeline(s) for p, s in runs.items()}
     images["summary"] = os.path.relpath(summary_bars(results, img_dir / "summary.png"), out.parent)
+    alone = _single_runs(scenarios, variants, replace(options, seed=seeds[0]), args, results_dir, say)
     speed = None
     if args.speed_runs > 0:
         say(f"speed: {args.speed_runs} run(s) of 1 h x 1,000 q/s on the synthetic catalogue ...")
@@ -154,6 +155,7 @@ def generate_report(args, settings, say=print) -> Path:
         "speed": speed,
         "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results, options),
         "why": why_lines(results, timelines, config),
+        "single_traces": alone,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(results, meta, load_live(results_dir), images))
@@ -161,6 +163,37 @@ def generate_report(args, settings, say=print) -> Path:
 
 
 POLICY_ORDER = ("infaas", "replica-only", "static")
+
+
+def single_trace_runs(scenarios, variants, options: SimOptions, traces_dir: Path, time_scale: float,
+                      rate_scale: float) -> list[dict]:
+    """Each trace of the scenarios' directories alone, under infaas and static: workloads the settings were
+    never tuned on (one task at its own rates, static sized for its own peak second)."""
+    rows = []
+    for directory in sorted({s.traces for s in scenarios}):
+        for task, path in trace_files(str(traces_dir / directory)):
+            row: dict = {"traces": directory, "trace": path.stem}
+            for policy in ("infaas", "static"):
+                rng = np.random.default_rng(options.seed)
+                trace = scale_trace(read_trace(path, task, rng), time_scale, rate_scale, rng)
+                summary = simulate(variants, workload_from([trace], variants, rng, options.config),
+                                   replace(options, policy=policy, scenario=f"{directory}/{path.stem}"))
+                row[policy] = {key: summary[key] for key in ("queries", "slo_violation_rate", "cost_usd")}
+            rows.append(row)
+    return rows
+
+
+def _single_runs(scenarios, variants, options: SimOptions, args, results_dir: Path, say) -> list[dict]:
+    """`single_trace_runs` for the first seed, kept in RESULTS (and reused with `args.reuse`)."""
+    path = results_dir / f"single-traces-seed-{options.seed}.json"
+    if args.reuse and path.exists():
+        say(f"each trace alone, seed {options.seed}: reusing {path}")
+        return json.loads(path.read_text())
+    say(f"each trace alone, seed {options.seed}: simulating infaas and static ...")
+    rows = single_trace_runs(scenarios, variants, options, Path(args.traces_dir), args.time_scale, args.rate_scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def _scenario_runs(scenarios, variants, options: SimOptions, args, seed_dir: Path, say) -> dict[str, dict[str, dict]]:

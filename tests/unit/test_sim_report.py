@@ -8,7 +8,14 @@ import pytest
 
 from infaas.cli import main
 from infaas.replay import measured_service_times
-from infaas.sim.report import REQUIRED_KEYS, live_agrees, load_live, ratios, render_markdown
+from infaas.sim.report import (
+    REQUIRED_KEYS,
+    live_agrees,
+    load_live,
+    ratios,
+    render_markdown,
+    single_trace_section,
+)
 from tests.unit.test_policies_scaling import CPU_B1, variant
 
 B8 = variant("b8:ort:cpu-2t:b8", batch=8, slope=5.0, intercept=20.0)
@@ -91,6 +98,20 @@ def test_bench_report_writes_markdown_plots_and_summaries(tmp_path, proteus_data
     assert "| bursty | infaas |" in text and "![bursty](img/bursty.png)" in text
     assert (tmp_path / "docs/img/bursty.png").stat().st_size < 200_000
     assert len(list((tmp_path / "results").glob("sim-bursty-*.json"))) == 3
+    alone = json.loads((tmp_path / "results" / "single-traces-seed-0.json").read_text())
+    assert alone and {row["traces"] for row in alone} == {"zipf_exponential_bursty_300"}
+    assert "## Each trace alone" in text and f"| zipf_exponential_bursty_300 | {alone[0]['trace']} |" in text
+
+
+def test_each_trace_alone_is_counted_where_infaas_loses_too():
+    def row(trace, infaas, static):
+        return {"traces": "d", "trace": trace, "infaas": {"queries": 10, "slo_violation_rate": infaas[0],
+                                                         "cost_usd": infaas[1]},
+                "static": {"queries": 10, "slo_violation_rate": static[0], "cost_usd": static[1]}}
+    text = "\n".join(single_trace_section([row("a", (0.01, 1.0), (0.02, 3.0)), row("b", (0.01, 2.0), (0.0, 1.0))]))
+    assert "no more SLOs than static on **1 of 2**" in text and "costs no more on **1 of 2**" in text
+    assert "$3.00 against static's $4.00 (1.33x)" in text and "none at all on 1 of them" in text
+    assert "| d | b | 10 | 1.000% / 0.000% | 2.000 / 1.000 | 0.50x |" in text
 
 
 def test_live_vs_simulator_verdict_names_what_the_simulator_missed():
