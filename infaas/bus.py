@@ -347,6 +347,28 @@ def committed_offsets(settings: Settings, group_id: str, topic: str, partitions:
         probe.close()
 
 
+def resume_offsets(settings: Settings, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Where the group reads each partition from next: its committed offset, or the log's first
+    offset where it has committed nothing (our consumers reset to the earliest). Read without joining
+    the group. Raises BusError when the broker cannot say: unlike `committed_offsets`, whose None
+    reads as "nothing committed", a caller checking for skipped messages must not guess."""
+    probe = consumer(settings, group_id)
+    try:
+        offsets = {}
+        for tp in probe.committed([TopicPartition(topic, p) for p in partitions], timeout=5):
+            if tp.error is not None:
+                raise BusError(f"no committed offset of {topic}[{tp.partition}] for {group_id}: {tp.error}")
+            if tp.offset >= 0:
+                offsets[tp.partition] = tp.offset
+            else:
+                offsets[tp.partition] = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=5)[0]
+        return offsets
+    except KafkaException as err:
+        raise BusError(f"cannot read where {group_id} resumes {topic}: {err}") from err
+    finally:
+        probe.close()
+
+
 def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
                timeout_s: float = 10.0) -> list:
     """The messages at offsets [start, end) of one partition, read without joining a group: what a

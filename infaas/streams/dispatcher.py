@@ -43,6 +43,7 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 # topic, once its last routed query has had time to be delivered.
 STRANDED_WINDOW_MS = 120_000
 DELIVERED_AFTER_MS = 5_000
+TOPIC_PATIENCE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +424,7 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
                     outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
                 missing = {o.topic for o in outgoing} - dispatcher.known_topics
                 if missing:  # rare: a variant or reply topic used for the first time
-                    await loop.run_in_executor(None, ensure_reply_and_variant_topics, settings, missing)
+                    await ensure_topics_patiently(settings, missing)
                     dispatcher.known_topics |= missing
                 tracker.send(outgoing, list(events))
         finally:
@@ -458,6 +459,28 @@ async def ready_batches(stream, max_events: int):
         if len(batch) >= max_events or queue.empty():
             yield batch
             batch = []
+
+
+async def ensure_topics_patiently(settings: Settings, topics: set[str]) -> None:
+    """Create the topics, asking again for up to TOPIC_PATIENCE_S while Kafka cannot: an error raised
+    here stops the agent with its batch unsent, and Faust can commit past a batch never acknowledged
+    (its check that the acknowledged offsets follow the committed one is off by one, and absent before
+    a first commit). A topic that cannot be made at all (a name Kafka refuses) still raises."""
+    import asyncio
+
+    from confluent_kafka import KafkaException
+
+    from ..bus import BusError
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TOPIC_PATIENCE_S
+    while True:
+        try:
+            return await loop.run_in_executor(None, ensure_reply_and_variant_topics, settings, topics)
+        except (BusError, KafkaException) as err:
+            if loop.time() > deadline:
+                raise
+            log.warning("cannot create %s yet (%s): trying again", sorted(topics), err)
+            await asyncio.sleep(1.0)
 
 
 def ensure_reply_and_variant_topics(settings: Settings, topics: set[str]) -> None:

@@ -14,6 +14,8 @@ from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
+LOOKUP_TIMEOUT_S = 30.0
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -68,9 +70,10 @@ def offsets_skipped(expected: int | None, offset: int) -> range:
 class SkippedOffsets:
     """Faust can hand an agent a partition's messages with offsets missing around a rebalance
     (faust-streaming issue #216: a fetch before the seek to the committed offsets), and then commits
-    past them. Seen here: a monitor handed offset 16 of its metrics partition without 15. This
-    checks each message's offset against the group's committed offset (after an assignment) and the
-    furthest one handed, and reads the ones skipped back from Kafka for the agent to process first."""
+    past them. Seen here: a monitor handed offset 16 of its metrics partition without 15, and a new
+    dispatcher group's first query lost (offset 0, never handed). This checks each message's offset
+    against where the group resumes (after an assignment) and the furthest one handed, and reads the
+    ones skipped back from Kafka for the agent to process first."""
 
     def __init__(self, app: faust.App, settings: Settings):
         self.app = app
@@ -81,6 +84,23 @@ class SkippedOffsets:
         async def forget(sender, assigned, **kwargs) -> None:
             self.next_offset.clear()  # Faust seeks to the committed offsets: look them up again
 
+    async def _resume_offsets(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+        """Where the group resumes each partition (the log's start where it committed nothing: a new
+        group's first message was once skipped so, and lost). A broker that cannot say is asked again
+        for up to LOOKUP_TIMEOUT_S; then, logged, nothing is checked until the next assignment."""
+        from .. import bus
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOOKUP_TIMEOUT_S
+        while True:
+            try:
+                return await loop.run_in_executor(None, bus.resume_offsets, self.settings, self.app.conf.id,
+                                                  topic, partitions)
+            except bus.BusError as err:
+                if loop.time() > deadline:
+                    log.error("%s; skipped offsets of %s are not checked until the next assignment", err, topic)
+                    return dict.fromkeys(partitions)
+                await asyncio.sleep(0.5)
+
     async def read_back(self, message) -> list:
         """The messages before `message` (a Faust message) that the agent was not handed
         (confluent-kafka messages, in order)."""
@@ -90,9 +110,8 @@ class SkippedOffsets:
         if where not in self.next_offset:  # the first message since an assignment: all its partitions at once
             partitions = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic == message.topic}
                                 | {message.partition})
-            committed = await loop.run_in_executor(
-                None, bus.committed_offsets, self.settings, self.app.conf.id, message.topic, partitions)
-            self.next_offset.update({(message.topic, p): offset for p, offset in committed.items()})
+            resume = await self._resume_offsets(message.topic, partitions)
+            self.next_offset.update({(message.topic, p): offset for p, offset in resume.items()})
         expected = self.next_offset[where]
         skipped = offsets_skipped(expected, message.offset)
         # Handed an offset again (a seek back), the ones up to the furthest handed are not missing.
@@ -100,8 +119,10 @@ class SkippedOffsets:
         if not skipped:
             return []
         found = await loop.run_in_executor(None, bus.read_range, self.settings, *where, skipped.start, skipped.stop)
-        log.warning("Faust skipped offsets %d-%d of %s[%d]: read back %d message(s)", skipped.start,
-                    skipped.stop - 1, *where, len(found))
+        # Fewer than skipped: the log no longer holds them, or the broker did not answer in time.
+        log.log(logging.WARNING if len(found) == len(skipped) else logging.ERROR,
+                "Faust skipped offsets %d-%d of %s[%d]: read back %d message(s)", skipped.start,
+                skipped.stop - 1, *where, len(found))
         return found
 
 

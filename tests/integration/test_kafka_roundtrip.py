@@ -82,7 +82,7 @@ def test_uncommitted_queries_counts_what_the_variant_group_has_not_committed(set
 
 
 def test_a_skipped_range_is_read_back_and_the_committed_offset_found_without_joining(settings):
-    """What the monitor uses when Faust hands it a partition with offsets missing."""
+    """What the dispatcher and the monitor use when Faust hands them a partition with offsets missing."""
     from confluent_kafka import TopicPartition
     topic = settings.topic(f"range-{uuid.uuid4().hex[:6]}")
     bus.ensure_topics(settings, {topic: bus.TopicSpec(1)})
@@ -94,12 +94,44 @@ def test_a_skipped_range_is_read_back_and_the_committed_offset_found_without_joi
     assert bus.read_range(settings, topic, 0, 8, 9, timeout_s=1.0) == []  # not (yet) there: none, in time
     group = f"{topic}.group"
     assert bus.committed_offsets(settings, group, topic, [0]) == {0: None}
+    assert bus.resume_offsets(settings, group, topic, [0]) == {0: 0}  # nothing committed: the log's start
     committer = bus.consumer(settings, group)
     try:
         committer.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
     finally:
         committer.close()
     assert bus.committed_offsets(settings, group, topic, [0]) == {0: 5}
+    assert bus.resume_offsets(settings, group, topic, [0]) == {0: 5}
+
+
+def test_the_skipped_head_of_a_new_groups_partition_is_read_back(settings):
+    """Faust once handed a new dispatcher group offset 1 first and committed past 0: with nothing
+    committed, the group resumes at the log's start, so 0 counts as skipped and is read back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from infaas.streams.faust_support import SkippedOffsets
+    topic = settings.topic(f"head-{uuid.uuid4().hex[:6]}")
+    bus.ensure_topics(settings, {topic: bus.TopicSpec(2)})
+    producer = bus.producer(settings)
+    for i in range(4):
+        producer.produce(topic, value=f"m{i}".encode(), partition=0)
+    assert producer.flush(30) == 0
+    # Faust's side as SkippedOffsets sees it: the group's id, its assignment, the assignment signal.
+    app = SimpleNamespace(conf=SimpleNamespace(id=f"{topic}.group"),
+                          consumer=SimpleNamespace(assignment=lambda: {TP(topic, 0), TP(topic, 1)}),
+                          on_partitions_assigned=SimpleNamespace(connect=lambda receiver: receiver))
+    skipped = SkippedOffsets(app, settings)
+
+    def handed(partition: int, offset: int) -> list[bytes]:
+        message = SimpleNamespace(topic=topic, partition=partition, offset=offset)
+        return [m.value() for m in asyncio.run(skipped.read_back(message))]
+
+    assert handed(0, 2) == [b"m0", b"m1"]
+    assert handed(0, 3) == []  # the next one: nothing missing
+    assert handed(1, 0) == []  # the other partition starts at its log's start too
 
 
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
