@@ -134,6 +134,39 @@ def test_the_skipped_head_of_a_new_groups_partition_is_read_back(settings):
     assert handed(1, 0) == []  # the other partition starts at its log's start too
 
 
+def _until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_dispatcher_acknowledges_its_batches_in_the_order_it_sent_them(settings):
+    """A batch delivered before an earlier one waits for it: Faust would commit past the earlier
+    one's query while it is still in flight (at its committed offset), and a crash would lose it."""
+    from types import SimpleNamespace
+
+    from infaas.streams.dispatcher import DeliveryTracker, Outgoing
+    later, ready = settings.topic(f"later-{uuid.uuid4().hex[:6]}"), settings.topic(f"ready-{uuid.uuid4().hex[:6]}")
+    bus.ensure_topics(settings, {ready: bus.TopicSpec(1)})
+    acknowledged: list[str] = []
+    on_loop = SimpleNamespace(call_soon_threadsafe=lambda callback, *args: callback(*args))  # no event loop needed
+    tracker = DeliveryTracker(bus.producer(settings), on_loop, acknowledged.extend)
+    try:
+        tracker.send([Outgoing(later, b"k", b"first")], ["first"])  # its topic does not exist yet: undelivered
+        tracker.send([Outgoing(ready, b"k", b"second")], ["second"])
+        tracker.send([], ["third"])  # nothing to deliver
+        assert _until(lambda: tracker._batches[1][0] == 0), "the second batch was never delivered"
+        assert acknowledged == [] and tracker._done == []  # delivered, but held behind the first
+        bus.ensure_topics(settings, {later: bus.TopicSpec(1)})
+        assert _until(lambda: len(acknowledged) == 3), acknowledged
+        assert acknowledged == ["first", "second", "third"]
+    finally:
+        tracker.close()
+
+
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
     """`Consumer.consume(n, timeout)` waits until n messages came or the timeout passed; a worker's
     control loop read its LOAD commands that way and each waited the whole 200 ms."""
