@@ -15,7 +15,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from confluent_kafka import KafkaException
 
 from .. import metrics
 from ..catalog import NAME_RE
@@ -83,7 +86,7 @@ class Dispatcher:
         try:
             name, record = self.codec.decode(payload, expected="Query")
         except DecodeError as err:
-            return [self._dead_letter(payload, source, err.reason)]
+            return [self.dead_letter(payload, source, err.reason)]
         try:
             # A query written with an older schema version is re-encoded; a current one is wrapped as is.
             current = payload if payload[:10] == self.codec.schema("Query").header else None
@@ -248,12 +251,12 @@ class Dispatcher:
                         fastest_latency_ms=decision.fastest_latency_ms if decision else None, completed_at=now_ms())
         topic = self.reply_topic(record)
         if topic is None:
-            return [self._dead_letter(self.codec.encode("Query", record), ("", -1, -1),
+            return [self.dead_letter(self.codec.encode("Query", record), ("", -1, -1),
                                       f"{rejected.status}: {rejected.error}; and no valid reply topic")]
         try:
             return [Outgoing(topic, record["query_id"].encode(), result.encode(self.codec))]
         except EncodeError as err:
-            return [self._dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}")]
+            return [self.dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}")]
 
     def reply_topic(self, record: dict) -> str | None:
         """The query's reply topic, if it is one this app may write to."""
@@ -266,7 +269,7 @@ class Dispatcher:
             return None
         return topic
 
-    def _dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
+    def dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
         self.counts["dead"] += 1
         metrics.DEAD_LETTERS.inc()
         log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
@@ -323,8 +326,8 @@ class DeliveryTracker:
 
     HAND_OVER_S = 0.02
 
-    def __init__(self, producer, loop, ack_batch):
-        self.producer, self.loop, self.ack_batch = producer, loop, ack_batch
+    def __init__(self, producer, loop, ack_batch, dead_letter: Callable[[bytes, tuple[str, int, int], str], Outgoing]):
+        self.producer, self.loop, self.ack_batch, self.dead_letter = producer, loop, ack_batch, dead_letter
         self._batches: dict[int, list] = {}  # batch -> [messages not yet delivered, its events]
         self._done: list = []  # events of the batches delivered since the last hand-over
         self._lock = threading.Lock()
@@ -354,12 +357,20 @@ class DeliveryTracker:
         return report
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, report) -> None:
+        letter = None
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, on_delivery=report)
                 return
             except BufferError:  # the local queue is full: deliveries drain it
                 self.producer.poll(0.05)
+            except KafkaException as err:
+                if letter is not None:
+                    raise
+                # Its topic is gone (a model deleted while queries were routed to it): raised in a delivery
+                # report, this stopped the thread that serves them, and no batch was acknowledged again.
+                letter = self.dead_letter(value, (topic, -1, -1), f"cannot produce to {topic}: {err.args[0].str()}")
+                topic, key, value = letter.topic, letter.key, letter.value
 
     def _delivered(self, batch: int) -> None:
         with self._lock:
@@ -417,7 +428,7 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
         def ack_batch(events: list) -> None:
             loop.create_task(ack_all(events))  # one task per batch, not per event
 
-        tracker = DeliveryTracker(producer, loop, ack_batch)
+        tracker = DeliveryTracker(producer, loop, ack_batch, dispatcher.dead_letter)
         try:
             # Events are acknowledged by the tracker, after delivery (at-least-once), not here.
             async for events in ready_batches(stream.noack(), 2000):
@@ -473,8 +484,6 @@ async def ensure_topics_patiently(settings: Settings, topics: set[str]) -> None:
     (its check that the acknowledged offsets follow the committed one is off by one, and absent before
     a first commit). A topic that cannot be made at all (a name Kafka refuses) still raises."""
     import asyncio
-
-    from confluent_kafka import KafkaException
 
     from ..bus import BusError
     loop = asyncio.get_running_loop()

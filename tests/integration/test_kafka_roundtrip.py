@@ -153,7 +153,7 @@ def test_the_dispatcher_acknowledges_its_batches_in_the_order_it_sent_them(setti
     bus.ensure_topics(settings, {ready: bus.TopicSpec(1)})
     acknowledged: list[str] = []
     on_loop = SimpleNamespace(call_soon_threadsafe=lambda callback, *args: callback(*args))  # no event loop needed
-    tracker = DeliveryTracker(bus.producer(settings), on_loop, acknowledged.extend)
+    tracker = DeliveryTracker(bus.producer(settings), on_loop, acknowledged.extend, _dead_letter(settings))
     try:
         tracker.send([Outgoing(later, b"k", b"first")], ["first"])  # its topic does not exist yet: undelivered
         tracker.send([Outgoing(ready, b"k", b"second")], ["second"])
@@ -165,6 +165,49 @@ def test_the_dispatcher_acknowledges_its_batches_in_the_order_it_sent_them(setti
         assert acknowledged == ["first", "second", "third"]
     finally:
         tracker.close()
+
+
+def _dead_letter(settings):
+    from infaas.schemas.messages import DeadLetter
+    from infaas.streams.dispatcher import Outgoing
+
+    def letter(payload: bytes, source, reason: str) -> Outgoing:
+        value = DeadLetter.about(source, reason, "dispatcher", payload, int(time.time() * 1000)).encode(CODEC)
+        return Outgoing(settings.topic("deadletter"), None, value)
+    return letter
+
+
+def test_a_routed_query_whose_topic_is_gone_is_dead_lettered_and_the_dispatcher_goes_on(settings):
+    """A variant's topic deleted (its model deleted) while a query routed to it was in flight: the
+    producer refused it again in a delivery report, which stopped the thread that serves them."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import TopicPartition
+
+    from infaas.streams.dispatcher import DeliveryTracker, Outgoing
+    gone = settings.topic(f"gone-{uuid.uuid4().hex[:6]}")
+    letters = settings.topic("deadletter")
+    probe = bus.consumer(settings, f"{gone}.probe")
+    try:
+        first = probe.get_watermark_offsets(TopicPartition(letters, 0), timeout=10)[1]  # the next letter's offset
+    finally:
+        probe.close()
+    acknowledged: list[str] = []
+    on_loop = SimpleNamespace(call_soon_threadsafe=lambda callback, *args: callback(*args))
+    # A topic missing from the metadata for 0.5 s is taken as gone (30 s by default), as a deleted one is.
+    producer = bus.producer(settings, **{"topic.metadata.propagation.max.ms": 500})
+    tracker = DeliveryTracker(producer, on_loop, acknowledged.extend, _dead_letter(settings))
+    try:
+        tracker.send([Outgoing(gone, b"q1", b"routed query")], ["first"])
+        assert _until(lambda: acknowledged == ["first"]), "the batch was never acknowledged"
+        tracker.send([Outgoing(gone, b"q2", b"another")], ["second"])  # now refused at once: dead-lettered too
+        assert _until(lambda: acknowledged == ["first", "second"]), acknowledged
+    finally:
+        tracker.close()
+    found = [CODEC.decode_as("DeadLetter", m.value()) for m in bus.read_range(settings, letters, 0, first, first + 2)]
+    ours = [d for d in found if d["source_topic"] == gone]
+    assert [d["payload"] for d in ours] == [b"routed query", b"another"]
+    assert all(f"cannot produce to {gone}" in d["reason"] for d in ours)
 
 
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
