@@ -1,7 +1,8 @@
 """Where a query is: `infaas trace QUERY_ID` follows one query through the topics it passes (the
-queries topic, its variant's topic, the reply topics) and the committed offsets of the consumer groups
-that read them, so a query that got no answer can be placed: not dispatched yet, routed and waiting in
-a queue, consumed and committed without an answer (lost), or answered.
+queries topic, its variant's topic, the reply topics, the dead-letter topic) and the committed offsets
+of the consumer groups that read them, so a query that got no answer can be placed: not dispatched yet,
+routed and waiting in a queue, consumed and committed without an answer (lost), dead-lettered (with
+the reason), or answered.
 
 Read without joining any group (partitions are assigned, from the first offset at `since_ms`), so
 tracing disturbs nothing that serves."""
@@ -52,11 +53,14 @@ class QueryTrace:
     sent: tuple[Hop, ...]  # in the queries topic (more than one: the client sent it again)
     routed: tuple[Hop, ...]  # in variant topics (more than one: routed again after a restart)
     answered: tuple[Hop, ...]  # in reply topics
+    dead: tuple[Hop, ...] = ()  # in the dead-letter topic (status: the reason)
 
     def verdict(self) -> str:
         if self.answered:
             statuses = ", ".join(sorted({h.status or "?" for h in self.answered}))
             return f"answered ({statuses})" + (f", {len(self.answered)} times" if len(self.answered) > 1 else "")
+        if self.dead:
+            return f"DEAD-LETTERED: {self.dead[-1].status}"
         if self.routed:
             hop = self.routed[-1]
             if any(h.consumed for h in self.routed):
@@ -73,31 +77,37 @@ class QueryTrace:
         return ([f"query {self.query_id}: {self.verdict()}"]
                 + [f"  sent     {h.describe()}" for h in self.sent]
                 + [f"  routed   {h.describe()}" for h in self.routed]
-                + [f"  answered {h.describe()}" for h in self.answered])
+                + [f"  answered {h.describe()}" for h in self.answered]
+                + [f"  dead     {h.describe()}" for h in self.dead])
 
 
 def trace_query(settings: Settings, query_id: str, since_ms: int) -> QueryTrace:
     """The query's path through this deployment's topics, from messages at or after `since_ms`."""
-    queries = settings.topic("queries")
+    queries, dead_letters = settings.topic("queries"), settings.topic("deadletter")
     variant_prefix, results_prefix = settings.topic("variant."), settings.topic("results.")
     topics = sorted(t for t in bus.existing_topics(settings)
-                    if t == queries or t.startswith((variant_prefix, results_prefix)))
+                    if t in (queries, dead_letters) or t.startswith((variant_prefix, results_prefix)))
     found = _find(settings, topics, query_id.encode(), since_ms)
     codec = default_codec()
-    sent, routed, answered = [], [], []
+    sent, routed, answered, dead = [], [], [], []
     for message in found:
         topic = message.topic()
         if topic == queries:
             sent.append(_hop(settings, message, f"{settings.topic_prefix}-dispatcher"))
         elif topic.startswith(variant_prefix):
             routed.append(_hop(settings, message, topic))  # a variant's replicas' group is its topic's name
+        elif topic == dead_letters:
+            dead.append(_hop(settings, message, None, _decoded(codec, "DeadLetter", message.value(), "reason")))
         else:
-            try:
-                status = codec.decode_as("Result", message.value())["status"]
-            except DecodeError as err:
-                status = f"undecodable result ({err.reason})"
-            answered.append(_hop(settings, message, None, status))
-    return QueryTrace(query_id, tuple(sent), tuple(routed), tuple(answered))
+            answered.append(_hop(settings, message, None, _decoded(codec, "Result", message.value(), "status")))
+    return QueryTrace(query_id, tuple(sent), tuple(routed), tuple(answered), tuple(dead))
+
+
+def _decoded(codec, schema: str, value: bytes, field: str) -> str:
+    try:
+        return str(codec.decode_as(schema, value)[field])
+    except DecodeError as err:
+        return f"undecodable {schema} ({err.reason})"
 
 
 def _hop(settings: Settings, message, group: str | None, status: str | None = None) -> Hop:

@@ -370,7 +370,7 @@ class DeliveryTracker:
                 # Its topic is gone (a model deleted while queries were routed to it): raised in a delivery
                 # report, this stopped the thread that serves them, and no batch was acknowledged again.
                 letter = self.dead_letter(value, (topic, -1, -1), f"cannot produce to {topic}: {err.args[0].str()}")
-                topic, key, value = letter.topic, letter.key, letter.value
+                topic, value = letter.topic, letter.value  # keyed by the query's id still: `infaas trace` finds it
 
     def _delivered(self, batch: int) -> None:
         with self._lock:

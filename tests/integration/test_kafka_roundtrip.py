@@ -184,7 +184,9 @@ def test_a_routed_query_whose_topic_is_gone_is_dead_lettered_and_the_dispatcher_
 
     from confluent_kafka import TopicPartition
 
+    from infaas.store import now_ms
     from infaas.streams.dispatcher import DeliveryTracker, Outgoing
+    from infaas.tracing import trace_query
     gone = settings.topic(f"gone-{uuid.uuid4().hex[:6]}")
     letters = settings.topic("deadletter")
     probe = bus.consumer(settings, f"{gone}.probe")
@@ -198,7 +200,8 @@ def test_a_routed_query_whose_topic_is_gone_is_dead_lettered_and_the_dispatcher_
     producer = bus.producer(settings, **{"topic.metadata.propagation.max.ms": 500})
     tracker = DeliveryTracker(producer, on_loop, acknowledged.extend, _dead_letter(settings))
     try:
-        tracker.send([Outgoing(gone, b"q1", b"routed query")], ["first"])
+        first_id = uuid.uuid4().hex
+        tracker.send([Outgoing(gone, first_id.encode(), b"routed query")], ["first"])
         assert _until(lambda: acknowledged == ["first"]), "the batch was never acknowledged"
         tracker.send([Outgoing(gone, b"q2", b"another")], ["second"])  # now refused at once: dead-lettered too
         assert _until(lambda: acknowledged == ["first", "second"]), acknowledged
@@ -208,6 +211,8 @@ def test_a_routed_query_whose_topic_is_gone_is_dead_lettered_and_the_dispatcher_
     ours = [d for d in found if d["source_topic"] == gone]
     assert [d["payload"] for d in ours] == [b"routed query", b"another"]
     assert all(f"cannot produce to {gone}" in d["reason"] for d in ours)
+    traced = trace_query(settings, first_id, since_ms=now_ms() - 60_000)  # found by its key, with the reason
+    assert traced.verdict().startswith(f"DEAD-LETTERED: cannot produce to {gone}"), traced.lines()
 
 
 def test_consume_ready_returns_a_lone_message_without_waiting_out_the_timeout(settings):
