@@ -249,14 +249,14 @@ class Dispatcher:
                         latency_ms=float(max(now_ms() - record["sent_at"], 0)), queue_ms=0.0, compute_ms=0.0,
                         best_accuracy_within_slo=decision.best_accuracy_within_slo if decision else None,
                         fastest_latency_ms=decision.fastest_latency_ms if decision else None, completed_at=now_ms())
-        topic = self.reply_topic(record)
+        topic, key = self.reply_topic(record), record["query_id"][:MAX_ECHO].encode()  # the key: `infaas trace` finds it
         if topic is None:
             return [self.dead_letter(self.codec.encode("Query", record), ("", -1, -1),
-                                      f"{rejected.status}: {rejected.error}; and no valid reply topic")]
+                                     f"{rejected.status}: {rejected.error}; and no valid reply topic", key)]
         try:
-            return [Outgoing(topic, record["query_id"].encode(), result.encode(self.codec))]
+            return [Outgoing(topic, key, result.encode(self.codec))]
         except EncodeError as err:
-            return [self.dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}")]
+            return [self.dead_letter(b"", ("", -1, -1), f"cannot encode the error result: {err.reason}", key)]
 
     def reply_topic(self, record: dict) -> str | None:
         """The query's reply topic, if it is one this app may write to."""
@@ -269,12 +269,14 @@ class Dispatcher:
             return None
         return topic
 
-    def dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str) -> Outgoing:
+    def dead_letter(self, payload: bytes, source: tuple[str, int, int], reason: str,
+                    key: bytes | None = None) -> Outgoing:
+        """`key`: the query's id where it is known."""
         self.counts["dead"] += 1
         metrics.DEAD_LETTERS.inc()
         log.warning("dead letter from %s[%s]@%s: %s", *source, reason)
         letter = DeadLetter.about(source, reason, "dispatcher", payload, now_ms())
-        return Outgoing(self.settings.topic("deadletter"), None, letter.encode(self.codec))
+        return Outgoing(self.settings.topic("deadletter"), key, letter.encode(self.codec))
 
 
 def time_left(request: Request, sent_at: int) -> tuple[Request, int]:
@@ -326,7 +328,8 @@ class DeliveryTracker:
 
     HAND_OVER_S = 0.02
 
-    def __init__(self, producer, loop, ack_batch, dead_letter: Callable[[bytes, tuple[str, int, int], str], Outgoing]):
+    def __init__(self, producer, loop, ack_batch,
+                 dead_letter: Callable[[bytes, tuple[str, int, int], str, bytes | None], Outgoing]):
         self.producer, self.loop, self.ack_batch, self.dead_letter = producer, loop, ack_batch, dead_letter
         self._batches: dict[int, list] = {}  # batch -> [messages not yet delivered, its events]
         self._done: list = []  # events of the batches delivered since the last hand-over
@@ -369,8 +372,8 @@ class DeliveryTracker:
                     raise
                 # Its topic is gone (a model deleted while queries were routed to it): raised in a delivery
                 # report, this stopped the thread that serves them, and no batch was acknowledged again.
-                letter = self.dead_letter(value, (topic, -1, -1), f"cannot produce to {topic}: {err.args[0].str()}")
-                topic, value = letter.topic, letter.value  # keyed by the query's id still: `infaas trace` finds it
+                letter = self.dead_letter(value, (topic, -1, -1), f"cannot produce to {topic}: {err.args[0].str()}", key)
+                topic, value = letter.topic, letter.value
 
     def _delivered(self, batch: int) -> None:
         with self._lock:

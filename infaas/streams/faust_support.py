@@ -8,6 +8,7 @@ import socket
 import sys
 
 import faust
+from confluent_kafka import KafkaException
 
 from ..metrics import mark_ready
 from ..settings import Settings
@@ -118,7 +119,11 @@ class SkippedOffsets:
         self.next_offset[where] = max(message.offset + 1, expected or 0)
         if not skipped:
             return []
-        found = await loop.run_in_executor(None, bus.read_range, self.settings, *where, skipped.start, skipped.stop)
+        try:
+            found = await loop.run_in_executor(None, bus.read_range, self.settings, *where, skipped.start, skipped.stop)
+        except KafkaException as err:  # raised here, it would stop the agent, and its batch with it
+            log.error("cannot read back offsets %d-%d of %s[%d] (%s)", skipped.start, skipped.stop - 1, *where, err)
+            found = []
         # Fewer than skipped: the log no longer holds them, or the broker did not answer in time.
         log.log(logging.WARNING if len(found) == len(skipped) else logging.ERROR,
                 "Faust skipped offsets %d-%d of %s[%d]: read back %d message(s)", skipped.start,

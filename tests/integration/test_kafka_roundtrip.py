@@ -171,9 +171,9 @@ def _dead_letter(settings):
     from infaas.schemas.messages import DeadLetter
     from infaas.streams.dispatcher import Outgoing
 
-    def letter(payload: bytes, source, reason: str) -> Outgoing:
+    def letter(payload: bytes, source, reason: str, key: bytes | None) -> Outgoing:
         value = DeadLetter.about(source, reason, "dispatcher", payload, int(time.time() * 1000)).encode(CODEC)
-        return Outgoing(settings.topic("deadletter"), None, value)
+        return Outgoing(settings.topic("deadletter"), key, value)
     return letter
 
 

@@ -115,8 +115,9 @@ def test_garbage_goes_to_the_dead_letter_topic(dispatcher, base_settings):
 
 
 def test_reply_topic_must_belong_to_the_app(dispatcher, base_settings):
-    out = handle(dispatcher, app_id="other", reply_topic=base_settings.results_topic("demo"))
+    out = handle(dispatcher, app_id="other", reply_topic=base_settings.results_topic("demo"), query_id="q-17")
     assert out[0].topic == base_settings.topic("deadletter")
+    assert out[0].key == b"q-17"  # keyed by the query's id: `infaas trace` finds it there
     own = base_settings.results_topic("other") + ".client-7"
     out = handle(dispatcher, app_id="other", reply_topic=own, task="unknown")
     assert out[0].topic == own
