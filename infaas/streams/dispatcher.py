@@ -484,21 +484,9 @@ async def ready_batches(stream, max_events: int):
 async def ensure_topics_patiently(settings: Settings, topics: set[str]) -> None:
     """Create the topics, asking again for up to TOPIC_PATIENCE_S while Kafka cannot: an error raised
     here stops the agent with its batch unsent, and Faust can commit past a batch never acknowledged
-    (its check that the acknowledged offsets follow the committed one is off by one, and absent before
-    a first commit). A topic that cannot be made at all (a name Kafka refuses) still raises."""
-    import asyncio
-
-    from ..bus import BusError
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TOPIC_PATIENCE_S
-    while True:
-        try:
-            return await loop.run_in_executor(None, ensure_reply_and_variant_topics, settings, topics)
-        except (BusError, KafkaException) as err:
-            if loop.time() > deadline:
-                raise
-            log.warning("cannot create %s yet (%s): trying again", sorted(topics), err)
-            await asyncio.sleep(1.0)
+    (see `DeliveryTracker._release`). A topic that cannot be made at all (a name Kafka refuses) still raises."""
+    from .faust_support import call_patiently
+    await call_patiently(TOPIC_PATIENCE_S, ensure_reply_and_variant_topics, settings, topics)
 
 
 def ensure_reply_and_variant_topics(settings: Settings, topics: set[str]) -> None:

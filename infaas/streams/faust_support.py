@@ -6,6 +6,8 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import faust
 from confluent_kafka import KafkaException
@@ -16,6 +18,7 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -62,6 +65,22 @@ def faust_app(settings: Settings, service: str, web_port: int | None = None) -> 
     return app
 
 
+async def call_patiently(patience_s: float, blocking: Callable[..., T], *args) -> T:
+    """`blocking(*args)` on the default executor, called again every 0.5 s while Kafka cannot answer
+    (BusError, KafkaException), for up to `patience_s`; then its error is raised."""
+    from ..bus import BusError
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        try:
+            return await loop.run_in_executor(None, blocking, *args)
+        except (BusError, KafkaException) as err:
+            if loop.time() > deadline:
+                raise
+            log.warning("%s failed (%s): trying again", getattr(blocking, "__name__", blocking), err)
+            await asyncio.sleep(0.5)
+
+
 def offsets_skipped(expected: int | None, offset: int) -> range:
     """The offsets between the one a consumer expected next and the one it was handed (none when
     it expected nothing yet, or was handed the same or an earlier one again)."""
@@ -72,7 +91,7 @@ class SkippedOffsets:
     """Faust can hand an agent a partition's messages with offsets missing around a rebalance
     (faust-streaming issue #216: a fetch before the seek to the committed offsets), and then commits
     past them. Seen here: a monitor handed offset 16 of its metrics partition without 15, and a new
-    dispatcher group's first query lost (offset 0, never handed). This checks each message's offset
+    dispatcher group's first query lost (offset 0, nothing logged). This checks each message's offset
     against where the group resumes (after an assignment) and the furthest one handed, and reads the
     ones skipped back from Kafka for the agent to process first."""
 
@@ -85,22 +104,17 @@ class SkippedOffsets:
         async def forget(sender, assigned, **kwargs) -> None:
             self.next_offset.clear()  # Faust seeks to the committed offsets: look them up again
 
-    async def _resume_offsets(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+    async def _resume_offsets(self, topic: str, partitions: list[int]) -> Mapping[int, int | None]:
         """Where the group resumes each partition (the log's start where it committed nothing: a new
         group's first message was once skipped so, and lost). A broker that cannot say is asked again
         for up to LOOKUP_TIMEOUT_S; then, logged, nothing is checked until the next assignment."""
         from .. import bus
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOOKUP_TIMEOUT_S
-        while True:
-            try:
-                return await loop.run_in_executor(None, bus.resume_offsets, self.settings, self.app.conf.id,
-                                                  topic, partitions)
-            except bus.BusError as err:
-                if loop.time() > deadline:
-                    log.error("%s; skipped offsets of %s are not checked until the next assignment", err, topic)
-                    return dict.fromkeys(partitions)
-                await asyncio.sleep(0.5)
+        try:
+            return await call_patiently(LOOKUP_TIMEOUT_S, bus.resume_offsets, self.settings, self.app.conf.id,
+                                        topic, partitions)
+        except bus.BusError as err:
+            log.error("%s; skipped offsets of %s are not checked until the next assignment", err, topic)
+            return dict.fromkeys(partitions)
 
     async def read_back(self, message) -> list:
         """The messages before `message` (a Faust message) that the agent was not handed
