@@ -396,9 +396,10 @@ class Worker:
                                           "memory_budget_mb": self.memory_budget_mb, "status": "up"})
 
     def dead_letter(self, message, reason: str) -> None:
+        """Keyed as the message was (a routed query: by its id, so `infaas trace` finds it)."""
         letter = DeadLetter.about((message.topic(), message.partition(), message.offset()), reason,
                                   f"worker {self.worker_id}", message.value(), int(now_ms()))
-        self._producer.produce(self.settings.topic("deadletter"), value=letter.encode(self.codec))
+        self._producer.produce(self.settings.topic("deadletter"), key=message.key(), value=letter.encode(self.codec))
         self._producer.poll(0)
 
 

@@ -82,11 +82,14 @@ class Dispatcher:
         self.routed_at: dict[str, int] = {}  # variant -> when a query was last routed to it (ms)
 
     # --- entry point --------------------------------------------------------------------------
-    def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1)) -> list[Outgoing]:
+    def handle(self, payload: bytes, source: tuple[str, int, int] = ("", -1, -1),
+               key: bytes | None = None) -> list[Outgoing]:
+        """`key`: the message's key, the query's id where the client keyed it so (`infaas trace` then finds
+        a query dead-lettered here for bytes that do not decode)."""
         try:
             name, record = self.codec.decode(payload, expected="Query")
         except DecodeError as err:
-            return [self.dead_letter(payload, source, err.reason)]
+            return [self.dead_letter(payload, source, err.reason, key)]
         try:
             # A query written with an older schema version is re-encoded; a current one is wrapped as is.
             current = payload if payload[:10] == self.codec.schema("Query").header else None
@@ -440,8 +443,10 @@ def make_app(settings: Settings, dispatcher: Dispatcher, web_port: int | None = 
                     message = event.message
                     for earlier in await skipped.read_back(message):  # acknowledged with this batch
                         outgoing += dispatcher.handle(earlier.value(),
-                                                      (earlier.topic(), earlier.partition(), earlier.offset()))
-                    outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset))
+                                                      (earlier.topic(), earlier.partition(), earlier.offset()),
+                                                      earlier.key())
+                    outgoing += dispatcher.handle(event.value, (message.topic, message.partition, message.offset),
+                                                  event.key)
                 missing = {o.topic for o in outgoing} - dispatcher.known_topics
                 if missing:  # rare: a variant or reply topic used for the first time
                     await ensure_topics_patiently(settings, missing)

@@ -13,7 +13,8 @@ from infaas.client import InfaasClient
 from infaas.repository import Repository
 from infaas.schemas.codec import Codec
 from infaas.serve import Pipeline, ServeOptions
-from infaas.store import Store
+from infaas.store import Store, now_ms
+from infaas.tracing import trace_query
 from tests.conftest import settings_env
 
 CODEC = Codec()
@@ -102,10 +103,28 @@ def test_bad_input_then_good_query(settings, client, validation):
     assert client.query(inputs[:1].astype(np.float64), task=TASK).status == "BAD_INPUT"
     assert client.query(inputs[:1], task="no-such-task").status == "UNKNOWN_MODEL"
     producer_topic = settings.topic("queries")
-    client._producer.produce(producer_topic, value=b"garbage, not Avro")
+    sent_at = now_ms()
+    client._producer.produce(producer_topic, key=b"garbage-1", value=b"garbage, not Avro")
     client.flush()
     assert client.query(inputs[:1], task=TASK).ok  # the dispatcher lived on
     assert _dead_letters(settings, "not Avro single-object encoding") >= 1
+    # keyed as it came (a client's query id), so the trace says where it went
+    traced = trace_query(settings, "garbage-1", since_ms=sent_at - 1000)
+    assert traced.verdict().startswith("DEAD-LETTERED: ") and "not Avro" in traced.verdict(), traced.lines()
+
+
+def test_bytes_a_replica_cannot_decode_are_dead_lettered_under_their_key(settings, client, pipeline, validation):
+    _, cheapest = pipeline
+    inputs, _ = validation
+    assert client.query(inputs[:1], variant=cheapest.variant_id).ok  # its replicas serve
+    sent_at = now_ms()
+    client._producer.produce(settings.variant_topic(cheapest.variant_id), key=b"garbage-2", value=b"not a routed query")
+    client.flush()
+    assert client.query(inputs[:1], variant=cheapest.variant_id).ok  # the replica lived on
+    deadline = time.monotonic() + 30
+    while not (traced := trace_query(settings, "garbage-2", since_ms=sent_at - 1000)).dead:
+        assert time.monotonic() < deadline, traced.lines()
+    assert traced.verdict().startswith("DEAD-LETTERED: ") and "Avro" in traced.verdict(), traced.lines()
 
 
 def test_every_query_gets_exactly_one_result(client, validation):

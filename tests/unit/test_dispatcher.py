@@ -106,8 +106,9 @@ def test_unknown_app_and_private_models(dispatcher, base_settings):
 
 
 def test_garbage_goes_to_the_dead_letter_topic(dispatcher, base_settings):
-    out = dispatcher.handle(b"\xc3\x01 not really avro", ("queries", 3, 42))
+    out = dispatcher.handle(b"\xc3\x01 not really avro", ("queries", 3, 42), b"q-9")
     assert len(out) == 1 and out[0].topic == base_settings.topic("deadletter")
+    assert out[0].key == b"q-9"  # the message's key (the client's query id): `infaas trace` finds it
     dead = CODEC.decode_as("DeadLetter", out[0].value)
     assert (dead["partition"], dead["offset"]) == (3, 42) and "unknown schema fingerprint" in dead["reason"]
     # and the dispatcher goes on
