@@ -18,9 +18,8 @@ def register(sub) -> None:
         add(actions)
 
 
-def add_report(actions) -> None:
-    p = actions.add_parser("report", help="simulate infaas vs static vs replica-only on the Proteus traces and "
-                                          "write docs/evaluation.md with plots in docs/img/")
+def _workload_args(p) -> None:
+    """The evaluation's workloads, as `report` and `ablate` take them."""
     p.add_argument("--profiles", default=str(proteus_dir() / "aggregate_profiled.csv"),
                    help="variant catalogue (a Proteus profile CSV, `store`, `synthetic[:CSV]`)")
     p.add_argument("--traces-dir", default=str(proteus_dir() / "traces"))
@@ -32,9 +31,15 @@ def add_report(actions) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default="", help="comma-separated seeds (the goal table covers each; the detailed "
                                                "tables, the first); overrides --seed")
+    p.add_argument("--max-workers", type=int, default=500)
+
+
+def add_report(actions) -> None:
+    p = actions.add_parser("report", help="simulate infaas vs static vs replica-only on the Proteus traces and "
+                                          "write docs/evaluation.md with plots in docs/img/")
+    _workload_args(p)
     p.add_argument("--reuse", action="store_true", help="use the summaries a run left in RESULTS/seed-N instead "
                                                         "of simulating again")
-    p.add_argument("--max-workers", type=int, default=500)
     p.add_argument("--speed-runs", type=int, default=3,
                    help="times the 1 h x 1,000 q/s x synthetic-catalogue speed run (0: skip)")
     p.add_argument("--results", default="bench-results", help="where run summaries go (and live-*.json are read)")
@@ -48,6 +53,53 @@ def cmd_report(args, settings) -> int:
     from ..sim.runner import generate_report
     path = generate_report(args, settings, say=lambda msg: print(f"infaas: {msg}", flush=True))
     print(f"infaas: wrote {path}")
+    return 0
+
+
+def add_ablate(actions) -> None:
+    p = actions.add_parser("ablate", help="the goal table's verdicts for infaas with settings changed (simulated "
+                                          "against static on the report's workloads; prints a table)")
+    _workload_args(p)
+    p.add_argument("--set", dest="policy_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a policy threshold (a PolicyConfig field, e.g. target_util_min=0.7); repeatable")
+    p.add_argument("--sim", dest="sim_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the simulated world (a SimOptions field, e.g. worker_start_s=1,1 or "
+                        "billing_minimum_s=0); repeatable")
+    p.add_argument("--jobs", type=int, default=2, help="simulations run at once, each in a process")
+    p.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    p.set_defaults(handler=cmd_ablate)
+
+
+@user_errors(ValueError, OSError)
+def cmd_ablate(args, settings) -> int:
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..policies.snapshot import PolicyConfig
+    from ..sim.ablation import NOT_SIM_SETTINGS, Setup, parse_overrides, render, run_ablation
+    from ..sim.engine import SimOptions
+    from ..sim.runner import SCENARIOS
+
+    config = PolicyConfig(max_workers=args.max_workers, hardware_catalog=settings.hardware_catalog)
+    config = replace(config, **parse_overrides(args.policy_set, config, frozenset({"hardware_catalog"})))
+    sim = parse_overrides(args.sim_set, SimOptions(), NOT_SIM_SETTINGS)
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - {s.name for s in SCENARIOS})
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in SCENARIOS)}")
+    seeds = [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
+    for path in (args.profiles, args.traces_dir):
+        if not path.startswith(("store", "synthetic")) and not Path(path).exists():
+            raise ValueError(f"{path}: no such file or directory (INFAAS_PROTEUS_DIR names the Proteus data)")
+    setup = Setup(args.profiles, args.traces_dir, args.time_scale, args.rate_scale, args.warmup_s,
+                  settings.hardware_catalog, config, sim)
+    rows = run_ablation(setup, wanted or [s.name for s in SCENARIOS], seeds, args.jobs,
+                        say=lambda msg: print(f"infaas: {msg}", flush=True))
+    print(render(rows, " ".join(args.policy_set + args.sim_set)))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"policy": args.policy_set, "sim": args.sim_set, "rows": rows},
+                                                  indent=1))
     return 0
 
 
@@ -157,4 +209,4 @@ def cmd_overload(args, settings) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_report, add_pipeline, add_trace, add_overload, add_soak]
+SUBCOMMANDS = [add_report, add_ablate, add_pipeline, add_trace, add_overload, add_soak]

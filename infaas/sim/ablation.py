@@ -1,0 +1,136 @@
+"""`infaas bench ablate`: the goal table's numbers for infaas with some settings changed.
+
+A rule or a threshold is judged here before it is proposed: infaas and static run on the evaluation's
+workloads with `--set NAME=VALUE` (a `PolicyConfig` field: the policies' thresholds, the same for every
+policy) and `--sim NAME=VALUE` (a `SimOptions` field: worker start, billing minimum), and each row
+says whether the goal of `docs/evaluation.md` would be met. Static runs with the same changes, so that
+a change of the world (a faster worker start) moves both sides. Replica-only is not run: the goal's
+"3x fewer violations than replica-only" has held by far more than that (see the report), so each row
+checks violations against static's and cost against the goal ratio only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..policies.snapshot import PolicyConfig
+from .engine import SimOptions
+from .report import COST_GOAL, ratio
+from .runner import SCENARIOS, simulate, workload_from
+
+# SimOptions fields `--sim` does not take: the run's identity, what other options give (--warmup-s,
+# --set), and what the policy derives (its initial workers).
+NOT_SIM_SETTINGS = frozenset({"policy", "scenario", "seed", "config", "service_times", "app_id", "initial_workers",
+                              "warmup_s"})
+
+
+def parse_overrides(pairs: Sequence[str], defaults: Any, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`NAME=VALUE` pairs as typed values of `defaults`' dataclass fields (a tuple as comma-separated
+    values; a bool as true/false). Raises ValueError naming the bad pair and what is accepted."""
+    known = {f.name: getattr(defaults, f.name) for f in fields(defaults) if f.name not in exclude}
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ValueError(f"{pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+        parsed[name] = _typed(name, text.strip(), known[name])
+    return parsed
+
+
+_KIND = {bool: "true or false", int: "an integer", float: "a number", tuple: "comma-separated values", str: "text"}
+
+
+def _typed(name: str, text: str, current: Any) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{text!r}")
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        value = type(current)(text)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}={text!r}: expected {_KIND.get(type(current), type(current).__name__)} "
+                         f"({err})") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}={text!r}: must be finite")
+    return value
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    scenario: str
+    seed: int
+    policy: str
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run shares (picklable: each run simulates in a process of its own)."""
+    profiles: str
+    traces_dir: str
+    time_scale: float
+    rate_scale: float
+    warmup_s: float
+    hardware_catalog: str
+    config: PolicyConfig
+    sim: Mapping[str, Any]
+
+
+def run_one(setup: Setup, run: AblationRun) -> dict:
+    from .catalogue import load_catalogue
+    variants = load_catalogue(setup.profiles, None, setup.hardware_catalog or None)
+    scenario = next(s for s in SCENARIOS if s.name == run.scenario)
+    rng = np.random.default_rng(run.seed)
+    traces = scenario.load(Path(setup.traces_dir), setup.time_scale, setup.rate_scale, rng)
+    workload = workload_from(traces, variants, rng, setup.config)
+    options = replace(SimOptions(policy=run.policy, scenario=run.scenario, seed=run.seed, warmup_s=setup.warmup_s,
+                                 config=setup.config), **setup.sim)
+    summary = simulate(variants, workload, options)
+    return {key: summary[key] for key in ("scenario", "policy", "slo_violation_rate", "cost_usd", "queries")}
+
+
+def run_ablation(setup: Setup, scenarios: Sequence[str], seeds: Sequence[int], jobs: int, say=print) -> list[dict]:
+    """One row per workload and seed: infaas's and static's violations and cost, and the goal's verdict."""
+    runs = [AblationRun(s, seed, p) for seed in seeds for s in scenarios for p in ("infaas", "static")]
+    say(f"{len(runs)} simulations ({len(scenarios)} workloads x {len(seeds)} seed(s) x infaas, static), "
+        f"{jobs} at a time ...")
+    done: dict[AblationRun, dict] = {}
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for run, summary in zip(runs, pool.map(run_one, [setup] * len(runs), runs), strict=True):
+            done[run] = summary
+            say(f"  {run.scenario}, seed {run.seed}, {run.policy}: violations {summary['slo_violation_rate']:.3%}, "
+                f"cost ${summary['cost_usd']:.3f}")
+    return [goal_row(scenario, seed, done[AblationRun(scenario, seed, "infaas")],
+                     done[AblationRun(scenario, seed, "static")]) for seed in seeds for scenario in scenarios]
+
+
+def goal_row(scenario: str, seed: int, infaas: dict, static: dict) -> dict:
+    goal = COST_GOAL.get(scenario.split("-")[0], 1.0)
+    cost = ratio(static["cost_usd"], infaas["cost_usd"])
+    within = infaas["slo_violation_rate"] <= static["slo_violation_rate"]
+    return {"scenario": scenario, "seed": seed, "violations": infaas["slo_violation_rate"],
+            "static_violations": static["slo_violation_rate"], "cost_usd": infaas["cost_usd"],
+            "static_cost_usd": static["cost_usd"], "cost_vs_static": cost, "goal": goal,
+            "violations_within_static": within, "met": within and cost >= goal}
+
+
+def render(rows: Sequence[dict], changes: str) -> str:
+    lines = [f"infaas with {changes or 'the settings as they are'} (static with the same):",
+             f"{'workload':20s} {'seed':>4s} {'violations infaas / static':>28s} {'cost infaas / static':>22s} "
+             f"{'vs static (goal)':>17s}  met"]
+    for r in rows:
+        lines.append(f"{r['scenario']:20s} {r['seed']:4d} {r['violations']:>12.3%} / {r['static_violations']:<13.3%} "
+                     f"{r['cost_usd']:>9.3f} / {r['static_cost_usd']:<10.3f} {r['cost_vs_static']:>6.2f}x "
+                     f"({r['goal']:g}x){'':4s} {'yes' if r['met'] else 'no' + ('' if r['violations_within_static'] else ' (violations)')}")
+    lines.append(f"met: {sum(r['met'] for r in rows)} of {len(rows)}")
+    return "\n".join(lines)

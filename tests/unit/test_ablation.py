@@ -1,0 +1,65 @@
+"""`infaas bench ablate`: settings parsed as typed values, the goal's verdict per row, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infaas.cli import main
+from infaas.policies.snapshot import PolicyConfig
+from infaas.sim.ablation import NOT_SIM_SETTINGS, goal_row, parse_overrides
+from infaas.sim.engine import SimOptions
+
+
+def test_overrides_take_the_type_of_the_field():
+    parsed = parse_overrides(["target_util_min=0.7", "trend_windows=3", "slo_first=false",
+                              "warm_pool_kinds=cpu,gpu-t4"], PolicyConfig())
+    assert parsed == {"target_util_min": 0.7, "trend_windows": 3, "slo_first": False,
+                      "warm_pool_kinds": ("cpu", "gpu-t4")}
+    assert parse_overrides(["worker_start_s=1, 2"], SimOptions(), NOT_SIM_SETTINGS) == {"worker_start_s": (1.0, 2.0)}
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("nope=1", "NAME one of"), ("target_util_min", "NAME one of"), ("target_util_min=abc", "expected a number"),
+    ("trend_windows=2.5", "expected an integer"), ("slo_first=maybe", "expected true or false"), ("target_util_min=nan", "finite"),
+])
+def test_a_bad_policy_setting_is_refused_with_what_is_accepted(pair, message):
+    with pytest.raises(ValueError, match=message):
+        parse_overrides([pair], PolicyConfig())
+
+
+def test_the_runs_identity_is_not_a_setting_of_the_simulated_world():
+    with pytest.raises(ValueError, match="billing_minimum_s"):  # the message lists what is accepted
+        parse_overrides(["policy=static"], SimOptions(), NOT_SIM_SETTINGS)
+
+
+def test_a_row_is_met_only_with_violations_within_statics_and_the_cost_goal():
+    static = {"slo_violation_rate": 0.001, "cost_usd": 10.0}
+    met = goal_row("bursty", 0, {"slo_violation_rate": 0.001, "cost_usd": 6.0}, static)
+    assert met["met"] and met["goal"] == 1.5 and met["cost_vs_static"] == pytest.approx(10 / 6)
+    cheap_but_late = goal_row("bursty", 0, {"slo_violation_rate": 0.002, "cost_usd": 1.0}, static)
+    assert not cheap_but_late["met"] and not cheap_but_late["violations_within_static"]
+    in_time_but_dear = goal_row("fluctuating-high", 1, {"slo_violation_rate": 0.0, "cost_usd": 6.0}, static)
+    assert not in_time_but_dear["met"] and in_time_but_dear["goal"] == 2.0
+
+
+def test_ablate_cli_runs_infaas_and_static_with_the_change(tmp_path, capsys, proteus_data_set):
+    out = tmp_path / "rows.json"
+    code = main(["bench", "ablate", "--scenarios", "bursty", "--time-scale", "0.5", "--rate-scale", "0.1",
+                 "--profiles", str(proteus_data_set.profiles), "--traces-dir", str(proteus_data_set.root / "traces"),
+                 "--warmup-s", "5", "--seeds", "0", "--jobs", "1", "--set", "target_util_min=0.6",
+                 "--sim", "billing_minimum_s=0", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "infaas with target_util_min=0.6 billing_minimum_s=0" in printed and "met: " in printed
+    saved = json.loads(out.read_text())
+    assert saved["policy"] == ["target_util_min=0.6"] and saved["sim"] == ["billing_minimum_s=0"]
+    (row,) = saved["rows"]
+    assert row["scenario"] == "bursty" and row["cost_usd"] > 0 and row["static_cost_usd"] > 0
+    assert row["cost_vs_static"] == pytest.approx(row["static_cost_usd"] / row["cost_usd"])
+
+
+def test_ablate_cli_refuses_a_bad_setting_before_simulating(capsys):
+    assert main(["bench", "ablate", "--set", "target_util_min=high"]) != 0
+    assert "target_util_min='high': expected a number" in capsys.readouterr().err
