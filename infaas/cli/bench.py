@@ -66,18 +66,18 @@ def add_ablate(actions) -> None:
                    help="a setting of the simulated world (a SimOptions field, e.g. worker_start_s=1,1 or "
                         "billing_minimum_s=0); repeatable")
     p.add_argument("--jobs", type=int, default=2, help="simulations run at once, each in a process")
-    p.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    p.add_argument("--results", default="bench-results",
+                   help="where the rows go (ablate-<changes>.json; `bench report` shows those run at its scales)")
     p.set_defaults(handler=cmd_ablate)
 
 
 @user_errors(ValueError, OSError)
 def cmd_ablate(args, settings) -> int:
-    import json
     from dataclasses import replace
     from pathlib import Path
 
     from ..policies.snapshot import PolicyConfig
-    from ..sim.ablation import NOT_SIM_SETTINGS, Setup, parse_overrides, render, run_ablation
+    from ..sim.ablation import NOT_SIM_SETTINGS, Setup, parse_overrides, render, run_ablation, save
     from ..sim.engine import SimOptions
     from ..sim.runner import SCENARIOS
 
@@ -96,10 +96,9 @@ def cmd_ablate(args, settings) -> int:
                   settings.hardware_catalog, config, sim)
     rows = run_ablation(setup, wanted or [s.name for s in SCENARIOS], seeds, args.jobs,
                         say=lambda msg: print(f"infaas: {msg}", flush=True))
-    print(render(rows, " ".join(args.policy_set + args.sim_set)))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"policy": args.policy_set, "sim": args.sim_set, "rows": rows},
-                                                  indent=1))
+    changes = [f"--set {pair}" for pair in args.policy_set] + [f"--sim {pair}" for pair in args.sim_set]
+    print(render(rows, " ".join(changes)))
+    print(f"infaas: wrote {save(Path(args.results), changes, setup, seeds, rows)}")
     return 0
 
 

@@ -6,12 +6,15 @@ policy) and `--sim NAME=VALUE` (a `SimOptions` field: worker start, billing mini
 says whether the goal of `docs/evaluation.md` would be met. Static runs with the same changes, so that
 a change of the world (a faster worker start) moves both sides. Replica-only is not run: the goal's
 "3x fewer violations than replica-only" has held by far more than that (see the report), so each row
-checks violations against static's and cost against the goal ratio only.
+checks violations against static's and cost against the goal ratio only. The rows are kept in
+`RESULTS/ablate-<changes>.json`, and the report shows those run at its scales beside its goal table.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -22,7 +25,7 @@ import numpy as np
 
 from ..policies.snapshot import PolicyConfig
 from .engine import SimOptions
-from .report import COST_GOAL, ratio
+from .report import COST_GOAL, ablation_verdict, ratio
 from .runner import SCENARIOS, simulate, workload_from
 
 # SimOptions fields `--sim` does not take: the run's identity, what other options give (--warmup-s,
@@ -124,6 +127,29 @@ def goal_row(scenario: str, seed: int, infaas: dict, static: dict) -> dict:
             "violations_within_static": within, "met": within and cost >= goal}
 
 
+def save(results_dir: Path, changes: Sequence[str], setup: Setup, seeds: Sequence[int], rows: Sequence[dict]) -> Path:
+    """The rows as `RESULTS/ablate-<changes>.json`, which `bench report` shows beside the goal table when
+    they were run at its scales (`ablation_records`)."""
+    slug = re.sub(r"[^A-Za-z0-9.=,-]+", "_", "_".join(changes))[:150] or "as-is"
+    path = results_dir / f"ablate-{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"changes": list(changes), "time_scale": setup.time_scale,
+                                "rate_scale": setup.rate_scale, "warmup_s": setup.warmup_s,
+                                "seeds": list(seeds), "rows": list(rows)}, indent=1))
+    return path
+
+
+def ablation_records(results_dir: Path, time_scale: float, rate_scale: float, warmup_s: float) -> list[dict]:
+    """The saved ablations run at these scales (others answer a different workload), by name."""
+    records = []
+    for path in sorted(results_dir.glob("ablate-*.json")):
+        record = json.loads(path.read_text())
+        if (record.get("time_scale"), record.get("rate_scale"), record.get("warmup_s")) == (time_scale, rate_scale,
+                                                                                           warmup_s):
+            records.append(record)
+    return records
+
+
 def render(rows: Sequence[dict], changes: str) -> str:
     lines = [f"infaas with {changes or 'the settings as they are'} (static with the same):",
              f"{'workload':20s} {'seed':>4s} {'violations infaas / static':>28s} {'cost infaas / static':>22s} "
@@ -131,6 +157,6 @@ def render(rows: Sequence[dict], changes: str) -> str:
     for r in rows:
         lines.append(f"{r['scenario']:20s} {r['seed']:4d} {r['violations']:>12.3%} / {r['static_violations']:<13.3%} "
                      f"{r['cost_usd']:>9.3f} / {r['static_cost_usd']:<10.3f} {r['cost_vs_static']:>6.2f}x "
-                     f"({r['goal']:g}x){'':4s} {'yes' if r['met'] else 'no' + ('' if r['violations_within_static'] else ' (violations)')}")
+                     f"({r['goal']:g}x){'':4s} {ablation_verdict(r)}")
     lines.append(f"met: {sum(r['met'] for r in rows)} of {len(rows)}")
     return "\n".join(lines)

@@ -176,6 +176,8 @@ def render_markdown(results: dict[str, dict[str, dict]], meta: dict, live: Itera
     lines += _setup(meta)
     if meta.get("goal"):
         lines += goal_section(meta["goal"], meta.get("bounds") or {})
+    if meta.get("ablations"):
+        lines += ablation_section(meta["ablations"])
     lines += ["## Results", "",
               "| workload | policy | queries | SLO violations | cost (USD) | throughput (q/s) | goodput (q/s) "
               "| mean accuracy | accuracy shortfall | mean workers |",
@@ -252,6 +254,30 @@ def goal_section(per_seed: dict, bounds: dict) -> list[str]:
               "The paper's ratios (below, for the first seed) were measured against baselines that were not "
               "cost-aware; ours are: static and replica-only run the cheapest variant that meets the strictest "
               "demand of each task, so every ratio here compares infaas with a cost-aware baseline.", ""]
+    return lines
+
+
+def ablation_verdict(row: dict) -> str:
+    """An ablation row's verdict (`sim/ablation.goal_row`): met, or why not."""
+    return "yes" if row["met"] else "no" if row["violations_within_static"] else "no (violations)"
+
+
+def ablation_section(records: list[dict]) -> list[str]:
+    """The saved `infaas bench ablate` runs at the report's scales: the goal's verdicts with settings changed."""
+    lines = ["## What the goal would take (`infaas bench ablate`)", "",
+             "infaas and static simulated again on the same workloads with the settings named (`--set`: a policy "
+             "threshold; `--sim`: the simulated world, the same for static), to see which changes would meet the "
+             "goal. Violations are judged against static's with the same changes, cost against the goal's ratio "
+             "(replica-only is not rerun).", ""]
+    for record in records:
+        lines += [f"With `{' '.join(record['changes']) or 'the settings as they are'}`:", "",
+                  "| workload | seed | violations infaas / static | cost infaas / static (USD) | cost vs static (goal) "
+                  "| met |", "|---|---:|---|---|---|---|"]
+        for r in record["rows"]:
+            lines.append(f"| {r['scenario']} | {r['seed']} | {r['violations']:.3%} / {r['static_violations']:.3%} | "
+                         f"{r['cost_usd']:.3f} / {r['static_cost_usd']:.3f} | {_x(r['cost_vs_static'])} "
+                         f"({r['goal']:g}x) | {ablation_verdict(r)} |")
+        lines += [f"Met: {sum(r['met'] for r in record['rows'])} of {len(record['rows'])}.", ""]
     return lines
 
 

@@ -109,6 +109,7 @@ def generate_report(args, settings, say=print) -> Path:
     import platform
 
     from ..hardware import load_catalog
+    from .ablation import ablation_records
     from .catalogue import load_catalogue
     from .plots import policies_timeline, summary_bars
     from .report import load_live, render_markdown, without_timeline
@@ -156,6 +157,7 @@ def generate_report(args, settings, say=print) -> Path:
         "setup": setup_lines(args, config, variants, used, catalogue, scenarios, results, options),
         "why": why_lines(results, timelines, config),
         "single_traces": alone,
+        "ablations": ablation_records(results_dir, args.time_scale, args.rate_scale, args.warmup_s),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(results, meta, load_live(results_dir), images))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from infaas.cli import main
 from infaas.policies.snapshot import PolicyConfig
-from infaas.sim.ablation import NOT_SIM_SETTINGS, goal_row, parse_overrides
+from infaas.sim.ablation import NOT_SIM_SETTINGS, ablation_records, goal_row, parse_overrides
 from infaas.sim.engine import SimOptions
+from infaas.sim.report import ablation_section
 
 
 def test_overrides_take_the_type_of_the_field():
@@ -45,19 +44,28 @@ def test_a_row_is_met_only_with_violations_within_statics_and_the_cost_goal():
 
 
 def test_ablate_cli_runs_infaas_and_static_with_the_change(tmp_path, capsys, proteus_data_set):
-    out = tmp_path / "rows.json"
-    code = main(["bench", "ablate", "--scenarios", "bursty", "--time-scale", "0.5", "--rate-scale", "0.1",
-                 "--profiles", str(proteus_data_set.profiles), "--traces-dir", str(proteus_data_set.root / "traces"),
-                 "--warmup-s", "5", "--seeds", "0", "--jobs", "1", "--set", "target_util_min=0.6",
-                 "--sim", "billing_minimum_s=0", "--json", str(out)])
+    scales = ["--time-scale", "0.5", "--rate-scale", "0.1", "--warmup-s", "5"]
+    code = main(["bench", "ablate", "--scenarios", "bursty", *scales, "--profiles", str(proteus_data_set.profiles),
+                 "--traces-dir", str(proteus_data_set.root / "traces"), "--seeds", "0", "--jobs", "1",
+                 "--set", "target_util_min=0.6", "--sim", "billing_minimum_s=0", "--results", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "infaas with target_util_min=0.6 billing_minimum_s=0" in printed and "met: " in printed
-    saved = json.loads(out.read_text())
-    assert saved["policy"] == ["target_util_min=0.6"] and saved["sim"] == ["billing_minimum_s=0"]
+    assert "infaas with --set target_util_min=0.6 --sim billing_minimum_s=0" in printed and "met: " in printed
+    (saved,) = ablation_records(tmp_path, 0.5, 0.1, 5.0)  # found at the scales it ran at
+    assert saved["changes"] == ["--set target_util_min=0.6", "--sim billing_minimum_s=0"]
     (row,) = saved["rows"]
     assert row["scenario"] == "bursty" and row["cost_usd"] > 0 and row["static_cost_usd"] > 0
     assert row["cost_vs_static"] == pytest.approx(row["static_cost_usd"] / row["cost_usd"])
+    assert ablation_records(tmp_path, 12.0, 3.0, 60.0) == []  # another workload: not the report's to show
+
+
+def test_the_report_shows_each_saved_ablation_with_its_verdicts():
+    rows = [goal_row("flat", 0, {"slo_violation_rate": 0.01, "cost_usd": 1.0}, {"slo_violation_rate": 0.0, "cost_usd": 2.0}),
+            goal_row("bursty", 1, {"slo_violation_rate": 0.0, "cost_usd": 1.0}, {"slo_violation_rate": 0.0, "cost_usd": 2.0})]
+    text = "\n".join(ablation_section([{"changes": ["--sim worker_start_s=1,1"], "rows": rows}]))
+    assert "With `--sim worker_start_s=1,1`:" in text and "Met: 1 of 2." in text
+    assert "| flat | 0 | 1.000% / 0.000% | 1.000 / 2.000 | 2.00x (1.15x) | no (violations) |" in text
+    assert "| bursty | 1 | 0.000% / 0.000% | 1.000 / 2.000 | 2.00x (1.5x) | yes |" in text
 
 
 def test_ablate_cli_refuses_a_bad_setting_before_simulating(capsys):

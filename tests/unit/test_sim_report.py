@@ -89,6 +89,10 @@ def test_simulate_cli_prints_one_json_summary(capsys, proteus_data_set):
 
 
 def test_bench_report_writes_markdown_plots_and_summaries(tmp_path, proteus_data_set):
+    ablated = {"changes": ["--set target_util_min=0.6"], "rows": [], "time_scale": 0.5, "rate_scale": 0.1,
+               "warmup_s": 5.0, "seeds": [0]}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "ablate-x.json").write_text(json.dumps(ablated))  # `bench ablate` at these scales
     code = main(["bench", "report", "--scenarios", "bursty", "--time-scale", "0.5", "--rate-scale", "0.1",
                  "--profiles", str(proteus_data_set.profiles), "--traces-dir", str(proteus_data_set.root / "traces"),
                  "--warmup-s", "5", "--speed-runs", "0", "--results", str(tmp_path / "results"),
@@ -101,6 +105,7 @@ def test_bench_report_writes_markdown_plots_and_summaries(tmp_path, proteus_data
     alone = json.loads((tmp_path / "results" / "single-traces-seed-0.json").read_text())
     assert alone and {row["traces"] for row in alone} == {"zipf_exponential_bursty_300"}
     assert "## Each trace alone" in text and f"| zipf_exponential_bursty_300 | {alone[0]['trace']} |" in text
+    assert "With `--set target_util_min=0.6`:" in text  # the saved ablation, beside the goal table
 
 
 def test_each_trace_alone_is_counted_where_infaas_loses_too():
