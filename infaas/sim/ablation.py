@@ -12,6 +12,7 @@ checks violations against static's and cost against the goal ratio only. The row
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -130,8 +131,9 @@ def goal_row(scenario: str, seed: int, infaas: dict, static: dict) -> dict:
 def save(results_dir: Path, changes: Sequence[str], setup: Setup, seeds: Sequence[int], rows: Sequence[dict]) -> Path:
     """The rows as `RESULTS/ablate-<changes>.json`, which `bench report` shows beside the goal table when
     they were run at its scales (`ablation_records`)."""
-    slug = re.sub(r"[^A-Za-z0-9.=,-]+", "_", "_".join(changes))[:150] or "as-is"
-    path = results_dir / f"ablate-{slug}.json"
+    named = " ".join(changes).replace("--", "")
+    slug = re.sub(r"[^A-Za-z0-9.=,-]+", "_", named.strip())[:100] or "as-is"
+    path = results_dir / f"ablate-{slug}-{hashlib.sha1(named.encode()).hexdigest()[:8]}.json"  # unique though cut
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"changes": list(changes), "time_scale": setup.time_scale,
                                 "rate_scale": setup.rate_scale, "warmup_s": setup.warmup_s,
@@ -140,14 +142,14 @@ def save(results_dir: Path, changes: Sequence[str], setup: Setup, seeds: Sequenc
 
 
 def ablation_records(results_dir: Path, time_scale: float, rate_scale: float, warmup_s: float) -> list[dict]:
-    """The saved ablations run at these scales (others answer a different workload), by name."""
+    """The saved ablations run at these scales (others answer a different workload), fewest changes first."""
     records = []
     for path in sorted(results_dir.glob("ablate-*.json")):
         record = json.loads(path.read_text())
         if (record.get("time_scale"), record.get("rate_scale"), record.get("warmup_s")) == (time_scale, rate_scale,
                                                                                            warmup_s):
             records.append(record)
-    return records
+    return sorted(records, key=lambda r: (len(r["changes"]), r["changes"]))
 
 
 def render(rows: Sequence[dict], changes: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from infaas.cli import main
 from infaas.policies.snapshot import PolicyConfig
-from infaas.sim.ablation import NOT_SIM_SETTINGS, ablation_records, goal_row, parse_overrides
+from infaas.sim.ablation import NOT_SIM_SETTINGS, Setup, ablation_records, goal_row, parse_overrides, save
 from infaas.sim.engine import SimOptions
 from infaas.sim.report import ablation_section
 
@@ -71,3 +71,13 @@ def test_the_report_shows_each_saved_ablation_with_its_verdicts():
 def test_ablate_cli_refuses_a_bad_setting_before_simulating(capsys):
     assert main(["bench", "ablate", "--set", "target_util_min=high"]) != 0
     assert "target_util_min='high': expected a number" in capsys.readouterr().err
+
+
+def test_saved_ablations_are_listed_fewest_changes_first_and_long_names_stay_apart(tmp_path):
+    setup = Setup("p", "t", 12.0, 3.0, 60.0, "", PolicyConfig(), {})
+    long = [f"--set target_util_min=0.{i}" for i in range(5, 9)] + ["--sim billing_minimum_s=0"] * 20
+    first = save(tmp_path, long, setup, [0], [])
+    second = save(tmp_path, long[:-1], setup, [0], [])  # the same first 100 characters
+    save(tmp_path, ["--sim worker_start_s=1,1"], setup, [0], [])
+    assert first != second and len(list(tmp_path.glob("ablate-*.json"))) == 3
+    assert [len(r["changes"]) for r in ablation_records(tmp_path, 12.0, 3.0, 60.0)] == [1, len(long) - 1, len(long)]
