@@ -77,13 +77,24 @@ def cmd_ablate(args, settings) -> int:
     from pathlib import Path
 
     from ..policies.snapshot import PolicyConfig
-    from ..sim.ablation import NOT_SIM_SETTINGS, Setup, parse_overrides, render, run_ablation, save
+    from ..sim.ablation import (
+        NOT_SIM_SETTINGS,
+        Setup,
+        check_ranges,
+        parse_overrides,
+        render,
+        run_ablation,
+        save,
+    )
     from ..sim.engine import SimOptions
     from ..sim.runner import SCENARIOS
 
     config = PolicyConfig(max_workers=args.max_workers, hardware_catalog=settings.hardware_catalog)
-    config = replace(config, **parse_overrides(args.policy_set, config, frozenset({"hardware_catalog"})))
+    policy_changes = parse_overrides(args.policy_set, config, frozenset({"hardware_catalog"}))
     sim = parse_overrides(args.sim_set, SimOptions(), NOT_SIM_SETTINGS)
+    check_ranges(policy_changes, config)
+    check_ranges(sim, SimOptions())
+    config = replace(config, **policy_changes)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(wanted) - {s.name for s in SCENARIOS})
     if unknown:

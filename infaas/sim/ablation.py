@@ -70,6 +70,28 @@ def _typed(name: str, text: str, current: Any) -> Any:
     return value
 
 
+def check_ranges(values: Mapping[str, Any], defaults: Any) -> None:
+    """Thresholds, times and counts are never negative, and a tuple keeps its length (a worker start is
+    `low,high`); a fraction of capacity lies in (0, 1]. Raises ValueError naming the setting."""
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if isinstance(default, tuple) and default and len(value) != len(default):
+            raise ValueError(f"{name}: expected {len(default)} comma-separated values, like "
+                             f"{','.join(map(str, default))}")
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 for v in numbers):
+            raise ValueError(f"{name}={value}: must not be negative")
+    for name in ("target_util_min", "target_util_max"):
+        if name in values and not 0 < values[name] <= 1:
+            raise ValueError(f"{name}={values[name]}: must be above 0 and at most 1")
+    if hasattr(defaults, "target_util_min"):
+        low, high = (values.get(n, getattr(defaults, n)) for n in ("target_util_min", "target_util_max"))
+        if low > high:
+            raise ValueError(f"target_util_min ({low}) is above target_util_max ({high})")
+    if values.get("tick_ms", 1) <= 0:
+        raise ValueError(f"tick_ms={values['tick_ms']}: must be above 0")
+
+
 @dataclass(frozen=True)
 class AblationRun:
     scenario: str
@@ -110,8 +132,13 @@ def run_ablation(setup: Setup, scenarios: Sequence[str], seeds: Sequence[int], j
         f"{jobs} at a time ...")
     done: dict[AblationRun, dict] = {}
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for run, summary in zip(runs, pool.map(run_one, [setup] * len(runs), runs), strict=True):
-            done[run] = summary
+        futures = [(run, pool.submit(run_one, setup, run)) for run in runs]
+        for run, future in futures:
+            try:
+                summary = done[run] = future.result()
+            except Exception as err:  # a combination of settings the simulator cannot run: say which
+                raise ValueError(f"{run.scenario}, seed {run.seed}, {run.policy}: the simulation failed with "
+                                 f"these settings ({type(err).__name__}: {err})") from err
             say(f"  {run.scenario}, seed {run.seed}, {run.policy}: violations {summary['slo_violation_rate']:.3%}, "
                 f"cost ${summary['cost_usd']:.3f}")
     return [goal_row(scenario, seed, done[AblationRun(scenario, seed, "infaas")],

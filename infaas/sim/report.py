@@ -277,7 +277,7 @@ def ablation_section(records: list[dict]) -> list[str]:
             lines.append(f"| {r['scenario']} | {r['seed']} | {r['violations']:.3%} / {r['static_violations']:.3%} | "
                          f"{r['cost_usd']:.3f} / {r['static_cost_usd']:.3f} | {_x(r['cost_vs_static'])} "
                          f"({r['goal']:g}x) | {ablation_verdict(r)} |")
-        lines += [f"Met: {sum(r['met'] for r in record['rows'])} of {len(record['rows'])}.", ""]
+        lines += ["", f"Met: {sum(r['met'] for r in record['rows'])} of {len(record['rows'])}.", ""]
     return lines
 
 

@@ -6,7 +6,16 @@ import pytest
 
 from infaas.cli import main
 from infaas.policies.snapshot import PolicyConfig
-from infaas.sim.ablation import NOT_SIM_SETTINGS, Setup, ablation_records, goal_row, parse_overrides, save
+from infaas.sim.ablation import (
+    NOT_SIM_SETTINGS,
+    Setup,
+    ablation_records,
+    check_ranges,
+    goal_row,
+    parse_overrides,
+    run_ablation,
+    save,
+)
 from infaas.sim.engine import SimOptions
 from infaas.sim.report import ablation_section
 
@@ -63,7 +72,7 @@ def test_the_report_shows_each_saved_ablation_with_its_verdicts():
     rows = [goal_row("flat", 0, {"slo_violation_rate": 0.01, "cost_usd": 1.0}, {"slo_violation_rate": 0.0, "cost_usd": 2.0}),
             goal_row("bursty", 1, {"slo_violation_rate": 0.0, "cost_usd": 1.0}, {"slo_violation_rate": 0.0, "cost_usd": 2.0})]
     text = "\n".join(ablation_section([{"changes": ["--sim worker_start_s=1,1"], "rows": rows}]))
-    assert "With `--sim worker_start_s=1,1`:" in text and "Met: 1 of 2." in text
+    assert "With `--sim worker_start_s=1,1`:" in text and "|\n\nMet: 1 of 2." in text  # not a row of the table
     assert "| flat | 0 | 1.000% / 0.000% | 1.000 / 2.000 | 2.00x (1.15x) | no (violations) |" in text
     assert "| bursty | 1 | 0.000% / 0.000% | 1.000 / 2.000 | 2.00x (1.5x) | yes |" in text
 
@@ -81,3 +90,28 @@ def test_saved_ablations_are_listed_fewest_changes_first_and_long_names_stay_apa
     save(tmp_path, ["--sim worker_start_s=1,1"], setup, [0], [])
     assert first != second and len(list(tmp_path.glob("ablate-*.json"))) == 3
     assert [len(r["changes"]) for r in ablation_records(tmp_path, 12.0, 3.0, 60.0)] == [1, len(long) - 1, len(long)]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"target_util_min": 0.0}, "above 0 and at most 1"), ({"target_util_max": 1.5}, "above 0 and at most 1"),
+    ({"target_util_min": 0.9}, r"target_util_min \(0.9\) is above target_util_max \(0.85\)"),
+    ({"worker_backoff_s": -1.0}, "must not be negative"),
+])
+def test_a_policy_setting_out_of_range_is_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        check_ranges(values, PolicyConfig())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"worker_start_s": (1.0,)}, "expected 2 comma-separated values"), ({"worker_start_s": (-5.0, 5.0)}, "negative"),
+    ({"tick_ms": 0}, "above 0"),
+])
+def test_a_world_setting_out_of_range_is_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        check_ranges(values, SimOptions())
+
+
+def test_a_simulation_that_fails_says_which_run_and_why(tmp_path):
+    setup = Setup(str(tmp_path / "missing.csv"), str(tmp_path), 1.0, 1.0, 0.0, "", PolicyConfig(), {})
+    with pytest.raises(ValueError, match="bursty, seed 0, infaas: the simulation failed with these settings"):
+        run_ablation(setup, ["bursty"], [0], jobs=1, say=lambda _: None)
