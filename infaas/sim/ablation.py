@@ -172,9 +172,15 @@ def ablation_records(results_dir: Path, time_scale: float, rate_scale: float, wa
     """The saved ablations run at these scales (others answer a different workload), fewest changes first."""
     records = []
     for path in sorted(results_dir.glob("ablate-*.json")):
-        record = json.loads(path.read_text())
-        if (record.get("time_scale"), record.get("rate_scale"), record.get("warmup_s")) == (time_scale, rate_scale,
-                                                                                           warmup_s):
+        try:
+            record = json.loads(path.read_text())
+            scales = (record["time_scale"], record["rate_scale"], record["warmup_s"])
+            if not isinstance(record["changes"], list) or not isinstance(record["rows"], list):
+                raise TypeError("changes and rows must be lists")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not what `infaas bench ablate` writes ({type(err).__name__}: {err}); "
+                             "remove it or run the ablation again") from None
+        if scales == (time_scale, rate_scale, warmup_s):
             records.append(record)
     return sorted(records, key=lambda r: (len(r["changes"]), r["changes"]))
 

@@ -115,3 +115,10 @@ def test_a_simulation_that_fails_says_which_run_and_why(tmp_path):
     setup = Setup(str(tmp_path / "missing.csv"), str(tmp_path), 1.0, 1.0, 0.0, "", PolicyConfig(), {})
     with pytest.raises(ValueError, match="bursty, seed 0, infaas: the simulation failed with these settings"):
         run_ablation(setup, ["bursty"], [0], jobs=1, say=lambda _: None)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"changes": [], "rows": []}', '["a list"]'])
+def test_a_file_that_is_not_a_saved_ablation_is_named_not_a_traceback(tmp_path, content):
+    (tmp_path / "ablate-x.json").write_text(content)
+    with pytest.raises(ValueError, match="ablate-x.json: not what `infaas bench ablate` writes"):
+        ablation_records(tmp_path, 12.0, 3.0, 60.0)
