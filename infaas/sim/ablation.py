@@ -26,7 +26,7 @@ import numpy as np
 
 from ..policies.snapshot import PolicyConfig
 from .engine import SimOptions
-from .report import COST_GOAL, ablation_verdict, ratio
+from .report import ablation_verdict, goal_row
 from .runner import SCENARIOS, simulate, workload_from
 
 # SimOptions fields `--sim` does not take: the run's identity, what other options give (--warmup-s,
@@ -143,16 +143,6 @@ def run_ablation(setup: Setup, scenarios: Sequence[str], seeds: Sequence[int], j
                 f"cost ${summary['cost_usd']:.3f}")
     return [goal_row(scenario, seed, done[AblationRun(scenario, seed, "infaas")],
                      done[AblationRun(scenario, seed, "static")]) for seed in seeds for scenario in scenarios]
-
-
-def goal_row(scenario: str, seed: int, infaas: dict, static: dict) -> dict:
-    goal = COST_GOAL.get(scenario.split("-")[0], 1.0)
-    cost = ratio(static["cost_usd"], infaas["cost_usd"])
-    within = infaas["slo_violation_rate"] <= static["slo_violation_rate"]
-    return {"scenario": scenario, "seed": seed, "violations": infaas["slo_violation_rate"],
-            "static_violations": static["slo_violation_rate"], "cost_usd": infaas["cost_usd"],
-            "static_cost_usd": static["cost_usd"], "cost_vs_static": cost, "goal": goal,
-            "violations_within_static": within, "met": within and cost >= goal}
 
 
 def save(results_dir: Path, changes: Sequence[str], setup: Setup, seeds: Sequence[int], rows: Sequence[dict]) -> Path:
