@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import random
 import threading
 import time
@@ -32,6 +33,8 @@ from .errors import InfaasError
 from .schemas.codec import DecodeError, default_codec
 from .settings import Settings, load_settings
 from .tensors import from_tensor, to_tensor
+
+log = logging.getLogger(__name__)
 
 
 class QueryTimeout(InfaasError, TimeoutError):
@@ -346,11 +349,17 @@ class InfaasClient:
         return consumer
 
     def _receive(self) -> None:
+        """Every pending query waits on this thread: no error in a message or from Kafka may end it."""
         while not self._stop.is_set():
-            for message in bus.consume_ready(self._consumer, 500, 0.1):  # wakes as soon as a result arrives
-                if message.error():
-                    continue
-                self._deliver(message.value())
+            try:
+                messages = bus.consume_ready(self._consumer, 500, 0.1)  # wakes as soon as a result arrives
+            except KafkaException as err:
+                log.warning("reading results from %s failed (%s); trying again", self.reply_topic, err)
+                self._stop.wait(0.5)
+                continue
+            for message in messages:
+                if not message.error():
+                    self._deliver(message.value())
 
     def _deliver(self, payload: bytes) -> None:
         try:
@@ -367,10 +376,18 @@ class InfaasClient:
                 return  # someone else's query on a shared reply topic
             self._answered.add(query_id)
             key = self._classes.pop(query_id, None)
-        result = QueryResult.from_record(record)
+        try:
+            result = QueryResult.from_record(record)
+        except ValueError as err:  # outputs that are not tensors (TensorError) or not of their shape
+            self.undecodable += 1
+            result = QueryResult.from_record({**record, "status": "INTERNAL_ERROR", "outputs": [],
+                                              "error": f"the result's outputs cannot be read: {err}"})
         if key is not None and (result.ok or shed_for_load(result, latency_ms=key[4])):
             self.throttle.record(key, accepted=result.ok)
-        future.set_result(result)
+        try:
+            future.set_result(result)
+        except concurrent.futures.InvalidStateError:  # cancelled by its caller meanwhile
+            pass
 
     def _forget(self, future: concurrent.futures.Future) -> None:
         with self._lock:

@@ -154,3 +154,24 @@ def test_client_throttles_load_sheds_but_not_impossible_requirements(settings):
         assert all(r.status == THROTTLED and "adaptive throttling" in r.error for r in refused)
         assert client.throttled == len(refused)
         assert not any(f.done() for f in impossible)  # all sent: the service's own answer is the useful one
+
+
+def test_a_result_with_unreadable_outputs_answers_its_query_and_the_client_reads_on(settings):
+    """Real Kafka; this test answers the queries itself. Before, one result whose tensor did not match its
+    shape ended the client's reading thread: every later query of the client waited out its timeout."""
+    own = settings.replace(topic_prefix=f"{settings.topic_prefix}.unreadable")
+    bus.ensure_core_topics(own)
+    codec, producer = default_codec(), bus.producer(own)
+    x = np.zeros((1, 2), np.float32)
+    with InfaasClient(own, app_id="demo") as client:
+        bad, cancelled, good = (client.submit(x, variant="v", query_id=q) for q in ("bad", "cancelled", "good"))
+        assert cancelled.cancel()  # its caller gave up on it: its answer must not end the thread either
+        wrong_shape = {"dtype": "float32", "shape": [1, 3], "data": b"\0" * 8}
+        for query_id, outputs in (("bad", [wrong_shape]), ("cancelled", []), ("good", [])):
+            producer.produce(client.reply_topic, key=query_id.encode(), partition=0,  # read in this order
+                             value=codec.encode("Result", {**result(query_id), "outputs": outputs}))
+        producer.flush(10)
+        answer = bad.result(30)
+        assert answer.status == "INTERNAL_ERROR" and "outputs cannot be read" in answer.error, answer
+        assert good.result(30).ok  # read after both
+        assert client.undecodable == 1
