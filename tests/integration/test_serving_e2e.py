@@ -3,6 +3,7 @@ registered (quick), `serve` started (dispatcher, monitor, two workers), queries 
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 
 import numpy as np
@@ -137,19 +138,29 @@ def test_every_query_gets_exactly_one_result(client, validation):
     assert client.in_flight == 0
 
 
-def test_worker_killed_mid_load_loses_nothing(client, pipeline, validation):
+def test_worker_killed_mid_load_loses_nothing(settings, client, pipeline, validation):
     running, cheapest = pipeline
     inputs, _ = validation
-    futures = []
+    futures, since = {}, now_ms() - 1000
     victim = running.services["cpu-worker-1"]
     for i in range(400):
-        futures.append(client.submit(inputs[i % len(inputs)][None], variant=cheapest.variant_id))
+        query_id = f"killed-{since}-{i}"
+        futures[query_id] = client.submit(inputs[i % len(inputs)][None], variant=cheapest.variant_id,
+                                          query_id=query_id)
         if i == 100:
             client.flush()
             victim.kill()  # SIGKILL: its uncommitted batch is served again by the other group member
         time.sleep(0.002)
     client.flush()
-    results = [client.wait(f, timeout_s=60) for f in futures]
+    _, missing = concurrent.futures.wait(list(futures.values()), timeout=60)
+    if missing:  # a minute late: where each went, from its topics, and whether it came later
+        _, lost = concurrent.futures.wait(missing, timeout=60)
+        unanswered = [q for q, f in futures.items() if f in missing]
+        logs = {name: running.services[name].log_path.read_text(errors="replace").splitlines()[-15:]
+                for name in ("dispatcher", "cpu-worker-1", "cpu-worker-2")}
+        pytest.fail(f"{len(missing)} queries unanswered after 60 s, {len(lost)} after 120 s: "
+                    f"{[trace_query(settings, q, since_ms=since).lines() for q in unanswered[:3]]}; logs: {logs}")
+    results = [f.result() for f in futures.values()]
     assert len(results) == 400 and all(r.ok for r in results), {r.status for r in results}
 
 
