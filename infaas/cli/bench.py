@@ -87,7 +87,7 @@ def cmd_ablate(args, settings) -> int:
         save,
     )
     from ..sim.engine import SimOptions
-    from ..sim.runner import SCENARIOS
+    from ..sim.runner import SCENARIOS, workloads_and_seeds
 
     config = PolicyConfig(max_workers=args.max_workers, hardware_catalog=settings.hardware_catalog)
     policy_changes = parse_overrides(args.policy_set, config, frozenset({"hardware_catalog"}))
@@ -95,11 +95,10 @@ def cmd_ablate(args, settings) -> int:
     check_ranges(policy_changes, config)
     check_ranges(sim, SimOptions())
     config = replace(config, **policy_changes)
-    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    wanted, seeds = workloads_and_seeds(args)
     unknown = sorted(set(wanted) - {s.name for s in SCENARIOS})
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in SCENARIOS)}")
-    seeds = [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
     for path in (args.profiles, args.traces_dir):
         if not path.startswith(("store", "synthetic")) and not Path(path).exists():
             raise ValueError(f"{path}: no such file or directory (INFAAS_PROTEUS_DIR names the Proteus data)")

@@ -7,7 +7,7 @@ says whether the goal of `docs/evaluation.md` would be met. Static runs with the
 a change of the world (a faster worker start) moves both sides. Replica-only is not run: the goal's
 "3x fewer violations than replica-only" has held by far more than that (see the report), so each row
 checks violations against static's and cost against the goal ratio only. The rows are kept in
-`RESULTS/ablate-<changes>.json`, and the report shows those run at its scales beside its goal table.
+`RESULTS/ablate-<changes>-<hash>.json`, and the report shows those run at its scales beside its goal table.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def run_ablation(setup: Setup, scenarios: Sequence[str], seeds: Sequence[int], j
 
 
 def save(results_dir: Path, changes: Sequence[str], setup: Setup, seeds: Sequence[int], rows: Sequence[dict]) -> Path:
-    """The rows as `RESULTS/ablate-<changes>.json`, which `bench report` shows beside the goal table when
+    """The rows as `RESULTS/ablate-<changes>-<hash>.json`, which `bench report` shows beside the goal table when
     they were run at its scales (`ablation_records`)."""
     named = " ".join(changes).replace("--", "")
     slug = re.sub(r"[^A-Za-z0-9.=,-]+", "_", named.strip())[:100] or "as-is"

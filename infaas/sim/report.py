@@ -268,7 +268,7 @@ def goal_row(scenario: str, seed: int, infaas: dict, static: dict) -> dict:
 
 
 def ablation_verdict(row: dict) -> str:
-    """An ablation row's verdict (`sim/ablation.goal_row`): met, or why not."""
+    """A `goal_row`'s verdict in the ablation tables: met, or why not."""
     return "yes" if row["met"] else "no" if row["violations_within_static"] else "no (violations)"
 
 

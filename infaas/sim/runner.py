@@ -103,6 +103,12 @@ def speed_benchmark(variants: Sequence[Variant], traces_dir: Path, runs: int = 3
             "all_wall_s": times, "wall_s": statistics.median(times), "summary_wall_s": summary["wall_s"]}
 
 
+def workloads_and_seeds(args) -> tuple[list[str], list[int]]:
+    """The workload names (none: all) and the seeds that `--scenarios`, `--seeds` and `--seed` ask for."""
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    return wanted, [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
+
+
 def generate_report(args, settings, say=print) -> Path:
     """Run every scenario under the three policies, write the summaries, plots and the markdown report."""
     import datetime as dt
@@ -116,9 +122,8 @@ def generate_report(args, settings, say=print) -> Path:
 
     config = PolicyConfig(max_workers=args.max_workers, hardware_catalog=settings.hardware_catalog)
     variants = load_catalogue(args.profiles, settings, settings.hardware_catalog or None)
-    wanted = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    wanted, seeds = workloads_and_seeds(args)
     scenarios = [s for s in SCENARIOS if not wanted or s.name in wanted]
-    seeds = [int(x) for x in str(args.seeds or args.seed).split(",") if x.strip()]
     options = SimOptions(seed=seeds[0], warmup_s=args.warmup_s, config=config)
     results_dir, img_dir, out = Path(args.results), Path(args.img), Path(args.out)
     per_seed, bounds = {}, {}
